@@ -1,0 +1,1 @@
+"""The click front end: parse options, build configs, call the library."""

@@ -1,0 +1,49 @@
+"""`cmt generate-trajectories` and `cmt verify`."""
+
+from __future__ import annotations
+
+import click
+
+from cmt_pipeline.config import GenerateConfig, load_config
+from cmt_pipeline.generation import generate, worker_from_env
+
+from .main import cli, human_bytes
+
+
+@cli.command("generate-trajectories")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="TOML file; its [generate] table sets defaults that the options below override.")
+@click.option("--teacher", help="Teacher: a model folder (project EDM format or diffusers unet/+scheduler/), "
+              "gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped digits teacher).  [default: builtin]")
+@click.option("--num-samples", type=int, help="Number of trajectories N.  [default: 1024]")
+@click.option("--solver", type=click.Choice(["euler", "heun", "dpm2", "dpm3"]), help="ODE solver.  [default: dpm3]")
+@click.option("--steps", type=int, help="Solver steps K; each sample stores K states.  [default: 16]")
+@click.option("--grid", type=click.Choice(["logsnr", "karras"]), help="Sigma grid.  [default: logsnr]")
+@click.option("--sigma-max", type=float, help="[default: 80]")
+@click.option("--sigma-min", type=float, help="[default: 0.002]")
+@click.option("--format", "format_", type=click.Choice(["zarr", "wds"]), help="Store format.  [default: zarr]")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), help="Storage dtype of traj/x0.  [default: float16]")
+@click.option("--batch-size", type=int, help="Samples per teacher batch (never crosses a shard).  [default: 256]")
+@click.option("--shard-size", type=int, help="Samples per shard, the unit of work and of resumption.  [default: 1024]")
+@click.option("--seed", type=int, help="Sample i's noise and label depend only on (seed, i).  [default: 0]")
+@click.option("--class-labels", help="random, none, or one class index for all samples.  [default: random]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (LOCAL_RANK picks the GPU under launchers).  [default: auto]")
+@click.option("--out", type=click.Path(file_okay=False), help="Output folder.  [default: runs/trajectories]")
+@click.option("--worker-index", type=int, help="This worker's index (else from RANK/SLURM env).")
+@click.option("--num-workers", type=int, help="Total workers (else from WORLD_SIZE/SLURM env).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def generate_trajectories(config_path, format_, worker_index, num_workers, quiet, **opts):
+    """Run the teacher's ODE solver from seeded noise and store (prior, trajectory, x0) per sample.
+
+    Re-running the same command resumes: finished shards are kept, missing ones are generated.
+    """
+    cfg = load_config(GenerateConfig, config_path, "generate", format=format_, **opts)
+    worker = worker_from_env(worker_index, num_workers)
+    stats = generate(cfg, worker, progress=not quiet)
+    n, size = stats["num_samples"], stats["bytes_on_disk"]
+    state = "complete" if stats["complete"] else "incomplete (other workers' shards pending)"
+    work = (f"this worker wrote {stats['generated']} samples in {stats['shards_written']} shards, "
+            f"{stats['seconds']:.1f} s ({stats['samples_per_s']:.1f} samples/s)" if stats["generated"]
+            else "nothing left to do for this worker")
+    click.echo(f"{stats['out']}: {state}; {work}; dataset {n} samples, {human_bytes(size)} on disk, "
+               f"{human_bytes(size / n)} per sample")

@@ -1,0 +1,38 @@
+"""`cmt`: the command-line front end. Each command only turns options into a config and calls the library."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cmt_pipeline import __version__
+from cmt_pipeline.utils import CMTError
+
+
+class CMTGroup(click.Group):
+    """Turns library errors (CMTError) into a one-line message and exit status 2, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CMTError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=CMTGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cmt")
+def cli():
+    """Consistency Mid-Training: teacher trajectories -> mid-training -> post-training -> 1/2-step generators."""
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+from cli import generate as _generate  # noqa: E402,F401  (registers commands)

@@ -1,0 +1,159 @@
+"""The generation work loop: shards of consecutive sample indices, each solved and written independently.
+
+Determinism: sample i's prior noise (and label) come from a CPU generator seeded by (seed, i) alone, and
+batches never straddle shards, so a shard's bytes depend only on (config, shard index): the dataset is the
+same for any number of workers, any order, and any number of interruptions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import GenerateConfig, to_dict
+from ..solvers import NFE_PER_STEP, get_solver, make_grid
+from ..stores import WRITERS
+from ..stores.layout import claim_plan, done_shards, finalize, num_shards, shard_range, write_marker
+from ..teachers import load_teacher
+from ..utils import CMTError, resolve_device, sample_seed
+from .worker import Worker
+
+DTYPES = {"float16": np.float16, "float32": np.float32}
+# Settings that change no stored byte, so a resume may differ in them.
+RUNTIME_ONLY = ("out", "device")
+
+
+def draw_priors(seed: int, indices, shape, num_classes: int, class_labels: str):
+    """Unit prior noise (n, C, H, W) float32 and labels (n,) int64 for global sample indices, batch-independent."""
+    noise = np.empty((len(indices), *shape), np.float32)
+    labels = np.full(len(indices), -1, np.int64)
+    for j, i in enumerate(indices):
+        g = torch.Generator().manual_seed(sample_seed(seed, int(i)))
+        noise[j] = torch.randn(shape, generator=g).numpy()
+        if num_classes:
+            labels[j] = torch.randint(num_classes, (1,), generator=g).item() if class_labels == "random" \
+                else int(class_labels)
+    return noise, labels
+
+
+def validate(cfg: GenerateConfig, teacher) -> None:
+    checks = [
+        (cfg.num_samples > 0, f"--num-samples must be positive, got {cfg.num_samples}"),
+        (cfg.batch_size > 0, f"--batch-size must be positive, got {cfg.batch_size}"),
+        (cfg.shard_size > 0, f"--shard-size must be positive, got {cfg.shard_size}"),
+        (cfg.steps > 0, f"--steps must be positive, got {cfg.steps}"),
+        (cfg.format in WRITERS, f"--format must be one of {sorted(WRITERS)}, got {cfg.format!r}"),
+        (cfg.dtype in DTYPES, f"--dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}"),
+        (0 < cfg.sigma_min < cfg.sigma_max, f"need 0 < sigma_min < sigma_max, got {cfg.sigma_min}, {cfg.sigma_max}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise CMTError(msg)
+    try:
+        get_solver(cfg.solver)
+    except ValueError as e:
+        raise CMTError(f"--solver: {e}") from e
+    labels = cfg.class_labels
+    if teacher.num_classes == 0 and labels not in ("none", "random"):
+        raise CMTError(f"--class-labels {labels} given, but the teacher is unconditional; drop the option")
+    if teacher.num_classes and labels == "none":
+        raise CMTError(f"the teacher is class-conditional ({teacher.num_classes} classes); "
+                       "use --class-labels random or a class index")
+    if teacher.num_classes and labels != "random":
+        if not labels.lstrip("-").isdigit() or not 0 <= int(labels) < teacher.num_classes:
+            raise CMTError(f"--class-labels must be random, none or a class in 0..{teacher.num_classes - 1}, "
+                           f"got {labels!r}")
+
+
+def smoke_test(teacher, device) -> None:
+    """One forward pass before any output exists, so a misfit model fails fast with a readable message."""
+    x = torch.zeros(1, *teacher.shape, device=device)
+    labels = torch.zeros(1, dtype=torch.long, device=device) if teacher.num_classes else None
+    try:
+        with torch.no_grad():
+            out = teacher(x, 1.0, labels)
+    except RuntimeError as e:
+        raise CMTError(f"the teacher failed on an input of shape {tuple(x.shape)}: {str(e).splitlines()[0]}; "
+                       "check its in/out channels and sample size") from e
+    if out.shape != x.shape:
+        raise CMTError(f"the teacher maps shape {tuple(x.shape)} to {tuple(out.shape)}; a denoiser must keep "
+                       "the shape (check out_channels equals in_channels)")
+
+
+def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor) -> dict:
+    """Everything that determines the stored bytes: a resumed run must reproduce it exactly."""
+    config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_ONLY}
+    return {
+        "format": cfg.format, "num_samples": cfg.num_samples, "shard_size": cfg.shard_size,
+        "shape": list(teacher.shape), "num_states": len(sigmas) - 1, "dtype": cfg.dtype,
+        "sigmas": sigmas.tolist(), "solver": cfg.solver,
+        "nfe_per_sample": NFE_PER_STEP[cfg.solver] * cfg.steps,
+        "num_classes": teacher.num_classes, "config": config,
+        "teacher": {"spec": cfg.teacher, "description": teacher.describe(), "fingerprint": teacher.fingerprint()},
+        "cmt_version": __version__,
+    }
+
+
+def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int, device, progress=None) -> dict:
+    start, stop = shard_range(plan, k)
+    indices = np.arange(start, stop, dtype=np.int64)
+    noise, labels = draw_priors(cfg.seed, indices, tuple(plan["shape"]), teacher.num_classes, cfg.class_labels)
+    traj, x0 = [], []
+    for b in range(0, len(indices), cfg.batch_size):
+        x = torch.from_numpy(noise[b:b + cfg.batch_size]).to(device) * float(sigmas[0])
+        lab = torch.from_numpy(labels[b:b + cfg.batch_size]).to(device) if teacher.num_classes else None
+        states = solver(teacher, x, sigmas, lab)  # (K+1, n, C, H, W)
+        traj.append(states[:-1].transpose(0, 1).cpu().numpy())
+        x0.append(states[-1].cpu().numpy())
+        if progress is not None:
+            progress.update(x.shape[0])
+    dt = DTYPES[plan["dtype"]]
+    return {"prior": noise, "traj": np.concatenate(traj).astype(dt), "x0": np.concatenate(x0).astype(dt),
+            "labels": labels, "index": indices}
+
+
+def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True) -> dict:
+    """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete."""
+    worker = worker or Worker()
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and worker.local_rank:
+        device = torch.device("cuda", worker.local_rank)
+    teacher = load_teacher(cfg.teacher, device)
+    validate(cfg, teacher)
+    smoke_test(teacher, device)
+    sigmas = make_grid(cfg.grid, cfg.steps, cfg.sigma_max, cfg.sigma_min)
+    plan = make_plan(cfg, teacher, sigmas)
+    out = Path(cfg.out)
+    claim_plan(out, plan)
+    writer = WRITERS[cfg.format](out, plan)
+    writer.prepare()
+    solver = get_solver(cfg.solver)
+
+    done = done_shards(out)
+    todo = [k for k in range(num_shards(plan)) if worker.owns(k) and k not in done]
+    n_todo = sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in todo)
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_todo, unit="sample", disable=not progress or n_todo == 0,
+               desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
+    for k in todo:
+        arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, bar)
+        write_marker(out, plan, k, writer.write_shard(k, arrays))
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    manifest = finalize(out, strict=False)
+    return {
+        "out": str(out), "generated": n_todo, "shards_written": len(todo), "seconds": elapsed,
+        "samples_per_s": n_todo / elapsed if elapsed > 0 and n_todo else math.nan,
+        "complete": manifest is not None, "num_samples": plan["num_samples"],
+        "bytes_on_disk": disk_usage(out),
+    }
+
+
+def disk_usage(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

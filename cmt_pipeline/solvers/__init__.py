@@ -1,0 +1,28 @@
+"""ODE solvers over the denoiser seam. Each is `solver(denoiser, x, sigmas, class_labels) -> states`, where
+states has shape (len(sigmas), B, ...) and states[i] is the state at sigmas[i] (states[0] = x, states[-1] the sample).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from .dpmpp import dpmpp
+from .euler import euler
+from .grids import GRIDS, karras_grid, logsnr_grid, make_grid
+from .heun import heun
+
+SOLVERS = {
+    "euler": euler,
+    "heun": heun,
+    "dpm2": partial(dpmpp, order=2),
+    "dpm3": partial(dpmpp, order=3),
+}
+NFE_PER_STEP = {"euler": 1, "heun": 2, "dpm2": 1, "dpm3": 1}
+
+__all__ = ["SOLVERS", "NFE_PER_STEP", "GRIDS", "get_solver", "make_grid", "logsnr_grid", "karras_grid"]
+
+
+def get_solver(name: str):
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; choose one of {sorted(SOLVERS)}")
+    return SOLVERS[name]

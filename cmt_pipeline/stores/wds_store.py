@@ -1,0 +1,84 @@
+"""WebDataset store: one tar per shard, one sample per zero-padded global-index key, plain .npy entries.
+
+Each tar is written under a temporary name and renamed into place, with fixed mtime/owner so that the
+bytes depend only on the data. Entries: KEY.prior.npy, KEY.traj.npy, KEY.x0.npy, KEY.label.npy.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import uuid
+from pathlib import Path
+
+import numpy as np
+import webdataset as wds
+
+from .layout import shard_range
+
+SHARDS = "shards"
+KEY_DIGITS = 9  # room for a billion samples; keys sort in sample order
+ENTRIES = {"prior": "prior.npy", "traj": "traj.npy", "x0": "x0.npy", "labels": "label.npy"}
+
+
+def shard_path(root: Path, k: int) -> Path:
+    return Path(root) / SHARDS / f"shard-{k:06d}.tar"
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+class WdsWriter:
+    format = "wds"
+
+    def __init__(self, root: Path, plan: dict):
+        self.root, self.plan = Path(root), plan
+
+    def prepare(self) -> None:
+        (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
+
+    def shard_files(self, k: int) -> list[Path]:
+        return [shard_path(self.root, k)]
+
+    def write_shard(self, k: int, arrays: dict[str, np.ndarray]) -> list[Path]:
+        final = shard_path(self.root, k)
+        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as f:
+            with wds.TarWriter(f, encoder=False, mtime=0, user="cmt", group="cmt") as sink:
+                for j, idx in enumerate(arrays["index"]):
+                    sample = {"__key__": f"{int(idx):0{KEY_DIGITS}d}"}
+                    sample.update({ext: _npy(arrays[name][j]) for name, ext in ENTRIES.items()})
+                    sink.write(sample)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        return [final]
+
+
+class WdsReader:
+    """Reads whole shards with the standard library (no pickle); training streams them with webdataset."""
+
+    def __init__(self, root: Path, plan: dict):
+        self.root, self.plan = Path(root), plan
+
+    def __len__(self) -> int:
+        return self.plan["num_samples"]
+
+    def read_shard(self, k: int) -> dict[str, np.ndarray]:
+        start, stop = shard_range(self.plan, k)
+        cols = {name: [] for name in (*ENTRIES, "index")}
+        by_ext = {ext: name for name, ext in ENTRIES.items()}
+        with tarfile.open(shard_path(self.root, k)) as tar:
+            for m in tar:
+                key, ext = m.name.split(".", 1)
+                if ext == "prior.npy":
+                    cols["index"].append(int(key))
+                cols[by_ext[ext]].append(np.load(io.BytesIO(tar.extractfile(m).read()), allow_pickle=False))
+        out = {name: np.stack(v) for name, v in cols.items()}
+        if len(out["index"]) != stop - start:
+            raise ValueError(f"shard {k} holds {len(out['index'])} samples, expected {stop - start}")
+        return out

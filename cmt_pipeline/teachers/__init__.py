@@ -1,0 +1,57 @@
+"""Teachers: everything behind the denoiser seam D(x, sigma, class_labels) -> x0_hat (EDM form).
+
+`load_teacher(spec)` accepts a directory (the project's EDM format, or a diffusers VP model + scheduler),
+`gmm:<preset>` for the closed-form mixtures, or `builtin`/`digits` for the shipped digits teacher.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..utils import CMTError
+from .base import Denoiser
+from .diffusers_vp import DiffusersVPDenoiser, find_vp_layout
+from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
+from .gmm import PRESETS as GMM_PRESETS
+from .gmm import GMMDenoiser
+
+BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-teacher"
+
+__all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersVPDenoiser",
+           "load_teacher", "BUILTIN_DIGITS"]
+
+
+def load_teacher(spec: str, device="cpu") -> Denoiser:
+    """Resolve a teacher spec to an eval-mode denoiser on `device`; raises CMTError with the fix on bad input."""
+    spec = str(spec)
+    if spec in ("builtin", "digits", "builtin:digits"):
+        if not (BUILTIN_DIGITS / PRECOND_FILE).exists():
+            raise CMTError(f"the built-in digits teacher is missing at {BUILTIN_DIGITS}; reinstall the package "
+                           "or train one with `cmt pretrain` and pass its folder as --teacher")
+        teacher = EDMDenoiser.load(BUILTIN_DIGITS)
+    elif spec.startswith("gmm:"):
+        name = spec[4:]
+        if name not in GMM_PRESETS:
+            raise CMTError(f"unknown Gaussian-mixture preset {name!r}; choose one of: "
+                           + ", ".join(f"gmm:{k}" for k in GMM_PRESETS))
+        teacher = GMM_PRESETS[name]()
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise CMTError(f"teacher path {spec} does not exist; pass a model folder, gmm:<preset> or builtin")
+        if (path / PRECOND_FILE).exists():
+            teacher = _load_or_explain(EDMDenoiser.load, path)
+        elif find_vp_layout(path) is not None:
+            teacher = _load_or_explain(DiffusersVPDenoiser.load, path)
+        else:
+            raise CMTError(f"{spec} is not a teacher folder: expected {PRECOND_FILE} beside a diffusers model "
+                           "(the project's format), or a diffusers unet/ + scheduler/ pair (see docs/teachers.md)")
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def _load_or_explain(loader, path: Path) -> Denoiser:
+    try:
+        return loader(path)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise CMTError(f"could not load the teacher in {path}: {str(e).splitlines()[0]}; "
+                       "check the folder holds a complete diffusers save_pretrained output") from e

@@ -1,0 +1,93 @@
+"""EDM-preconditioned network around a diffusers UNet2DModel: the format of the project's own teachers and students.
+
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
+    c_in = 1/sqrt(sigma^2 + sd^2), c_noise = log(sigma)/4,
+    c_skip = sd^2/((sigma - s)^2 + sd^2), c_out = (sigma - s) sd / sqrt(sigma^2 + sd^2)
+with s = 0 for a diffusion denoiser and s = sigma_min_shift for a consistency student at evaluation,
+which makes f(x, s) = x exactly (the boundary condition). diffusers' sinusoidal timestep embedding
+expects timesteps in the hundreds, so the backbone receives c_noise * time_scale.
+
+On disk: a diffusers model directory (config.json + weights, loadable with UNet2DModel.from_pretrained)
+plus `cmt_precond.json` holding the preconditioning.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .base import Denoiser, sigma_column
+
+PRECOND_FILE = "cmt_precond.json"
+
+
+@dataclass
+class Precond:
+    sigma_data: float = 0.5
+    time_scale: float = 1000.0
+    boundary_sigma: float = 0.0  # s above: 0 = plain EDM denoiser
+    num_classes: int = 0
+
+
+def build_unet(shape, channels=(48, 96), layers_per_block=2, num_classes=0, dropout=0.0, attention=False):
+    """A small diffusers UNet2DModel for the embedded defaults (about 2 M parameters at channels 48/96)."""
+    from diffusers import UNet2DModel
+
+    c, h, w = shape
+    n = len(channels)
+    down = ["AttnDownBlock2D" if attention and i == n - 1 else "DownBlock2D" for i in range(n)]
+    up = ["AttnUpBlock2D" if attention and i == 0 else "UpBlock2D" for i in range(n)]
+    return UNet2DModel(
+        sample_size=(h, w), in_channels=c, out_channels=c, block_out_channels=tuple(channels),
+        down_block_types=tuple(down), up_block_types=tuple(up), layers_per_block=layers_per_block,
+        norm_num_groups=min(32, channels[0] // 2), num_class_embeds=num_classes or None,
+        add_attention=attention, dropout=dropout,
+    )
+
+
+class EDMDenoiser(Denoiser):
+    def __init__(self, backbone, precond: Precond | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.precond = precond or Precond()
+        cfg = backbone.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size,) * 2
+        self.shape = (cfg.in_channels, *size)
+        self.num_classes = self.precond.num_classes
+
+    def coefficients(self, sigma: torch.Tensor):
+        sd, s = self.precond.sigma_data, self.precond.boundary_sigma
+        c_in = 1 / (sigma**2 + sd**2).sqrt()
+        c_skip = sd**2 / ((sigma - s) ** 2 + sd**2)
+        c_out = (sigma - s) * sd / (sigma**2 + sd**2).sqrt()
+        c_noise = sigma.log() / 4
+        return c_in, c_skip, c_out, c_noise
+
+    def forward(self, x, sigma, class_labels=None):
+        sig = sigma_column(sigma, x).float()
+        c_in, c_skip, c_out, c_noise = self.coefficients(sig)
+        labels = self.check_labels(class_labels, x.shape[0])
+        xf = x.float()
+        f = self.backbone(c_in * xf, c_noise.flatten() * self.precond.time_scale, class_labels=labels).sample
+        return (c_skip * xf + c_out * f.float()).to(x.dtype)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "precond": asdict(self.precond),
+                "backbone": type(self.backbone).__name__,
+                "parameters": sum(p.numel() for p in self.backbone.parameters())}
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        self.backbone.save_pretrained(path)
+        (path / PRECOND_FILE).write_text(json.dumps(asdict(self.precond), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path, **precond_overrides) -> "EDMDenoiser":
+        from diffusers import UNet2DModel
+
+        path = Path(path)
+        precond = Precond(**{**json.loads((path / PRECOND_FILE).read_text()), **precond_overrides})
+        return cls(UNet2DModel.from_pretrained(path), precond)
