@@ -1,29 +1,32 @@
 """Zarr v3 store: one group, arrays sharded so that one generation shard = one zarr shard file per array.
 
 Inner chunks hold one sample (cheap random access for a map-style training reader); blosc/zstd with
-bitshuffle compresses them. Workers only ever write whole zarr shards: concurrent partial-shard writes
-from different processes would silently lose data.
+bitshuffle compresses them. A shard is never written in place: zarr would read-modify-write an existing shard
+file (concurrent partial-shard writes silently lose data, and a torn file from a killed run makes the rewrite
+fail). Instead each shard file is encoded into a fresh copy of its array under DIR/.tmp and renamed into
+place, so its bytes depend only on the data, whatever was on disk before.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
 import zarr
 
-from .layout import ARRAYS, shard_range
+from .layout import ARRAYS, publish, shard_range, temp_path
 
 GROUP = "data.zarr"
+# Write every chunk, even one equal to the fill value: a shard file then always exists, whatever its data.
+WRITE_CONFIG = {"write_empty_chunks": True}
 
 
 def _shapes(plan: dict) -> dict[str, tuple[tuple, str]]:
     c_h_w, k, dt = tuple(plan["shape"]), plan["num_states"], plan["dtype"]
-    return {"prior": (c_h_w, "float32"), "traj": ((k, *c_h_w), dt), "x0": (c_h_w, dt),
-            "labels": ((), "int64"), "index": ((), "int64")}
+    return {"prior": (c_h_w, "float32", np.nan), "traj": ((k, *c_h_w), dt, np.nan), "x0": (c_h_w, dt, np.nan),
+            "labels": ((), "int64", -(2**62)), "index": ((), "int64", -1)}
 
 
 class ZarrWriter:
@@ -37,13 +40,15 @@ class ZarrWriter:
         path = self.root / GROUP
         if (path / "zarr.json").exists():
             return
-        tmp = self.root / f".init-{uuid.uuid4().hex[:8]}"
+        tmp = temp_path(self.root, "init")
         g = zarr.open_group(zarr.storage.LocalStore(tmp / GROUP), mode="w", attributes={"plan": self.plan})
         n, s = self.plan["num_samples"], self.plan["shard_size"]
         comp = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
-        for name, (tail, dt) in _shapes(self.plan).items():
+        # zarr skips writing a shard whose values all equal the fill value, so fill values are ones real
+        # data never holds: every shard then has a file to checksum.
+        for name, (tail, dt, fill) in _shapes(self.plan).items():
             g.create_array(name, shape=(n, *tail), chunks=(1, *tail), shards=(s, *tail), dtype=dt,
-                           compressors=comp, fill_value=0, config={"write_empty_chunks": True})
+                           compressors=comp, fill_value=fill, config={"write_empty_chunks": True})
         try:
             os.rename(tmp / GROUP, path)  # atomic; fails if a racing worker got there first, which is fine
         except OSError:
@@ -52,19 +57,30 @@ class ZarrWriter:
         shutil.rmtree(tmp, ignore_errors=True)
 
     def shard_files(self, k: int) -> list[Path]:
-        g = zarr.open_group(self.root / GROUP, mode="r")
-        files = []
-        for name in ARRAYS:
-            a = g[name]
-            files.append(self.root / GROUP / name / a.metadata.encode_chunk_key((k,) + (0,) * (a.ndim - 1)))
-        return files
+        return [self.root / GROUP / name / self._key(name, k) for name in ARRAYS]
+
+    def _key(self, name: str, k: int) -> str:
+        """The store key of shard k's file in array `name` (the chunk-grid key of its first chunk)."""
+        if not hasattr(self, "_ndim"):
+            g = zarr.open_group(self.root / GROUP, mode="r")
+            self._ndim = {n: (g[n].ndim, g[n].metadata) for n in ARRAYS}
+        ndim, meta = self._ndim[name]
+        return meta.encode_chunk_key((k,) + (0,) * (ndim - 1))
 
     def write_shard(self, k: int, arrays: dict[str, np.ndarray]) -> list[Path]:
         start, stop = shard_range(self.plan, k)
-        g = zarr.open_group(self.root / GROUP, mode="r+")
+        tmp = temp_path(self.root, f"shard-{k:06d}")
+        files = []
         for name in ARRAYS:
-            g[name][start:stop] = arrays[name]
-        return self.shard_files(k)
+            (tmp / name).mkdir(parents=True)
+            shutil.copyfile(self.root / GROUP / name / "zarr.json", tmp / name / "zarr.json")
+            a = zarr.open_array(zarr.storage.LocalStore(tmp / name), mode="r+", config=WRITE_CONFIG)
+            a[start:stop] = arrays[name]
+            key = self._key(name, k)
+            publish(tmp / name / key, self.root / GROUP / name / key)
+            files.append(self.root / GROUP / name / key)
+        shutil.rmtree(tmp)
+        return files
 
 
 class ZarrReader:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .base import Denoiser, sigma_column
@@ -64,7 +63,8 @@ class DiffusersVPDenoiser(Denoiser):
         xf = x.float()
         x_vp = xf * a.sqrt()
         out = self.model(x_vp, self.timestep(sig.flatten()), class_labels=labels).sample.float()
-        out = out[:, : x.shape[1]]  # models with learned variance output 2C channels
+        if out.shape[1] == 2 * x.shape[1]:
+            out = out[:, : x.shape[1]]  # learned-variance models output (prediction, variance)
         if self.prediction_type == "epsilon":
             d = xf - sig * out
         elif self.prediction_type == "v_prediction":
@@ -76,7 +76,7 @@ class DiffusersVPDenoiser(Denoiser):
     def describe(self) -> dict:
         return {**super().describe(), "model": type(self.model).__name__, "scheduler": self.scheduler_name,
                 "prediction_type": self.prediction_type,
-                "sigma_range": [float(np.exp(self.log_sigmas[0])), float(np.exp(self.log_sigmas[-1]))]}
+                "sigma_range": [self.log_sigmas[0].exp().item(), self.log_sigmas[-1].exp().item()]}
 
     @classmethod
     def load(cls, path: str | Path) -> "DiffusersVPDenoiser":
