@@ -1,25 +1,32 @@
 """A trajectory dataset on disk, whatever its format:
 
     DIR/plan.json          what the dataset is (config, teacher, sigmas, shapes); a resumed run must match it
-    DIR/done/NNNNNN.json   one marker per finished shard: its sample range and the sha256 of its files
+    DIR/done/NNNNNN.json   one marker per finished shard: its sample range, and the size and sha256 of its files
     DIR/manifest.json      written only once every shard is done: the plan plus the list of shards
     DIR/<format payload>   data.zarr/ (Zarr v3 group) or shards/shard-NNNNNN.tar (WebDataset)
+    DIR/.tmp/              in-flight writes only; removed when the dataset is finalized
 
-Shard k holds the consecutive global samples [k*S, min((k+1)*S, N)). A shard's files count only once its
-marker exists, and markers are written atomically after the files, so a killed run leaves nothing that
-looks complete. The manifest carries no timestamps or worker counts, so it is identical however it was made.
+Shard k holds the consecutive global samples [k*S, min((k+1)*S, N)). Every file is first written under
+DIR/.tmp and then renamed into place (atomic on one file system), and a shard's marker is written only after
+its files, so a killed run leaves nothing that looks complete: at worst a file without a marker (redone by the
+next run) and debris in .tmp (never read, cleared at finalize). The manifest carries no timestamps or worker
+counts, so it is identical however many workers made the dataset.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 
-from ..utils import CMTError, atomic_write_json, sha256_file
+from ..utils import CMTError, sha256_file
 
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
 DONE = "done"
+TMP = ".tmp"
 ARRAYS = ("prior", "traj", "x0", "labels", "index")
 
 
@@ -32,6 +39,31 @@ def num_shards(plan: dict) -> int:
     return -(-plan["num_samples"] // plan["shard_size"])
 
 
+def temp_path(root: Path, tag: str) -> Path:
+    """A fresh name under DIR/.tmp for one in-flight write (unique per process and call)."""
+    d = Path(root) / TMP
+    d.mkdir(parents=True, exist_ok=True)
+    return d / f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Flush a finished temporary file to disk and rename it over `final` in one atomic step."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+
+
+def write_json(root: Path, path: Path, obj) -> None:
+    tmp = temp_path(root, Path(path).name)
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    publish(tmp, Path(path))
+
+
+def clean_temp(root: Path) -> None:
+    shutil.rmtree(Path(root) / TMP, ignore_errors=True)
+
+
 def marker_path(root: Path, k: int) -> Path:
     return Path(root) / DONE / f"{k:06d}.json"
 
@@ -39,13 +71,31 @@ def marker_path(root: Path, k: int) -> Path:
 def write_marker(root: Path, plan: dict, k: int, files: list[Path]) -> None:
     start, stop = shard_range(plan, k)
     root = Path(root)
-    digests = {str(f.relative_to(root)): sha256_file(f) for f in files}
-    atomic_write_json(marker_path(root, k), {"index": k, "start": start, "stop": stop, "files": digests})
+    entries = {str(f.relative_to(root)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files}
+    write_json(root, marker_path(root, k), {"index": k, "start": start, "stop": stop, "files": entries})
 
 
 def done_shards(root: Path) -> set[int]:
     d = Path(root) / DONE
     return {int(p.stem) for p in d.glob("[0-9]*.json")} if d.exists() else set()
+
+
+def size_problems(root: Path, marker: dict) -> list[str]:
+    """The cheap check: each file of a shard exists with the size its marker recorded (no reading)."""
+    problems = []
+    for rel, rec in marker["files"].items():
+        p = Path(root) / rel
+        if not p.is_file():
+            problems.append(f"{rel} is missing")
+        elif p.stat().st_size != rec["bytes"]:
+            problems.append(f"{rel} has {p.stat().st_size} bytes, its marker says {rec['bytes']}")
+    return problems
+
+
+def read_marker(root: Path, k: int) -> dict | None:
+    """Shard k's marker, or None when the shard is not done."""
+    p = marker_path(root, k)
+    return read_json(p) if p.exists() else None
 
 
 def read_json(path: Path) -> dict:
@@ -58,11 +108,11 @@ def read_json(path: Path) -> dict:
 def claim_plan(root: Path, plan: dict) -> None:
     """Record the plan in an empty folder, or check a resumed folder holds the same dataset."""
     root = Path(root)
-    if root.exists() and not (root / PLAN).exists() and any(root.iterdir()):
+    if root.exists() and not (root / PLAN).exists() and any(p.name != TMP for p in root.iterdir()):
         raise CMTError(f"{root} is not empty and holds no trajectory dataset; choose another --out or empty it")
-    (root / DONE).mkdir(parents=True, exist_ok=True)
     if not (root / PLAN).exists():
-        atomic_write_json(root / PLAN, plan)  # racing workers write identical content
+        write_json(root, root / PLAN, plan)  # racing workers write identical content
+    (root / DONE).mkdir(exist_ok=True)
     existing = read_json(root / PLAN)
     if existing != json.loads(json.dumps(plan)):
         diff = sorted(k for k in set(existing) | set(plan) if existing.get(k) != json.loads(json.dumps(plan.get(k))))
@@ -70,17 +120,27 @@ def claim_plan(root: Path, plan: dict) -> None:
                        "choose another --out, or rerun with the settings in its plan.json to resume")
 
 
+def build_manifest(plan: dict, markers: list[dict]) -> dict:
+    return {**plan, "shards": markers, "complete": True}
+
+
 def finalize(root: Path, strict: bool = True) -> dict | None:
-    """Write manifest.json if every shard is done; return it (None when shards are missing and not strict)."""
+    """Write manifest.json if every shard is done and its files have their recorded sizes; clear DIR/.tmp.
+
+    Returns the manifest, or None when the set is not complete and not strict (strict raises instead).
+    The full sha256 check is `cmt verify`'s job: finalizing must stay cheap for the worker that completes a set.
+    """
     root = Path(root)
     plan = read_json(root / PLAN)
-    missing = sorted(set(range(num_shards(plan))) - done_shards(root))
-    if missing:
+    markers = [read_marker(root, k) for k in range(num_shards(plan))]
+    missing = [k for k, m in enumerate(markers) if m is None]
+    damaged = [k for k, m in enumerate(markers) if m is not None and size_problems(root, m)]
+    if missing or damaged:
         if strict:
-            raise CMTError(f"{root}: {len(missing)} shard(s) missing (first: {missing[:5]}); "
-                           "rerun the same generate-trajectories command to fill them in")
+            raise CMTError(f"{root}: {len(missing)} shard(s) missing (first: {missing[:5]}), {len(damaged)} "
+                           f"damaged (first: {damaged[:5]}); run `cmt verify {root}` for the fix")
         return None
-    shards = [read_json(marker_path(root, k)) for k in range(num_shards(plan))]
-    manifest = {**plan, "shards": shards, "complete": True}
-    atomic_write_json(root / MANIFEST, manifest)
+    manifest = build_manifest(plan, markers)
+    write_json(root, root / MANIFEST, manifest)
+    clean_temp(root)
     return manifest
