@@ -1,4 +1,4 @@
-"""`cmt generate-trajectories` and `cmt verify`."""
+"""`cmt generate-trajectories`."""
 
 from __future__ import annotations
 
@@ -31,14 +31,16 @@ from .main import cli, human_bytes
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder.  [default: runs/trajectories]")
 @click.option("--worker-index", type=int, help="This worker's index (else from RANK/SLURM env).")
 @click.option("--num-workers", type=int, help="Total workers (else from WORLD_SIZE/SLURM env).")
+@click.option("--num-threads", type=int, help="Torch CPU threads of this worker.  [default: its share of the CPUs "
+              "under torchrun/accelerate (cores / LOCAL_WORLD_SIZE) or Slurm (SLURM_CPUS_PER_TASK), else torch's]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate_trajectories(config_path, format_, worker_index, num_workers, quiet, **opts):
+def generate_trajectories(config_path, format_, worker_index, num_workers, num_threads, quiet, **opts):
     """Run the teacher's ODE solver from seeded noise and store (prior, trajectory, x0) per sample.
 
     Re-running the same command resumes: finished shards are kept, missing ones are generated.
     """
     cfg = load_config(GenerateConfig, config_path, "generate", format=format_, **opts)
-    worker = worker_from_env(worker_index, num_workers)
+    worker = worker_from_env(worker_index, num_workers, num_threads=num_threads)
     stats = generate(cfg, worker, progress=not quiet)
     n, size = stats["num_samples"], stats["bytes_on_disk"]
     state = "complete" if stats["complete"] else "incomplete (other workers' shards pending)"

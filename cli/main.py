@@ -35,4 +35,4 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-from cli import generate as _generate  # noqa: E402,F401  (registers commands)
+from cli import generate as _generate, verify as _verify  # noqa: E402,F401  (registers commands)

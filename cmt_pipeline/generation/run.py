@@ -8,6 +8,7 @@ same for any number of workers, any order, and any number of interruptions.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .. import __version__
 from ..config import GenerateConfig, to_dict
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
-from ..stores.layout import claim_plan, done_shards, finalize, num_shards, shard_range, write_marker
+from ..stores.layout import claim_plan, finalize, num_shards, read_marker, shard_range, size_problems, write_marker
 from ..teachers import load_teacher
 from ..utils import CMTError, resolve_device, sample_seed
 from .worker import Worker
@@ -121,6 +122,8 @@ def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int
 def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True) -> dict:
     """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete."""
     worker = worker or Worker()
+    if worker.threads:
+        torch.set_num_threads(worker.threads)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and worker.local_rank:
         device = torch.device("cuda", worker.local_rank)
@@ -135,15 +138,22 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     writer.prepare()
     solver = get_solver(cfg.solver)
 
-    done = done_shards(out)
-    todo = [k for k in range(num_shards(plan)) if worker.owns(k) and k not in done]
+    todo = [k for k in range(num_shards(plan)) if worker.owns(k) and not shard_done(out, k, report=True)]
     n_todo = sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in todo)
     t0 = time.perf_counter()
     bar = tqdm(total=n_todo, unit="sample", disable=not progress or n_todo == 0,
                desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
     for k in todo:
+        if shard_done(out, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
+            continue
         arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, bar)
-        write_marker(out, plan, k, writer.write_shard(k, arrays))
+        try:
+            files = writer.write_shard(k, arrays)
+        except FileNotFoundError:  # whoever completed the set cleared .tmp under us: fine if k is done
+            if shard_done(out, k):
+                continue
+            raise
+        write_marker(out, plan, k, files)
     bar.close()
     elapsed = time.perf_counter() - t0
     manifest = finalize(out, strict=False)
@@ -153,6 +163,18 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
         "complete": manifest is not None, "num_samples": plan["num_samples"],
         "bytes_on_disk": disk_usage(out),
     }
+
+
+def shard_done(out: Path, k: int, report: bool = False) -> bool:
+    """A shard counts as done when its marker exists and its files have the recorded sizes (a cheap stat);
+    a marker whose files were truncated or deleted since is redone. Flipped bytes need `cmt verify --repair`."""
+    marker = read_marker(out, k)
+    if marker is None:
+        return False
+    problems = size_problems(out, marker)
+    if problems and report:
+        tqdm.write(f"shard {k}: {problems[0]}; regenerating it", file=sys.stderr)
+    return not problems
 
 
 def disk_usage(path: Path) -> int:

@@ -11,25 +11,37 @@ from pathlib import Path
 
 from ..utils import CMTError
 from .layout import MANIFEST, PLAN, finalize, num_shards, read_json, shard_range
+from .verify import Report, manifest_problems, repair, verify
 from .wds_store import WdsReader, WdsWriter
 from .zarr_store import ZarrReader, ZarrWriter
 
 WRITERS = {"zarr": ZarrWriter, "wds": WdsWriter}
 READERS = {"zarr": ZarrReader, "wds": WdsReader}
 
-__all__ = ["WRITERS", "READERS", "open_store", "read_all", "finalize", "num_shards", "shard_range"]
+__all__ = ["WRITERS", "READERS", "open_store", "read_all", "finalize", "num_shards", "shard_range", "verify",
+           "repair", "Report"]
 
 
 def open_store(root, require_complete: bool = True):
-    """A reader for the dataset in `root`; refuses an incomplete dataset unless require_complete=False."""
+    """A reader for the dataset in `root`.
+
+    Unless require_complete=False it refuses a dataset without a manifest (incomplete) or whose shard files are
+    missing or not the size their markers recorded (damaged): a cheap stat per file. The full sha256 and
+    content check reads every byte and is `cmt verify`'s job (see stores/verify.py).
+    """
     root = Path(root)
     if not (root / PLAN).exists():
         raise CMTError(f"{root} is not a trajectory dataset (no {PLAN}); make one with `cmt generate-trajectories`")
     if (root / MANIFEST).exists():
         plan = read_json(root / MANIFEST)
+        problems = manifest_problems(root, plan) if require_complete else []
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CMTError(f"{root} is damaged: {problems[0]}{more}; run `cmt verify {root}` for the command that "
+                           "repairs it (or open it with require_complete=False to read it anyway)")
     elif require_complete:
-        raise CMTError(f"{root} is incomplete (no {MANIFEST}); rerun its generate-trajectories command "
-                       "to finish it, or run `cmt verify` to see what is missing")
+        raise CMTError(f"{root} is incomplete (no {MANIFEST}); run `cmt verify {root}` to see what is missing "
+                       "and the command that finishes it")
     else:
         plan = read_json(root / PLAN)
     return READERS[plan["format"]](root, plan)

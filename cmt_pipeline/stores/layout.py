@@ -60,7 +60,17 @@ def write_json(root: Path, path: Path, obj) -> None:
     publish(tmp, Path(path))
 
 
+def leftovers(root: Path) -> list[Path]:
+    """Debris of interrupted writes: DIR/.tmp, and `.NAME.tmp-*` files (the atomic-write naming of utils and
+    the WebDataset writer, which write beside the target)."""
+    root = Path(root)
+    found = sorted(p for p in (root / TMP).rglob("*") if p.is_file()) if (root / TMP).exists() else []
+    return found + sorted(p for p in root.rglob(".*.tmp-*") if TMP not in p.relative_to(root).parts)
+
+
 def clean_temp(root: Path) -> None:
+    for p in leftovers(root):
+        p.unlink(missing_ok=True)
     shutil.rmtree(Path(root) / TMP, ignore_errors=True)
 
 

@@ -1,0 +1,189 @@
+"""Is a trajectory dataset complete and intact, and if not, exactly what regenerates it (`cmt verify`).
+
+Two levels of checking, by cost:
+  - cheap, at every `open_store` and on every generation resume/finalize: each shard's files exist with the sizes
+    its done marker recorded. Catches missing shards, deleted files and truncation, but not a flipped byte.
+  - full, `cmt verify DIR`: also the sha256 of every file against its marker, the marker's sample range against
+    the plan, and the content: each shard decodes and holds exactly the global sample indices of its range.
+    It reads the whole dataset once, so it is run on demand, not at every open.
+A corrupt shard still has its marker, so a rerun of generation would skip it: `repair` deletes the markers of
+corrupt shards (and a manifest that no longer holds), after which rerunning the dataset's own command, rebuilt
+from plan.json, regenerates exactly the missing and repaired shards.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..utils import CMTError, sha256_file
+from .layout import (MANIFEST, PLAN, build_manifest, finalize, leftovers, marker_path, num_shards, read_json,
+                     read_marker, shard_range, size_problems)
+
+MAX_LISTED = 20  # shard lines printed before "... and N more"
+
+
+@dataclass
+class Report:
+    root: Path
+    plan: dict
+    full: bool
+    missing: list[int] = field(default_factory=list)
+    corrupt: dict[int, str] = field(default_factory=dict)
+    manifest: str = "absent"  # ok | absent | stale
+    leftovers: list[Path] = field(default_factory=list)
+    repaired: list[Path] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.missing and not self.corrupt
+
+    @property
+    def ready(self) -> bool:
+        """What training readers need: every shard intact and a manifest that matches them."""
+        return self.intact and self.manifest == "ok"
+
+    def text(self) -> str:
+        n, plan = num_shards(self.plan), self.plan
+        lines = [f"{self.root}: {n} shard(s) of {plan['shard_size']} samples ({plan['num_samples']} samples, "
+                 f"{plan['format']}); checked {'sha256 + content' if self.full else 'file sizes only (--quick)'}"]
+        bad = sorted([(k, "missing: no done marker") for k in self.missing]
+                     + [(k, f"corrupt: {why}") for k, why in self.corrupt.items()])
+        for k, why in bad[:MAX_LISTED]:
+            start, stop = shard_range(plan, k)
+            lines.append(f"  shard {k} (samples {start}..{stop - 1}): {why}")
+        if len(bad) > MAX_LISTED:
+            lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
+        if self.repaired:
+            lines.append(f"repaired: removed {', '.join(str(p.relative_to(self.root)) for p in self.repaired)}")
+        if self.intact:
+            lines.append(f"all {n} shards check out; " + {
+                "ok": "manifest.json matches: ready for training",
+                "absent": f"not finalized: run `cmt verify {shlex.quote(str(self.root))} --finalize`",
+                "stale": f"manifest.json does not match the shards: run `cmt verify "
+                         f"{shlex.quote(str(self.root))} --finalize` to rewrite it"}[self.manifest])
+        else:
+            pending = [k for k in self.corrupt if marker_path(self.root, k).exists()]
+            lines.append(f"INCOMPLETE: {len(self.missing)} missing and {len(self.corrupt)} corrupt of {n} shards; "
+                         "to fix:")
+            step = 1
+            if pending:
+                lines.append(f"  {step}. cmt verify {shlex.quote(str(self.root))} --repair   "
+                             f"(removes the done markers of corrupt shards {pending[:10]}"
+                             f"{' ...' if len(pending) > 10 else ''}, so they are regenerated)")
+                step += 1
+            lines.append(f"  {step}. {regenerate_command(self.plan, self.root)}")
+            lines.append("     (regenerates only what is missing; add --num-workers N --worker-index I, or run it "
+                         "under srun/torchrun, to spread it; see docs/cluster.md)")
+        if self.leftovers:
+            lines.append(f"note: {len(self.leftovers)} leftover temporary file(s) from interrupted writes (never "
+                         "read); --finalize removes them once every shard checks out")
+        return "\n".join(lines)
+
+
+def regenerate_command(plan: dict, root) -> str:
+    """The generate-trajectories command that (re)makes this dataset, rebuilt from plan.json's config."""
+    args = ["cmt", "generate-trajectories"]
+    for key, value in plan["config"].items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return shlex.join([*args, "--out", str(root)])
+
+
+def check_shard(root: Path, plan: dict, writer, reader, k: int, marker: dict, full: bool) -> str | None:
+    """Why shard k, which has a marker, is not intact (None when it is)."""
+    start, stop = shard_range(plan, k)
+    if (marker.get("index"), marker.get("start"), marker.get("stop")) != (k, start, stop):
+        return (f"its marker records shard {marker.get('index')} samples [{marker.get('start')}, "
+                f"{marker.get('stop')}); the plan says shard {k} samples [{start}, {stop})")
+    expected = sorted(str(f.relative_to(root)) for f in writer.shard_files(k))
+    if sorted(marker["files"]) != expected:
+        return f"its marker lists files {sorted(marker['files'])}, expected {expected}"
+    problems = size_problems(root, marker)
+    if problems:
+        return problems[0]
+    if not full:
+        return None
+    for rel, rec in marker["files"].items():
+        if sha256_file(root / rel) != rec["sha256"]:
+            return f"{rel} does not match the sha256 in its marker (its bytes changed after it was written)"
+    index = reader.read_shard(k)["index"]
+    if not np.array_equal(index, np.arange(start, stop)):
+        return f"holds sample indices {index[:3].tolist()}... ({len(index)}), expected {start}..{stop - 1}"
+    return None
+
+
+def verify(root, full: bool = True, progress: bool = False) -> Report:
+    """Check every shard of the dataset in `root` against its marker and the plan; never modifies anything."""
+    from . import READERS, WRITERS  # the package imports this module, so not at the top
+
+    root = Path(root)
+    if not (root / PLAN).exists():
+        raise CMTError(f"{root} is not a trajectory dataset (no {PLAN}); make one with `cmt generate-trajectories`")
+    plan = read_json(root / PLAN)
+    if plan.get("format") not in WRITERS:
+        raise CMTError(f"{root / PLAN} names an unknown format {plan.get('format')!r}; the file is damaged")
+    writer_cls, reader_cls = WRITERS[plan["format"]], READERS[plan["format"]]
+    report = Report(root, plan, full, leftovers=leftovers(root))
+    writer, reader = writer_cls(root, plan), None
+    markers = {}
+    for k in tqdm(range(num_shards(plan)), desc="verify", unit="shard", disable=not progress):
+        try:
+            marker = read_marker(root, k)
+        except CMTError:
+            report.corrupt[k] = f"its marker {marker_path(root, k).relative_to(root)} is unreadable"
+            continue
+        if marker is None:
+            report.missing.append(k)
+            continue
+        try:
+            if full and reader is None:
+                reader = reader_cls(root, plan)
+            why = check_shard(root, plan, writer, reader, k, marker, full)
+        except Exception as e:  # anything a damaged file makes the decoder raise is a finding, not a crash
+            why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
+        if why:
+            report.corrupt[k] = why
+        markers[k] = marker
+    if (root / MANIFEST).exists():
+        try:
+            same = read_json(root / MANIFEST) == build_manifest(plan, [markers[k] for k in sorted(markers)])
+        except CMTError:
+            same = False
+        report.manifest = "ok" if same and report.intact else "stale"
+    return report
+
+
+def repair(report: Report) -> Report:
+    """Delete the markers of corrupt shards, and a manifest that no longer holds, so a rerun regenerates them."""
+    doomed = [marker_path(report.root, k) for k in sorted(report.corrupt)]
+    if not report.intact:
+        doomed.append(report.root / MANIFEST)
+    for p in doomed:
+        if p.exists():
+            p.unlink()
+            report.repaired.append(p)
+    if report.repaired and report.manifest == "stale":
+        report.manifest = "absent"
+    return report
+
+
+def finalize_verified(report: Report) -> Report:
+    """Write (or rewrite) the manifest of an intact dataset and clear leftover temporary files."""
+    if not report.intact:
+        raise CMTError(f"{report.root} is not complete; fix it first (see `cmt verify {report.root}`)")
+    finalize(report.root, strict=True)
+    report.manifest, report.leftovers = "ok", leftovers(report.root)
+    return report
+
+
+def manifest_problems(root, manifest: dict) -> list[str]:
+    """The cheap check readers run at open: the manifest lists every shard and their files have their sizes."""
+    root = Path(root)
+    shards = manifest.get("shards", [])
+    if [s.get("index") for s in shards] != list(range(num_shards(manifest))):
+        return [f"{MANIFEST} lists {len(shards)} shards, the plan has {num_shards(manifest)}"]
+    return [f"shard {s['index']}: {p}" for s in shards for p in size_problems(root, s)]
