@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, fields
+from typing import ClassVar
 from pathlib import Path
 
 from .utils import CMTError
@@ -30,6 +31,65 @@ class GenerateConfig:
     seed: int = 0
     class_labels: str = "random"  # random | none | an integer class for every sample
     device: str = "auto"
+
+
+@dataclass
+class TrainConfig:
+    """The one training loop's settings, shared by every stage: each stage's config extends this class,
+    so a stage's TOML table holds its own options and these side by side."""
+
+    out: str = "runs/train"  # run folder: config.json, log.jsonl, checkpoints/, samples/, model.ckpt
+    steps: int = 1000  # optimizer steps; the linear LR schedule ends at this step
+    batch_size: int = 128  # global batch per optimizer step, split over processes and accumulation
+    grad_accum: int = 1  # micro-batches per optimizer step on each process
+    optimizer: str = "radam"  # adam | radam | adamw
+    lr: float = 2e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  # constant | linear (decays to 0 at `steps`)
+    warmup_steps: int = 0  # linear LR warm-up from 0
+    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
+    ema_decay: float = 0.999  # per optimizer step
+    ema_halflife: float = 0.0  # in samples; > 0 replaces ema_decay by 0.5 ** (batch_size / ema_halflife)
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    seed: int = 0  # step k's noise and batch depend only on (seed, k), so resumed runs match uninterrupted ones
+    log_every: int = 10
+    checkpoint_every: int = 500  # steps between accelerate checkpoints (the last step is always saved)
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    sample_every: int = 500  # steps between sample-grid PNGs; 0 = only at the end
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    device: str = "auto"  # auto (accelerate's choice, GPUs under `accelerate launch`) | cpu
+
+    # Settings a resumed run may change: they do not alter the trained weights.
+    runtime_only: ClassVar[tuple] = ("out", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
+                                     "tensorboard", "device")
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """`cmt pretrain`: EDM diffusion pre-training of an EDM-preconditioned UNet2DModel teacher."""
+
+    out: str = "runs/pretrain"
+    data: str = "digits"  # digits | gmm:<preset> | a folder of images | a .npy array
+    gmm_samples: int = 8192  # training-set size drawn from a gmm:<preset>
+    class_conditional: bool = False  # train with the dataset's labels (digits only)
+    channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # UNet block widths
+    layers_per_block: int = 2
+    attention: bool = False
+    dropout: float = 0.0
+    sigma_data: float = 0.5
+    p_mean: float = -1.2  # training sigma ~ LogNormal(p_mean, p_std)
+    p_std: float = 1.2
+    sample_solver: str = "dpm3"  # sample grids: solver, steps and sigma grid
+    sample_steps: int = 16
+    sample_grid: str = "logsnr"
+    num_grid_samples: int = 64
+    export_dtype: str = "float32"  # weights dtype of the exported teacher folder (float16 halves its size)
+
+    runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + (
+        "sample_solver", "sample_steps", "sample_grid", "num_grid_samples", "export_dtype")
+
 
 
 def load_config(cls, path: str | Path | None = None, section: str | None = None, **overrides):

@@ -1,0 +1,225 @@
+"""The one training loop every stage uses (pre-, mid- and post-training): Accelerate, EMA, checkpoints, logs.
+
+    train(model, objective, data, cfg, kind=...) -> LoopState
+
+- `objective(model, batch, step) -> (loss, logs)`: see cmt_pipeline/objectives/__init__.py.
+- `data`: a BatchSource or a re-iterable of batch dicts: see training/data.py.
+- `cfg`: a TrainConfig (or a stage config extending it); recorded as run/config.json.
+
+Resume is exact: before every step torch's global generator is reseeded from (seed, step, rank), stateless
+sources serve batch k as a function of (seed, k), and model, optimizer, EMA and step come back from the
+accelerate checkpoint; so a run stopped after step k and resumed reproduces the uninterrupted run's losses.
+Runs unchanged under `accelerate launch` on any number of GPUs or nodes (checkpoints need a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config import TrainConfig
+from ..plotting import save_image_grid
+from ..utils import CMTError, atomic_write_bytes, atomic_write_json, sample_seed
+from .checkpoint import resolve_resume, save_model, save_training_state
+from .data import batch_stream
+from .ema import EMA, ema_decay
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}
+
+
+@dataclass
+class LoopState:
+    """What callbacks see after every optimizer step (model and ema unwrapped)."""
+
+    step: int
+    steps: int
+    accelerator: object
+    model: torch.nn.Module
+    ema: torch.nn.Module
+    run_dir: Path
+    metrics: dict = field(default_factory=dict)  # the last logged metrics
+
+
+class SampleGrid:
+    """Callback: every `every` steps (and at the last) write sample_fn(ema) as run/samples/step-NNNNNNN.png."""
+
+    def __init__(self, sample_fn, every: int):
+        self.sample_fn, self.every = sample_fn, every
+
+    def __call__(self, s: LoopState):
+        if s.accelerator.is_main_process and (s.step == s.steps or self.every and s.step % self.every == 0):
+            (s.run_dir / "samples").mkdir(exist_ok=True)
+            save_image_grid(self.sample_fn(s.ema), s.run_dir / "samples" / f"step-{s.step:07d}.png")
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """LR for 1-based `step`: optional linear warm-up, then constant or linear decay to 0 at cfg.steps."""
+    lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    return lr * (1 - (step - 1) / cfg.steps) if cfg.lr_schedule == "linear" else lr
+
+
+def validate(cfg: TrainConfig, world: int) -> None:
+    checks = [
+        (cfg.steps > 0, f"steps must be positive, got {cfg.steps}"),
+        (cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}"),
+        (cfg.batch_size > 0 and cfg.batch_size % (world * cfg.grad_accum) == 0,
+         f"batch_size {cfg.batch_size} must be a positive multiple of processes x grad_accum = {world * cfg.grad_accum}"),
+        (cfg.optimizer in OPTIMIZERS, f"optimizer must be one of {sorted(OPTIMIZERS)}, got {cfg.optimizer!r}"),
+        (cfg.lr_schedule in ("constant", "linear"), f"lr_schedule must be constant or linear, got {cfg.lr_schedule!r}"),
+        (cfg.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {cfg.mixed_precision!r}"),
+        (cfg.device in ("auto", "cpu"), f"device must be auto or cpu (accelerate places GPUs), got {cfg.device!r}"),
+        (cfg.checkpoint_every > 0 and cfg.log_every > 0, "checkpoint_every and log_every must be positive"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise CMTError(msg)
+
+
+def prepare_run_dir(accelerator, cfg: TrainConfig, kind: str, resume: str | None, data_info: dict) -> None:
+    """Refuse to overwrite a run or to resume it with other settings; record the config as run/config.json."""
+    run, ckpts = Path(cfg.out), Path(cfg.out) / "checkpoints"
+    record = {"kind": kind, "config": asdict(cfg), "data": data_info, "num_processes": accelerator.num_processes,
+              "cmt_version": __version__}
+    if resume is None and any(ckpts.glob("step-*")):
+        raise CMTError(f"{run} already holds a run's checkpoints; pass --resume latest to continue it "
+                       "or choose a new --out")
+    if resume is not None and (run / "config.json").exists():
+        old = json.loads((run / "config.json").read_text())["config"]
+        diff = sorted(k for k, v in record["config"].items()
+                      if k not in cfg.runtime_only and json.dumps(old.get(k)) != json.dumps(v))
+        if diff:
+            raise CMTError(f"cannot resume {run} with different settings {diff} (was "
+                           f"{ {k: old.get(k) for k in diff} }); use the original values or a new --out")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run / "config.json", record)
+
+
+def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: str, data_info: dict | None = None,
+          resume: str | None = None, callbacks=(), progress: bool = True) -> LoopState:
+    """Train `model` in place for cfg.steps optimizer steps; writes run/model.ckpt at the end (see module doc)."""
+    from accelerate import Accelerator
+    from accelerate.utils import is_tensorboard_available
+
+    run = Path(cfg.out)
+    tracker = "tensorboard" if cfg.tensorboard and is_tensorboard_available() else None
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, log_with=tracker,
+                      project_dir=str(run))
+    world, rank = acc.num_processes, acc.process_index
+    validate(cfg, world)
+    prepare_run_dir(acc, cfg, kind, resume, data_info or {})
+
+    ema = EMA(model).to(acc.device)
+    opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    weight_decay=cfg.weight_decay)
+    model, opt = acc.prepare(model, opt)
+    counter = StepCounter()
+    acc.register_for_checkpointing(ema, counter)
+    if resume is not None:
+        path = resolve_resume(resume, run / "checkpoints")
+        try:
+            acc.load_state(str(path))
+        except Exception as e:
+            raise CMTError(f"cannot resume from {path}: {str(e).splitlines()[0][:160]}; "
+                           "the checkpoint is damaged or was written for another model") from e
+    start = counter.step
+    if acc.is_main_process:
+        truncate_log(run / "log.jsonl", start)
+    if tracker:
+        acc.init_trackers("tensorboard")
+
+    decay = ema_decay(cfg.ema_decay, cfg.ema_halflife, cfg.batch_size)
+    stream = batch_stream(data, start, rank, world)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc=kind,
+               unit="step", dynamic_ncols=True)
+    state = LoopState(start, cfg.steps, acc, acc.unwrap_model(model), ema.model, run)
+    wait, last_log, t_log = 0.0, start, time.perf_counter()
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
+                     for k, v in next(stream).items()}
+            t1 = time.perf_counter()
+            torch.manual_seed(sample_seed(cfg.seed, step * world + rank))
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step)
+            loss, logs = step_grads(acc, model, objective, batch, step, cfg.grad_accum)
+            grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            ema.update(state.model, decay)
+            counter.step = state.step = step
+            wait += t1 - t0
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                reduced = acc.reduce({"loss": loss, **{k: torch.as_tensor(v, device=acc.device, dtype=torch.float32)
+                                                       for k, v in logs.items()}}, "mean")
+                now = time.perf_counter()
+                state.metrics = {"step": step, **{k: float(v) for k, v in reduced.items()},
+                                 "lr": lr_at(cfg, step), "grad_norm": float(grad_norm),
+                                 "data_wait": wait / (now - t_log), "steps_per_s": (step - last_log) / (now - t_log),
+                                 "samples_per_s": (step - last_log) * cfg.batch_size / (now - t_log)}
+                wait, last_log, t_log = 0.0, step, now
+                if acc.is_main_process:
+                    with open(run / "log.jsonl", "a") as f:
+                        f.write(json.dumps(state.metrics) + "\n")
+                acc.log({k: v for k, v in state.metrics.items() if k != "step"}, step=step)
+                bar.set_postfix(loss=f"{state.metrics['loss']:.4f}", data=f"{state.metrics['data_wait']:.0%}")
+            bar.update(1)
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_training_state(acc, run / "checkpoints", step, cfg.keep_checkpoints)
+            for cb in callbacks:
+                cb(state)
+    finally:
+        bar.close()
+        if tracker:
+            acc.end_training()
+    if acc.is_main_process:
+        save_model(run / "model.ckpt", kind=kind, model=state.model, ema_model=ema.model, step=state.step,
+                   config=asdict(cfg), data=data_info or {})
+    acc.wait_for_everyone()
+    return state
+
+
+def step_grads(acc, model, objective, batch, step: int, accum: int):
+    """Forward/backward over `accum` micro-batches (gradient sync only on the last); returns the mean loss and logs."""
+    micro = [dict(zip(batch, vals)) for vals in zip(*(v.chunk(accum) if torch.is_tensor(v) else [v] * accum
+                                                      for v in batch.values()))]
+    total, logs = 0.0, {}
+    for j, mb in enumerate(micro):
+        with acc.no_sync(model) if j < accum - 1 else nullcontext():
+            loss, info = objective(model, mb, step)
+            acc.backward(loss / accum)
+        total = total + loss.detach() / accum
+        for k, v in info.items():
+            logs[k] = logs.get(k, 0.0) + torch.as_tensor(v).detach().float() / accum
+    return total, logs
+
+
+class StepCounter:
+    """The optimizer step, checkpointed with the accelerate state."""
+
+    step = 0
+
+    def state_dict(self):
+        return {"step": self.step}
+
+    def load_state_dict(self, sd):
+        self.step = int(sd["step"])
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop log lines past `step` (left by a run that died after its last checkpoint) before appending."""
+    if path.exists():
+        keep = [ln for ln in path.read_text().splitlines(keepends=True) if ln.strip()
+                and json.loads(ln)["step"] <= step]
+        atomic_write_bytes(path, "".join(keep).encode())

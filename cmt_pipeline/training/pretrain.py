@@ -1,0 +1,74 @@
+"""Pre-training stage (`cmt pretrain`): an EDM-preconditioned UNet2DModel trained with the EDM loss on images
+from datasets.py, by the shared loop. Writes run/model.ckpt (kind "pretrain") and run/teacher/, the EMA network
+as a teacher folder for `cmt generate-trajectories --teacher run/teacher`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import PretrainConfig
+from ..datasets import load_images
+from ..objectives import EDMLoss
+from ..solvers import get_solver, make_grid
+from ..teachers.edm import EDMDenoiser, Precond, build_unet
+from ..utils import CMTError
+from .checkpoint import export_denoiser
+from .data import TensorSource
+from .loop import SampleGrid, train
+
+
+def build_teacher(cfg: PretrainConfig, shape, num_classes: int) -> EDMDenoiser:
+    down = 2 ** (len(cfg.channels) - 1)
+    if shape[1] % down or shape[2] % down:
+        raise CMTError(f"images of size {shape[1]}x{shape[2]} do not halve {len(cfg.channels) - 1} times "
+                       f"for channels {cfg.channels}; use fewer channel entries or other image sizes")
+    try:
+        unet = build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, num_classes, cfg.dropout, cfg.attention)
+    except ValueError as e:
+        raise CMTError(f"cannot build a UNet with channels {cfg.channels}: {e}") from e
+    return EDMDenoiser(unet, Precond(sigma_data=cfg.sigma_data, num_classes=num_classes))
+
+
+def grid_sampler(cfg: PretrainConfig, shape, num_classes: int):
+    """sample_fn(denoiser) -> images: the teacher's ODE solve from fixed noise, so successive grids compare."""
+    try:
+        solver, sigmas = get_solver(cfg.sample_solver), make_grid(cfg.sample_grid, cfg.sample_steps)
+    except ValueError as e:
+        raise CMTError(f"sample grid settings: {e}") from e
+    noise = torch.randn(cfg.num_grid_samples, *shape, generator=torch.Generator().manual_seed(cfg.seed))
+    labels = torch.arange(cfg.num_grid_samples) % num_classes if num_classes else None
+
+    def sample(denoiser):
+        dev = next(denoiser.parameters()).device
+        lab = labels.to(dev) if labels is not None else None
+        return solver(denoiser, noise.to(dev) * float(sigmas[0]), sigmas, lab)[-1]
+
+    return sample
+
+
+def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = True) -> dict:
+    data = load_images(cfg.data, cfg.gmm_samples, cfg.seed)
+    if cfg.class_conditional and data.labels is None:
+        raise CMTError(f"--class-conditional needs labelled data; {cfg.data} has no labels (digits does)")
+    if cfg.export_dtype not in ("float32", "float16"):
+        raise CMTError(f"export_dtype must be float32 or float16, got {cfg.export_dtype!r}")
+    num_classes = data.num_classes if cfg.class_conditional else 0
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model = build_teacher(cfg, data.shape, num_classes)
+    tensors = {"image": data.images, **({"labels": data.labels} if num_classes else {})}
+    source = TensorSource(tensors, cfg.batch_size, cfg.seed)
+    info = {**data.description, "fingerprint": source.fingerprint()}
+    t0 = time.perf_counter()
+    state = train(model, EDMLoss(cfg.p_mean, cfg.p_std, cfg.sigma_data), source, cfg, kind="pretrain",
+                  data_info=info, resume=resume, progress=progress,
+                  callbacks=[SampleGrid(grid_sampler(cfg, data.shape, num_classes), cfg.sample_every)])
+    run = Path(cfg.out)
+    if state.accelerator.is_main_process:
+        export_denoiser(state.ema, run / "teacher", cfg.export_dtype)
+    state.accelerator.wait_for_everyone()
+    return {"out": str(run), "step": state.step, "seconds": time.perf_counter() - t0,
+            "loss": state.metrics.get("loss"), "checkpoint": str(run / "model.ckpt"),
+            "teacher": str(run / "teacher"), "parameters": sum(p.numel() for p in model.parameters())}
