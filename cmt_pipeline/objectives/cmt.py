@@ -1,0 +1,73 @@
+"""Consistency Mid-Training objectives: plain regression onto the teacher's own trajectory endpoints.
+
+Batch (from a trajectory store): traj (B, K, C, H, W) states at sigmas[0..K-1], x0 (B, C, H, W) the solver's
+final sample at sigmas[K], labels (B,) with -1 for unconditional. No stop-gradient, no target network,
+no time curriculum.
+
+CM flavour:  L = mean over the trajectory's points of d(f(x_i, sigma_i), x0)   (uniform weighting)
+MF flavour:  in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)), for pairs i < j of one
+             trajectory (t_i > t_j, x0 counted as the last point):
+             L = || u(z_i, r = t_j, t = t_i) - (z_i - z_j) / (t_i - t_j) ||^2 ;  j = the endpoint is the CM case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .distances import distance
+
+
+def _labels(batch, repeat: int):
+    labels = batch.get("labels")
+    if labels is None or (labels < 0).all():
+        return None
+    return labels.repeat_interleave(repeat)
+
+
+@dataclass
+class CMTLoss:
+    sigmas: torch.Tensor  # (K + 1,) float64: the states' sigmas, then the endpoint's
+    points_per_traj: int = 0  # 0 = all K points of every trajectory each step
+    distance: str = "l2"
+    huber_c: float = 0.03
+
+    def __call__(self, model, batch, step):
+        traj, x0 = batch["traj"].float(), batch["x0"].float()
+        b, k = traj.shape[:2]
+        sig = self.sigmas[:k].to(traj.device, torch.float32)
+        if self.points_per_traj and self.points_per_traj < k:
+            idx = torch.rand(b, k, device=traj.device).argsort(1)[:, : self.points_per_traj]
+            traj, sig_b = traj[torch.arange(b, device=traj.device)[:, None], idx], sig[idx]
+            k = self.points_per_traj
+        else:
+            sig_b = sig.expand(b, k)
+        pred = model(traj.flatten(0, 1), sig_b.flatten(), _labels(batch, k))
+        per_point = distance(pred, x0.repeat_interleave(k, 0), self.distance, self.huber_c)
+        return per_point.mean(), {"loss_first_point": per_point.view(b, k)[:, 0].mean().detach()}
+
+
+@dataclass
+class CMTMeanFlowLoss:
+    sigmas: torch.Tensor  # (K + 1,)
+    pairs_per_traj: int = 16
+
+    def __call__(self, model, batch, step):
+        traj, x0 = batch["traj"].float(), batch["x0"].float()
+        b, k = traj.shape[:2]
+        points = torch.cat([traj, x0[:, None]], 1)  # (B, K + 1, ...): the endpoint is the last point
+        sig = self.sigmas[: k + 1].to(traj.device, torch.float32)
+        t_all = sig / (1 + sig)
+        # i uniform over the K states, then j uniform over the later points (the endpoint included)
+        i = torch.randint(0, k, (b, self.pairs_per_traj), device=traj.device)
+        j = i + 1 + (torch.rand(b, self.pairs_per_traj, device=traj.device) * (k - i)).long()
+        rows = torch.arange(b, device=traj.device)[:, None]
+        shape = (-1, 1, 1, 1)
+        z_i = (points[rows, i] / (1 + sig[i]).view(b, -1, 1, 1, 1)).flatten(0, 1)
+        z_j = (points[rows, j] / (1 + sig[j]).view(b, -1, 1, 1, 1)).flatten(0, 1)
+        t_i, t_j = t_all[i].flatten(), t_all[j].flatten()
+        target = (z_i - z_j) / (t_i - t_j).view(shape)
+        u = model(z_i, t_j, t_i, _labels(batch, self.pairs_per_traj))
+        per_pair = ((u.float() - target) ** 2).flatten(1).mean(1)
+        return per_pair.mean(), {"endpoint_pairs": (j == k).float().mean()}
