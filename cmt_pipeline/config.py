@@ -71,6 +71,9 @@ class PretrainConfig(TrainConfig):
     """`cmt pretrain`: EDM diffusion pre-training of an EDM-preconditioned UNet2DModel teacher."""
 
     out: str = "runs/pretrain"
+    steps: int = 2500  # defaults = the built-in digits teacher's recipe (configs/digits-pretrain.toml)
+    lr: float = 5e-4
+    lr_schedule: str = "linear"
     data: str = "digits"  # digits | gmm:<preset> | a folder of images | a .npy array
     gmm_samples: int = 8192  # training-set size drawn from a gmm:<preset>
     class_conditional: bool = False  # train with the dataset's labels (digits only)

@@ -108,6 +108,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
           resume: str | None = None, callbacks=(), progress: bool = True) -> LoopState:
     """Train `model` in place for cfg.steps optimizer steps; writes run/model.ckpt at the end (see module doc)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import is_tensorboard_available
 
     run = Path(cfg.out)
@@ -183,6 +184,9 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
         bar.close()
         if tracker:
             acc.end_training()
+        # accelerate keeps its settings in a process-wide singleton; forget them (not the process group) so a
+        # later train() in this process may choose another mixed precision
+        AcceleratorState._reset_state()
     if acc.is_main_process:
         save_model(run / "model.ckpt", kind=kind, model=state.model, ema_model=ema.model, step=state.step,
                    config=asdict(cfg), data=data_info or {})
