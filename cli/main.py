@@ -37,3 +37,4 @@ def human_bytes(n: float) -> str:
 
 from cli import generate as _generate, verify as _verify  # noqa: E402,F401  (registers commands)
 from cli import train as _train  # noqa: E402,F401
+from cli import evaluate as _evaluate  # noqa: E402,F401

@@ -34,6 +34,32 @@ class GenerateConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """`cmt evaluate`: sample a generator (a teacher with a solver, or a student at 1 or 2 steps) and measure it."""
+
+    teacher: str = "builtin"  # generator when no student is given: a model folder, gmm:<preset>, or builtin
+    solver: str = "dpm3"  # the teacher's ODE solver: euler | heun | dpm2 | dpm3
+    grid: str = "logsnr"  # logsnr | karras
+    student: str = ""  # a student folder (EDM format); when set it is the generator, sampled in `steps` steps
+    steps: int | None = None  # solver steps for a teacher (default 16); 1 or 2 for a student (default 1)
+    sigma_max: float = 80.0
+    sigma_min: float = 0.002
+    sigma_mid: float = 0.821  # a student's second-step noise level
+    num_samples: int = 2000
+    seed: int = 1  # not generate-trajectories' default 0, so a student is not scored on its training priors
+    class_labels: str = "random"  # random | an integer class (class-conditional generators)
+    batch_size: int = 256
+    store: str = ""  # a held-out trajectory store: paired error of the generator vs its stored solver samples
+    store_samples: int = 256  # the store's last N samples, mid-train's held-out tail (its --holdout); 0 = all
+    inception_weights: str = ""  # local FID Inception-v3 weights (pt_inception-2015-12-05 state dict)
+    fid_reference: str = ""  # FID reference: .npz with mu/sigma or .npy images in [-1, 1]; digits by default
+    gmm: str = ""  # gmm:<preset> ground truth for a student; a gmm:<preset> teacher is its own ground truth
+    reference_steps: int = 1024  # steps of the float64 dpm3 solve that stands in for the exact flow map
+    device: str = "auto"
+    out: str = "runs/evaluate"  # folder: evaluation.json and samples.png
+
+
+@dataclass
 class TrainConfig:
     """The one training loop's settings, shared by every stage: each stage's config extends this class,
     so a stage's TOML table holds its own options and these side by side."""

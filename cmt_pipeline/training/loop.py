@@ -113,6 +113,9 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
 
     run = Path(cfg.out)
     tracker = "tensorboard" if cfg.tensorboard and is_tensorboard_available() else None
+    # accelerate keeps its settings in a process-wide singleton: forget an earlier run's (not the process group),
+    # so a second train() in one process may choose another mixed precision
+    AcceleratorState._reset_state()
     acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, log_with=tracker,
                       project_dir=str(run))
     world, rank = acc.num_processes, acc.process_index
@@ -184,9 +187,6 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
         bar.close()
         if tracker:
             acc.end_training()
-        # accelerate keeps its settings in a process-wide singleton; forget them (not the process group) so a
-        # later train() in this process may choose another mixed precision
-        AcceleratorState._reset_state()
     if acc.is_main_process:
         save_model(run / "model.ckpt", kind=kind, model=state.model, ema_model=ema.model, step=state.step,
                    config=asdict(cfg), data=data_info or {})

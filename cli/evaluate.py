@@ -1,0 +1,86 @@
+"""`cmt evaluate`."""
+
+from __future__ import annotations
+
+import click
+
+from cmt_pipeline.config import EvaluateConfig, load_config
+
+from .main import cli
+
+# metric key -> (label, format); printed in this order when present
+ROWS = {
+    "digits_fd": ("digits FD (vs all 1797 real)", "{:.3f}"),
+    "digits_fd_floor": ("  noise floor (real half vs half)", "{:.3f}"),
+    "fid": ("FID (Inception-v3)", "{:.3f}"),
+    "paired_mse": ("paired MSE vs store x0", "{:.3e}"),
+    "paired_psnr": ("paired PSNR (dB)", "{:.2f}"),
+    "flow_map_mse": ("exact flow-map MSE", "{:.3e}"),
+    "flow_map_psnr": ("exact flow-map PSNR (dB)", "{:.2f}"),
+    "sliced_w2": ("sliced W2 vs true mixture", "{:.4f}"),
+    "sliced_w2_floor": ("  noise floor (exact vs exact)", "{:.4f}"),
+    "sample_seconds": ("sampling time (s)", "{:.1f}"),
+}
+
+
+@cli.command("evaluate")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="TOML file; its [evaluate] table sets defaults that the options below override.")
+@click.option("--teacher", help="Generator when no --student: a model folder, gmm:gmm2d, gmm:gmm8x8 or builtin.  "
+              "[default: builtin]")
+@click.option("--solver", type=click.Choice(["euler", "heun", "dpm2", "dpm3"]), help="The teacher's solver.  [default: dpm3]")
+@click.option("--grid", type=click.Choice(["logsnr", "karras"]), help="The teacher's sigma grid.  [default: logsnr]")
+@click.option("--student", help="A student folder (project EDM format); evaluated at --steps 1 or 2 instead of the teacher.")
+@click.option("--steps", type=int, help="Solver steps for a teacher [default: 16]; 1 or 2 for a student [default: 1].")
+@click.option("--sigma-max", type=float, help="x_T = sigma_max * noise.  [default: 80]")
+@click.option("--sigma-min", type=float, help="The teacher solve's last sigma.  [default: 0.002]")
+@click.option("--sigma-mid", type=float, help="A 2-step student's intermediate sigma.  [default: 0.821]")
+@click.option("--num-samples", type=int, help="Generated samples.  [default: 2000]")
+@click.option("--seed", type=int, help="Sample i's noise depends only on (seed, i).  [default: 1]")
+@click.option("--class-labels", help="random, or one class index for all samples (conditional generators).  [default: random]")
+@click.option("--batch-size", type=int, help="[default: 256]")
+@click.option("--store", type=click.Path(exists=True, file_okay=False),
+              help="Trajectory store: paired MSE/PSNR of the generator vs the stored solver samples.")
+@click.option("--store-samples", type=int, help="Use the store's last N samples, where `cmt mid-train --holdout` keeps "
+              "its held-out trajectories (0 = all).  [default: 256]")
+@click.option("--inception-weights", help="Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); "
+              "enables FID. Never downloaded.")
+@click.option("--fid-reference", help="FID reference: .npz with mu/sigma, or .npy images (N, C, H, W) in [-1, 1].  "
+              "[default: the real digits, for 8x8 generators]")
+@click.option("--gmm", help="gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
+@click.option("--reference-steps", type=int, help="Steps of the float64 dpm3 solve used as the exact flow map.  [default: 1024]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")
+@click.option("--out", type=click.Path(file_okay=False), help="Folder for evaluation.json and samples.png.  "
+              "[default: runs/evaluate]")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def evaluate_cmd(config_path, quiet, **opts):
+    """Sample a generator from seeded noise and measure it: digits FD (8x8 generators), FID (with local
+    Inception weights), paired error against a store, and exact errors for Gaussian-mixture ground truth.
+
+    Prints a table, writes OUT/evaluation.json and a sample picture OUT/samples.png.
+    """
+    from cmt_pipeline.evaluation import evaluate
+
+    cfg = load_config(EvaluateConfig, config_path, "evaluate", **opts)
+    result = evaluate(cfg, progress=not quiet)
+    m = result["metrics"]
+    click.echo(f"{result['generator']}, {m['num_samples']} samples, seed {cfg.seed}")
+    for key, (label, fmt) in ROWS.items():
+        if key in m:
+            click.echo(f"  {label:<36} {'inf' if m[key] is None else fmt.format(m[key])}")
+    click.echo(f"wrote {result['out']}/evaluation.json and samples.png")
+
+
+@cli.command("train-classifier")
+@click.option("--out", type=click.Path(file_okay=False), default="cmt_pipeline/assets/digits-classifier",
+              show_default=True, help="Folder for model.safetensors and config.json (its card).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=int, default=60, show_default=True)
+def train_classifier_cmd(out, seed, epochs):
+    """Train the digits feature classifier behind the digits FD (how the shipped one was made)."""
+    from cmt_pipeline.evaluation.features import save_classifier, train_classifier
+
+    model, card = train_classifier(seed, epochs)
+    save_classifier(model, card, out)
+    click.echo(f"{out}: held-out accuracy {card['heldout_accuracy']:.4f} on {card['split']['held_out']} digits, "
+               f"{card['train_seconds']:.0f} s")

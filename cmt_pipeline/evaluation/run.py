@@ -1,0 +1,141 @@
+"""`evaluate(cfg)`: sample any generator from seeded noise and measure it with every metric that applies.
+
+Which metrics run is decided by what is known: digits FD for (1, 8, 8) samples, FID when Inception weights are
+given, paired error when a store is given, exact-flow-map error and sliced W2 when the ground truth is a mixture.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..config import EvaluateConfig, to_dict
+from ..plotting import save_image_grid, save_scatter
+from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
+from ..stores import open_store
+from ..teachers import GMMDenoiser, load_teacher
+from ..utils import CMTError, atomic_write_json, resolve_device
+from .features import DigitsFD, real_digits
+from .frechet import feature_stats, frechet_distance
+from .inception import inception_features, load_inception
+from .metrics import check_store, gmm_metrics, paired_error
+
+RESULTS, SAMPLES_PNG = "evaluation.json", "samples.png"
+
+
+def build_sampler(cfg: EvaluateConfig, device):
+    """The generator under test: the student at 1 or 2 steps when one is given, else the teacher + solver."""
+    if cfg.student:
+        steps = cfg.steps or 1
+        if steps not in (1, 2):
+            raise CMTError(f"a student is sampled in 1 or 2 steps; got --steps {steps}")
+        return StudentSampler(load_student(cfg.student, device), student_sigmas(steps, cfg.sigma_max, cfg.sigma_mid))
+    try:
+        return TeacherSampler(load_teacher(cfg.teacher, device), cfg.solver, cfg.steps or 16, cfg.grid,
+                              cfg.sigma_max, cfg.sigma_min)
+    except ValueError as e:
+        raise CMTError(f"bad solver settings: {e}") from e
+
+
+def ground_truth(cfg: EvaluateConfig, shape) -> GMMDenoiser | None:
+    spec = cfg.gmm or ("" if cfg.student or not cfg.teacher.startswith("gmm:") else cfg.teacher)
+    if not spec:
+        return None
+    gmm = load_teacher(spec) if spec.startswith("gmm:") else None
+    if not isinstance(gmm, GMMDenoiser):
+        raise CMTError(f"--gmm {spec} is not a Gaussian-mixture preset; pass gmm:<preset>, e.g. gmm:gmm8x8")
+    if tuple(gmm.shape) != tuple(shape):
+        raise CMTError(f"--gmm {spec} has shape {gmm.shape} but the generator makes {tuple(shape)}")
+    return gmm
+
+
+def fid(cfg: EvaluateConfig, model, samples: torch.Tensor) -> float:
+    """FID of the samples against --fid-reference (mu/sigma .npz or an .npy image array), or the real digits."""
+    ref = cfg.fid_reference
+    if ref.endswith(".npz"):
+        stats = np.load(ref)
+        if not {"mu", "sigma"} <= set(stats.files):
+            raise CMTError(f"--fid-reference {ref} lacks mu/sigma arrays (pytorch-fid's --save-stats format)")
+        ref_stats = stats["mu"], stats["sigma"]
+    else:
+        images = torch.from_numpy(np.load(ref) if ref else real_digits()[0]).float()
+        ref_stats = feature_stats(inception_features(model, images, cfg.batch_size))
+    return frechet_distance(*feature_stats(inception_features(model, samples, cfg.batch_size)), *ref_stats)
+
+
+def check(cfg: EvaluateConfig, sampler) -> None:
+    """Every input problem surfaces here, before any sampling is spent."""
+    checks = [
+        (cfg.num_samples >= 2, f"--num-samples must be at least 2, got {cfg.num_samples}"),
+        (cfg.batch_size > 0, f"--batch-size must be positive, got {cfg.batch_size}"),
+        (cfg.reference_steps > 0, f"--reference-steps must be positive, got {cfg.reference_steps}"),
+        (sampler.num_classes or cfg.class_labels in ("random", "none"),
+         f"--class-labels {cfg.class_labels} given, but the generator is unconditional"),
+        (not sampler.num_classes or cfg.class_labels == "random"
+         or (cfg.class_labels.isdigit() and int(cfg.class_labels) < sampler.num_classes),
+         f"--class-labels must be random or a class in 0..{sampler.num_classes - 1}, got {cfg.class_labels!r}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise CMTError(msg)
+    if cfg.store:
+        check_store(open_store(cfg.store).plan, sampler, cfg.store)
+    ref = cfg.fid_reference
+    if cfg.inception_weights and not (Path(ref).suffix in (".npz", ".npy") and Path(ref).is_file() if ref
+                                      else sampler.shape == DigitsFD.shape):
+        raise CMTError(f"FID needs reference statistics: pass --fid-reference as an existing .npz (mu, sigma) or "
+                       f".npy of (N, C, H, W) images in [-1, 1] (got {ref or 'nothing'})")
+
+
+def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
+    """Sample cfg.num_samples from the generator, compute the applicable metrics, write JSON + PNG to cfg.out."""
+    device = resolve_device(cfg.device)
+    sampler = build_sampler(cfg, device)
+    check(cfg, sampler)
+    gmm = ground_truth(cfg, sampler.shape)
+    inception = load_inception(cfg.inception_weights, device) if cfg.inception_weights else None
+    t0 = time.perf_counter()
+    x, prior, _, _ = sample(sampler, cfg.num_samples, cfg.seed, cfg.batch_size, device, cfg.class_labels, progress)
+    metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
+    if not torch.isfinite(x).all():
+        raise CMTError("the generator produced non-finite samples (NaN/inf); check the model and --sigma-max")
+    if sampler.shape == DigitsFD.shape:
+        fd = DigitsFD(device)
+        metrics.update(digits_fd=fd(x), digits_fd_floor=fd.noise_floor())
+    if inception is not None:
+        metrics["fid"] = fid(cfg, inception, x)
+    if cfg.store:
+        metrics.update(paired_error(sampler, cfg.store, cfg.store_samples, cfg.batch_size, device, cfg.seed, progress))
+    exact = None
+    if gmm is not None:
+        metrics.update(gmm_metrics(gmm, x, prior, sampler.renoise_steps == 0, sampler.sigma_max, cfg.sigma_min,
+                                   cfg.reference_steps, cfg.seed, cfg.batch_size, device, progress))
+        exact = gmm.sample(min(len(x), 2000), torch.Generator().manual_seed(cfg.seed))
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if len(sampler.shape) == 3 and min(sampler.shape[1:]) >= 4 and sampler.shape[0] in (1, 3):
+        save_image_grid(x[:100], out / SAMPLES_PNG)
+    else:
+        save_scatter(x[:2000], out / SAMPLES_PNG, reference=exact, title=describe(sampler))
+    result = {"generator": describe(sampler), "metrics": {k: _json(v) for k, v in metrics.items()},
+              "sampler": sampler.describe(), "config": to_dict(cfg), "cmt_version": __version__}
+    atomic_write_json(out / RESULTS, result)
+    return {**result, "out": str(out)}
+
+
+def describe(sampler) -> str:
+    """One human line naming the generator, e.g. 'teacher dpm3 x 16 (logsnr), 16 NFE'."""
+    d = sampler.describe()
+    if d["kind"] == "teacher":
+        return f"teacher {d['solver']} x {d['steps']} ({d['grid']}), {d['nfe']} NFE"
+    return f"student {d['steps']}-step (sigmas {', '.join(f'{s:g}' for s in d['sigmas'])}), {d['nfe']} NFE"
+
+
+def _json(v):
+    """inf PSNR (a perfect match) is not valid JSON; write it as null."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v

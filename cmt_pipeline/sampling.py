@@ -1,0 +1,105 @@
+"""Samplers: the generator seam. A sampler maps unit prior noise (+ labels) to samples, whatever is behind it:
+
+    sampler(prior, labels=None, renoise=None) -> x0        prior: (B, C, H, W) unit noise; x_T = sigma_max * prior
+    sampler.shape, .num_classes, .nfe, .renoise_steps, .describe()
+
+`TeacherSampler` is a denoiser + ODE solver + sigma grid (the teacher, or a reference solve). `StudentSampler`
+is a flow-map student: any denoiser-seam module whose single evaluation f(x, sigma) jumps to the trajectory's
+end (e.g. an EDMDenoiser with boundary_sigma > 0), sampled at 1 step, f(x_T, sigma_max), or more by re-noising:
+x_mid = x0_hat + sigma_mid * eps', then f(x_mid, sigma_mid). Re-noising needs `renoise_steps` extra unit
+noises per sample; they are drawn per sample index like the prior, so samples never depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .generation.run import draw_priors
+from .solvers import NFE_PER_STEP, get_solver, make_grid
+from .teachers import Denoiser, load_teacher
+
+
+class TeacherSampler:
+    def __init__(self, denoiser: Denoiser, solver: str = "dpm3", steps: int = 16, grid: str = "logsnr",
+                 sigma_max: float = 80.0, sigma_min: float = 0.002):
+        self.net, self.solver_name = denoiser, solver
+        self.solve = get_solver(solver)
+        self.sigmas = make_grid(grid, steps, sigma_max, sigma_min)
+        self.grid, self.steps = grid, steps
+        self.shape, self.num_classes = tuple(denoiser.shape), denoiser.num_classes
+        self.nfe, self.renoise_steps = NFE_PER_STEP[solver] * steps, 0
+        self.sigma_max = float(self.sigmas[0])
+
+    def __call__(self, prior, labels=None, renoise=None):
+        return self.solve(self.net, prior * self.sigma_max, self.sigmas, labels)[-1]
+
+    def describe(self) -> dict:
+        return {"kind": "teacher", "solver": self.solver_name, "steps": self.steps, "grid": self.grid, "nfe": self.nfe,
+                "sigmas": [self.sigma_max, float(self.sigmas[-1])], "denoiser": self.net.describe()}
+
+
+class StudentSampler:
+    def __init__(self, student: Denoiser, sigmas=(80.0,)):
+        self.net, self.sigmas = student, [float(s) for s in sigmas]
+        self.shape, self.num_classes = tuple(student.shape), student.num_classes
+        self.nfe, self.renoise_steps = len(self.sigmas), len(self.sigmas) - 1
+        self.sigma_max = self.sigmas[0]
+
+    @torch.no_grad()
+    def __call__(self, prior, labels=None, renoise=None):
+        x = self.net(prior * self.sigma_max, self.sigma_max, labels)
+        for k, s in enumerate(self.sigmas[1:]):
+            x = self.net(x + s * renoise[:, k], s, labels)
+        return x
+
+    def describe(self) -> dict:
+        return {"kind": "student", "steps": len(self.sigmas), "nfe": self.nfe, "sigmas": self.sigmas,
+                "denoiser": self.net.describe()}
+
+
+def student_sigmas(steps: int, sigma_max: float = 80.0, sigma_mid: float = 0.821) -> list[float]:
+    """The paper's few-step schedule: [sigma_max] for 1 step, [sigma_max, sigma_mid] for 2."""
+    if steps not in (1, 2):
+        raise ValueError(f"a student samples in 1 or 2 steps, got {steps}")
+    return [sigma_max] if steps == 1 else [sigma_max, sigma_mid]
+
+
+def load_student(spec: str, device="cpu") -> Denoiser:
+    """The one place a student checkpoint is opened. Today: a folder in the project's EDM format (a consistency
+    student has boundary_sigma > 0 in its cmt_precond.json); any teacher spec also works, which evaluates a
+    diffusion denoiser used as a one-jump map, the baseline a student must beat."""
+    return load_teacher(spec, device)
+
+
+def draw_renoise(seed: int, indices, shape, steps: int) -> np.ndarray:
+    """(n, steps, C, H, W) unit noise for re-noising, from a per-sample stream distinct from the prior's."""
+    out = np.empty((len(indices), steps, *shape), np.float32)
+    for j, i in enumerate(indices):
+        s = int(np.random.SeedSequence([seed, int(i), 1]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+        out[j] = torch.randn((steps, *shape), generator=torch.Generator().manual_seed(s)).numpy()
+    return out
+
+
+def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256, device="cpu",
+                dtype=torch.float32, progress: bool = False, desc: str = "sample") -> torch.Tensor:
+    """Apply `sampler` to (n, C, H, W) numpy prior noise in batches; returns CPU samples in `dtype`."""
+    out = []
+    for b in tqdm(range(0, len(prior), batch_size), desc=desc, disable=not progress, unit="batch"):
+        x = torch.from_numpy(prior[b:b + batch_size]).to(device, dtype)
+        lab = torch.from_numpy(labels[b:b + batch_size]).to(device) if sampler.num_classes else None
+        ren = torch.from_numpy(renoise[b:b + batch_size]).to(device, dtype) if renoise is not None else None
+        with torch.no_grad():
+            out.append(sampler(x, lab, ren).cpu())
+    return torch.cat(out)
+
+
+def sample(sampler, num_samples: int, seed: int = 0, batch_size: int = 256, device="cpu",
+           class_labels: str = "random", progress: bool = False):
+    """Samples 0..n-1 of a seeded run: (samples, prior, labels, renoise); sample i depends only on (seed, i)."""
+    indices = np.arange(num_samples)
+    prior, labels = draw_priors(seed, indices, sampler.shape, sampler.num_classes, class_labels)
+    renoise = draw_renoise(seed, indices, sampler.shape, sampler.renoise_steps) if sampler.renoise_steps else None
+    x = run_sampler(sampler, prior, labels, renoise, batch_size, device, progress=progress)
+    return x, prior, labels, renoise
