@@ -176,6 +176,17 @@ def test_bf16_mixed_precision_is_applied(tmp_path):
     assert b[2] == pytest.approx(a[2], rel=1e-2) and b[2] != a[2]  # close, but computed in bfloat16
 
 
+def test_tensorboard_gets_the_logged_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tmp_path, steps=3, tensorboard=True)
+    events = EventAccumulator(str(next((tmp_path / "tensorboard").rglob("events.out.tfevents.*")).parent)).Reload()
+    assert {"loss", "abs", "lr", "grad_norm", "data_wait"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert events.Scalars("loss")[-1].value == pytest.approx(losses(tmp_path)[3])
+
+
 def test_run_folder_guards(tmp_path):
     state = run(tmp_path, steps=3)
     assert state.step == 3 and (tmp_path / "model.ckpt").exists()
