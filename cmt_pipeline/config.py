@@ -121,6 +121,69 @@ class PretrainConfig(TrainConfig):
 
 
 
+@dataclass
+class MidTrainConfig(TrainConfig):
+    """`cmt mid-train`: regress a flow-map student onto stored teacher trajectories' endpoints (CMT)."""
+
+    out: str = "runs/mid"
+    data: str = ""  # a trajectory store made by `cmt generate-trajectories`
+    holdout: int = 256  # last trajectories of the store kept for evaluation, never trained on
+    flavour: str = "cm"  # cm (consistency flow map) | mf (MeanFlow average velocity)
+    init: str = "teacher"  # teacher (its EDM network's weights) | random
+    teacher: str = ""  # the network to start from; default: the teacher the store was generated with
+    batch_size: int = 8  # trajectories per optimizer step (x K points each for cm)
+    lr_schedule: str = "linear"
+    points_per_traj: int = 0  # cm: points drawn per trajectory per step; 0 = all K
+    pairs_per_traj: int = 16  # mf: (t, r) pairs drawn per trajectory per step
+    distance: str = "l2"  # cm: l2 | huber
+    huber_c: float = 0.03
+    sigma_min_shift: float = 0.003  # cm: the boundary f(x, s) = x holds at s = sigma_min_shift
+    dropout: float = 0.0
+    channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # init=random without a network teacher
+    layers_per_block: int = 2
+    eval_every: int = 100  # steps between held-out 1-step errors (eval.jsonl); 0 = only at the end
+    eval_samples: int = 256  # held-out trajectories used for that error
+    num_grid_samples: int = 64
+
+    runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("eval_every", "eval_samples", "num_grid_samples")
+
+
+@dataclass
+class PostTrainConfig(TrainConfig):
+    """`cmt post-train`: ECT or MeanFlow post-training of a flow-map student, then its 1- and 2-step quality."""
+
+    out: str = "runs/post"
+    init: str = ""  # mid-training model.ckpt (CMT) | diffusion teacher (pretrain model.ckpt, folder, builtin) | random
+    objective: str = "ect"  # ect (consistency student, from mid-cm) | meanflow (average velocity, from mid-mf)
+    data: str = "digits"  # real data: digits | gmm:<preset> | a folder of images | a .npy array
+    gmm_samples: int = 8192  # training-set size drawn from a gmm:<preset>
+    arch: str = ""  # init=random: re-initialise this network's architecture (teacher spec or model.ckpt); "" = channels
+    channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # init=random without --arch
+    layers_per_block: int = 2
+    dropout: float = 0.0
+    sigma_min_shift: float = 0.003  # ect: the boundary f(x, s) = x of a student made from a diffusion/random net
+    lr: float = 1e-4
+    lr_schedule: str = "linear"
+    p_mean: float | None = None  # noise levels ~ LogNormal(p_mean, p_std); unset: ECT -1.1/2.0, MeanFlow -0.4/1.0
+    p_std: float | None = None
+    q: float = 256.0  # ect: r = t (1 - (1 + 8 sigmoid(-t)) / q)
+    q_double_every: int = 0  # ect: > 0 doubles q every this many steps (vanilla ECT curriculum); 0 = fixed q
+    distance: str = "l2"  # ect: l2 | huber
+    huber_c: float = 0.06
+    edm_weighting: bool = False  # ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2
+    r_fraction: float = 0.25  # meanflow: share of samples with r != t
+    adaptive_p: float = 1.0  # meanflow: adaptive loss weight 1 / (err + adaptive_c)^p
+    adaptive_c: float = 1e-3
+    sigma_max: float = 80.0  # sampling: x_T = sigma_max * noise
+    sigma_mid: float = 0.821  # sampling: the 2-step re-noise level
+    eval_every: int = 0  # steps between 1/2-step evaluations (eval.jsonl); 0 = only the init and the end
+    eval_samples: int = 1000
+    num_grid_samples: int = 64
+
+    runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("sigma_mid", "eval_every", "eval_samples",
+                                                                "num_grid_samples")
+
+
 def load_config(cls, path: str | Path | None = None, section: str | None = None, **overrides):
     """Build `cls` from defaults, then the TOML table `section` of `path`, then non-None overrides."""
     values = {}

@@ -1,0 +1,89 @@
+"""`cmt inspect`: what is this folder or file? A summary of a trajectory store, a model checkpoint or a
+teacher/student folder, and a picture of a store's trajectories (states along sigma)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .stores import open_store, read_all
+from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_json
+from .utils import CMTError
+
+
+def disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def inspect_store(path: Path) -> dict:
+    complete = (path / MANIFEST).exists()
+    plan = read_json(path / (MANIFEST if complete else PLAN))
+    done = len(done_shards(path))
+    sig = plan["sigmas"]
+    return {
+        "type": f"trajectory store ({plan['format']})", "samples": plan["num_samples"],
+        "complete": complete, "shards done": f"{done}/{num_shards(plan)}",
+        "sample shape": "x".join(map(str, plan["shape"])), "states per sample": plan["num_states"],
+        "sigmas": f"{sig[0]:g} -> {sig[-2]:g} (states), endpoint {sig[-1]:g}",
+        "solver": f"{plan['solver']} on the {plan['config']['grid']} grid, {plan['nfe_per_sample']} NFE/sample",
+        "teacher": plan["teacher"]["spec"], "teacher fingerprint": plan["teacher"]["fingerprint"][:16],
+        "classes": plan["num_classes"] or "unconditional", "dtype": plan["dtype"], "seed": plan["config"]["seed"],
+        "size on disk": disk_bytes(path), "bytes per sample": round(disk_bytes(path) / plan["num_samples"], 1),
+    }
+
+
+def inspect_checkpoint(path: Path) -> dict:
+    from .training.checkpoint import load_model
+
+    ckpt = load_model(path)
+    net = ckpt.get("network") or {}
+    params = sum(v.numel() for v in ckpt["state_dict"].values())
+    cfg, data = ckpt.get("config", {}), ckpt.get("data", {})
+    out = {"type": f"model checkpoint ({ckpt['kind']})", "step": ckpt["step"], "network": net.get("class"),
+           "parameters": params, "precond": net.get("precond"), "size on disk": disk_bytes(path)}
+    out.update({f"config.{k}": cfg[k] for k in ("steps", "batch_size", "lr", "ema_decay", "flavour", "objective",
+                                                 "init", "data") if k in cfg})
+    out.update({f"data.{k}": data[k] for k in ("store", "num_samples", "holdout", "teacher", "fingerprint")
+                if k in data})
+    return out
+
+
+def inspect_network_folder(path: Path) -> dict:
+    from .teachers import load_teacher
+
+    d = load_teacher(str(path)).describe()
+    return {"type": f"network folder ({d.pop('kind')})", **d, "size on disk": disk_bytes(path)}
+
+
+def inspect_path(path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise CMTError(f"{path} does not exist; pass a trajectory store, a model.ckpt or a teacher/student folder")
+    if path.is_dir() and (path / PLAN).exists():
+        return inspect_store(path)
+    if path.is_file():
+        return inspect_checkpoint(path)
+    return inspect_network_folder(path)
+
+
+def trajectory_png(path, out, num: int = 6) -> None:
+    """Rows = the first `num` samples; columns = their stored states from sigma_max down, then x0. States are
+    shown as x / sqrt(1 + sigma^2), the variance-preserving scaling, so noisy states stay in display range."""
+    from .plotting import save_image_grid, save_scatter
+
+    reader = open_store(path, require_complete=False)
+    plan = reader.plan
+    if not done_shards(path):
+        raise CMTError(f"{path} has no finished shard yet; nothing to draw")
+    data = read_all(path, require_complete=False) if (Path(path) / MANIFEST).exists() else reader.read_shard(min(done_shards(path)))
+    traj = torch.from_numpy(data["traj"][:num].astype(np.float32))
+    x0 = torch.from_numpy(data["x0"][:num].astype(np.float32))
+    sig = torch.tensor(plan["sigmas"], dtype=torch.float32)
+    states = torch.cat([traj, x0[:, None]], 1) / (1 + sig.view(1, -1, 1, 1, 1) ** 2).sqrt()
+    c, h, w = plan["shape"]
+    if h * w == 1:  # low-dimensional data (gmm2d): draw the paths in the plane instead
+        save_scatter(states.reshape(-1, c), out, title=f"{num} trajectories (VP-scaled states)")
+    else:
+        save_image_grid(states.reshape(-1, c, h, w), out, nrow=states.shape[1])

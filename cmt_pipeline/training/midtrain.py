@@ -1,0 +1,173 @@
+"""Mid-training stage (`cmt mid-train`): a flow-map student regressed onto stored teacher trajectories (CMT),
+by the shared loop. Writes run/model.ckpt (kind "mid-cm" or "mid-mf"), run/eval.jsonl (the held-out 1-step
+error every eval_every steps, step 0 = the initialisation) with its curve run/eval.png, and for the CM flavour
+run/student/, the EMA student in the teacher/student folder format."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import MidTrainConfig
+from ..evaluation.metrics import exact_flow_map, mse_psnr
+from ..models import MeanFlowStudent, as_denoiser, consistency_student
+from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
+from ..objectives.distances import DISTANCES
+from ..sampling import StudentSampler, run_sampler
+from ..stores import open_store, shard_range
+from ..stores.loader import trajectory_source
+from ..teachers import EDMDenoiser, GMMDenoiser, Precond, build_unet, load_teacher
+from ..utils import CMTError
+from .checkpoint import export_denoiser
+from .loop import SampleGrid, train
+
+FLAVOURS = ("cm", "mf")
+
+
+def holdout_arrays(path, holdout: int, num: int) -> dict:
+    """Prior, labels and stored x0 of the first `num` held-out trajectories (the store's last `holdout`)."""
+    reader = open_store(path)
+    n = reader.plan["num_samples"]
+    lo, hi = n - holdout, n - holdout + min(num, holdout)
+    parts = []
+    for k in range(len(reader.plan["shards"])):
+        a, b = shard_range(reader.plan, k)
+        if b > lo and a < hi:
+            shard = reader.read_shard(k)
+            parts.append({name: v[max(lo - a, 0): hi - a] for name, v in shard.items()})
+    return {name: np.concatenate([p[name] for p in parts]) for name in ("prior", "labels", "x0")}
+
+
+def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
+    """The student network: the teacher's EDM network (init=teacher) or the same architecture re-initialised."""
+    if cfg.init not in ("teacher", "random"):
+        raise CMTError(f"--init must be teacher or random for mid-training, got {cfg.init!r}")
+    if isinstance(teacher, EDMDenoiser):
+        net = EDMDenoiser(teacher.backbone, Precond(**vars(teacher.precond)))
+        if cfg.init == "random":
+            torch.manual_seed(cfg.seed)
+            net = EDMDenoiser(type(teacher.backbone).from_config(teacher.backbone.config), net.precond)
+    elif cfg.init == "teacher":
+        raise CMTError(f"--init teacher needs a teacher in the project's EDM format; {type(teacher).__name__} has "
+                       "no such network (use --init random, or --teacher a folder made by `cmt pretrain`)")
+    else:
+        torch.manual_seed(cfg.seed)
+        net = EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, teacher.num_classes),
+                          Precond(num_classes=teacher.num_classes))
+    for m in net.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = cfg.dropout
+    if cfg.flavour == "cm":
+        return consistency_student(net, cfg.sigma_min_shift)
+    return MeanFlowStudent(net).train().requires_grad_(True)
+
+
+class HoldoutError:
+    """Callback: the EMA student's 1-step error on held-out trajectories, against the stored solver sample
+    (teacher matching) and, for a Gaussian-mixture teacher, against the exact flow map."""
+
+    def __init__(self, run: Path, data: dict, sigma_max: float, every: int, exact=None):
+        self.path, self.data, self.sigma_max, self.every, self.exact = run / "eval.jsonl", data, sigma_max, every, exact
+
+    def measure(self, model, step: int, device) -> dict:
+        sampler = StudentSampler(as_denoiser(model).eval(), [self.sigma_max])
+        x = run_sampler(sampler, self.data["prior"], self.data["labels"], device=device)
+        row = {"step": step, "teacher_mse": mse_psnr(x, self.data["x0"].astype(np.float32))["mse"]}
+        if self.exact is not None:
+            row["exact_mse"] = mse_psnr(x, self.exact)["mse"]
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
+
+    def __call__(self, s):
+        if s.accelerator.is_main_process and (s.step == s.steps or self.every and s.step % self.every == 0):
+            self.measure(s.ema, s.step, s.accelerator.device)
+
+
+def plot_curve(path: Path, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {}
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row  # a resumed run re-measures: keep the last
+    steps = sorted(rows)
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for key, label in (("teacher_mse", "vs teacher's solver sample"), ("exact_mse", "vs exact flow map")):
+        if key in rows[steps[0]]:
+            ax.plot(steps, [rows[s][key] for s in steps], marker="o", ms=3, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("mid-training step")
+    ax.set_ylabel("held-out 1-step MSE")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
+    """Run (or resume) mid-training; `callbacks` are extra per-step hooks for library users (see training/loop.py)."""
+    if cfg.flavour not in FLAVOURS:
+        raise CMTError(f"--flavour must be one of {FLAVOURS}, got {cfg.flavour!r}")
+    if cfg.distance not in DISTANCES:
+        raise CMTError(f"--distance must be one of {DISTANCES}, got {cfg.distance!r}")
+    if not cfg.data:
+        raise CMTError("mid-training needs --data: a trajectory store made by `cmt generate-trajectories`")
+    source, info = trajectory_source(cfg.data, cfg.batch_size, cfg.seed, cfg.holdout)
+    plan = open_store(cfg.data).plan
+    teacher_spec = cfg.teacher or plan["teacher"]["spec"]
+    teacher = load_teacher(teacher_spec)
+    if tuple(teacher.shape) != tuple(plan["shape"]):
+        raise CMTError(f"--teacher {teacher_spec} works on shape {tuple(teacher.shape)} but the store holds "
+                       f"{tuple(plan['shape'])}; pass the teacher the store was made with")
+    student = build_student(cfg, teacher, tuple(plan["shape"]))
+    sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
+    objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c) if cfg.flavour == "cm"
+                 else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj))
+
+    run = Path(cfg.out)
+    callbacks = list(callbacks)
+    if cfg.holdout > 0:
+        data = holdout_arrays(cfg.data, cfg.holdout, cfg.eval_samples)
+        exact = exact_flow_map(teacher, data["prior"], plan["sigmas"][0], plan["sigmas"][-1]).float() \
+            if isinstance(teacher, GMMDenoiser) else None
+        evaluator = HoldoutError(run, data, plan["sigmas"][0], cfg.eval_every, exact)
+        callbacks.append(evaluator)
+        if resume is None and not any((run / "checkpoints").glob("step-*")):
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "eval.jsonl").unlink(missing_ok=True)
+            evaluator.measure(student, 0, "cpu")
+    grid_prior = torch.randn(cfg.num_grid_samples, *plan["shape"], generator=torch.Generator().manual_seed(cfg.seed))
+    grid_labels = torch.arange(cfg.num_grid_samples) % teacher.num_classes if teacher.num_classes else None
+
+    def one_step(model):
+        dev = next(model.parameters()).device
+        lab = grid_labels.to(dev) if grid_labels is not None else None
+        with torch.no_grad():
+            return as_denoiser(model).eval()(grid_prior.to(dev) * plan["sigmas"][0], plan["sigmas"][0], lab)
+
+    callbacks.append(SampleGrid(one_step, cfg.sample_every))
+    info = {**info, "teacher": teacher_spec}
+    t0 = time.perf_counter()
+    state = train(student, objective, source, cfg, kind=f"mid-{cfg.flavour}", data_info=info, resume=resume,
+                  callbacks=callbacks, progress=progress)
+    if state.accelerator.is_main_process:
+        if cfg.holdout > 0:
+            plot_curve(run / "eval.jsonl", run / "eval.png", f"CMT ({cfg.flavour}) on {Path(cfg.data).name}")
+        if cfg.flavour == "cm":
+            export_denoiser(state.ema, run / "student")
+    state.accelerator.wait_for_everyone()
+    last = {}
+    if (run / "eval.jsonl").exists():
+        last = json.loads((run / "eval.jsonl").read_text().splitlines()[-1])
+    return {"out": str(run), "step": state.step, "seconds": time.perf_counter() - t0,
+            "loss": state.metrics.get("loss"), "checkpoint": str(run / "model.ckpt"), **last}

@@ -1,0 +1,173 @@
+"""Consistency Mid-Training: students, objectives, the trajectory data source and `cmt mid-train` end to end."""
+
+import copy
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from cmt_pipeline.config import GenerateConfig, MidTrainConfig
+from cmt_pipeline.generation import generate
+from cmt_pipeline.models import MeanFlowDenoiser, MeanFlowStudent, consistency_student
+from cmt_pipeline.objectives.cmt import CMTLoss, CMTMeanFlowLoss
+from cmt_pipeline.stores.loader import trajectory_source
+from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
+from cmt_pipeline.training.checkpoint import load_model, model_from_checkpoint
+from cmt_pipeline.training.midtrain import mid_train
+from cmt_pipeline.utils import CMTError
+
+TINY = dict(channels=[16, 32], layers_per_block=1)
+FAST = dict(device="cpu", tensorboard=False, checkpoint_every=1000, sample_every=0, log_every=1)
+
+
+@pytest.fixture(scope="module")
+def gmm_store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gmm") / "zarr"
+    generate(GenerateConfig(teacher="gmm:gmm8x8", num_samples=192, shard_size=64, batch_size=64, device="cpu",
+                            out=str(out)), progress=False)
+    return out
+
+
+def tiny_teacher():
+    torch.manual_seed(0)
+    return EDMDenoiser(build_unet((1, 8, 8), channels=(8, 16), layers_per_block=1), Precond()).eval()
+
+
+def test_meanflow_student_starts_as_the_teachers_velocity():
+    teacher = tiny_teacher()
+    student = MeanFlowStudent(copy.deepcopy(teacher))
+    x, sigma = torch.randn(4, 1, 8, 8), torch.tensor([0.05, 0.5, 2.0, 20.0])
+    t = sigma / (1 + sigma)
+    d = teacher(x, sigma)
+    v = (x - d) / sigma.view(-1, 1, 1, 1) - d  # dz/dt = eps - x0
+    z = x / (1 + sigma.view(-1, 1, 1, 1))
+    for r in (0.0, 0.3 * t):
+        assert torch.allclose(student(z, r, t), v, atol=1e-4 * v.abs().max().item())
+    # through the denoiser seam it is the one-step jump z - t u, mapped back to VE coordinates
+    assert torch.allclose(MeanFlowDenoiser(student)(x, sigma), z - t.view(-1, 1, 1, 1) * v, atol=1e-4)
+
+
+def test_cm_loss_is_zero_for_a_perfect_flow_map_and_counts_every_point():
+    sigmas = torch.tensor([80.0, 10.0, 1.0, 0.002], dtype=torch.float64)
+    x0 = torch.randn(2, 1, 4, 4)
+    batch = {"traj": torch.randn(2, 3, 1, 4, 4), "x0": x0, "labels": torch.full((2,), -1)}
+
+    seen = []
+
+    def oracle(x, sigma, labels):  # returns each point's own trajectory endpoint
+        seen.append(sigma)
+        return x0.repeat_interleave(3, 0)
+
+    loss, _ = CMTLoss(sigmas)(oracle, batch, 1)
+    assert loss.item() == 0 and torch.equal(seen[0], torch.tensor([80.0, 10.0, 1.0] * 2))
+    loss, _ = CMTLoss(sigmas, distance="huber")(lambda x, s, l: x0.repeat_interleave(3, 0) + 1, batch, 1)
+    assert loss.item() == pytest.approx((1 + 0.03**2) ** 0.5 - 0.03, rel=1e-5)
+
+
+def test_mf_loss_targets_are_average_velocities_along_the_trajectory():
+    """On a straight flow-matching line z_t = (1 - t) a + t b, every pair's average velocity is b - a."""
+    sigmas = torch.tensor([80.0, 5.0, 0.5, 0.002], dtype=torch.float64)
+    a, b = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = (sigmas / (1 + sigmas)).float()
+    z = [(1 - ti) * a + ti * b for ti in t]
+    x = [zi * (1 + s.item()) for zi, s in zip(z, sigmas)]  # back to EDM (VE) coordinates
+    batch = {"traj": torch.stack(x[:3], 1), "x0": x[3], "labels": torch.full((3,), -1)}
+    loss, logs = CMTMeanFlowLoss(sigmas, pairs_per_traj=8)(lambda zz, r, tt, l: (b - a).repeat_interleave(8, 0),
+                                                           batch, 1)
+    assert loss.item() < 1e-8 and 0 < logs["endpoint_pairs"] <= 1
+
+
+def test_data_source_holds_out_the_last_trajectories_and_resumes_exactly(gmm_store, tmp_path):
+    wds = tmp_path / "wds"
+    generate(GenerateConfig(teacher="gmm:gmm8x8", num_samples=192, shard_size=64, batch_size=64, device="cpu",
+                            out=str(wds), format="wds"), progress=False)
+    for path in (gmm_store, wds):
+        source, info = trajectory_source(path, batch_size=16, seed=3, holdout=64)
+        assert info["holdout"] == 64 and len(info["fingerprint"]) == 64
+        stream = source.batches(0)
+        batches = [next(stream) for _ in range(12)]
+        assert batches[0]["traj"].shape == (16, 16, 1, 8, 8) and batches[0]["x0"].shape == (16, 1, 8, 8)
+        # never a held-out trajectory: compare against the store's last 64 endpoints
+        from cmt_pipeline.stores import read_all
+
+        held = read_all(path)["x0"][128:]
+        seen = torch.cat([b["x0"] for b in batches]).numpy()
+        assert not any((held == s).all(axis=(1, 2, 3)).any() for s in seen)
+        again = next(source.batches(5))
+        assert torch.equal(again["traj"], batches[5]["traj"])  # batch 6 after a resume at step 5
+    with pytest.raises(CMTError, match="holdout"):
+        trajectory_source(gmm_store, 8, holdout=192)
+
+
+def test_cm_mid_training_on_gmm_approaches_the_exact_flow_map(gmm_store, tmp_path):
+    out = tmp_path / "run"
+    r = CliRunner().invoke(cli, ["mid-train", "--data", str(gmm_store), "--holdout", "64", "--init", "random",
+                                 "--channels", "16,32", "--layers-per-block", "1", "--steps", "40",
+                                 "--eval-every", "20", "--ema-decay", "0", "--lr", "2e-3", "--batch-size", "4",
+                                 "--points-per-traj", "8", "--out", str(out), "--device", "cpu", "--quiet",
+                                 "--no-tensorboard", "--sample-every", "0"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 20, 40]
+    assert rows[-1]["exact_mse"] < 0.75 * rows[0]["exact_mse"], rows
+    assert (out / "eval.png").stat().st_size > 1000 and (out / "samples").is_dir()
+    ckpt = load_model(out / "model.ckpt", kind="mid-cm")
+    assert ckpt["data"]["holdout"] == 64 and ckpt["data"]["teacher"] == "gmm:gmm8x8"
+    student = load_teacher(str(out / "student"))
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(student(x, 0.003), x, atol=1e-6)  # boundary condition survives export
+    assert torch.equal(model_from_checkpoint(ckpt)(x, 5.0), student(x, 5.0))
+
+
+def test_mf_mid_training_on_gmm_improves_the_one_step_map(gmm_store, tmp_path):
+    cfg = MidTrainConfig(data=str(gmm_store), out=str(tmp_path / "mf"), flavour="mf", init="random", holdout=64,
+                         steps=40, eval_every=40, ema_decay=0.0, lr=2e-3, batch_size=4, pairs_per_traj=8,
+                         **TINY, **FAST)
+    r = mid_train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "mf" / "eval.jsonl").read_text().splitlines()]
+    assert rows[-1]["exact_mse"] < 0.75 * rows[0]["exact_mse"], rows
+    ckpt = load_model(r["checkpoint"], kind="mid-mf")
+    assert isinstance(model_from_checkpoint(ckpt), MeanFlowStudent)
+
+
+def test_resume_gives_the_uninterrupted_losses(gmm_store, tmp_path):
+    """Stop after step 3 (last checkpoint at 2), resume: steps 3-5 match an uninterrupted run."""
+    def losses(run):
+        return {json.loads(l)["step"]: json.loads(l)["loss"] for l in (run / "log.jsonl").read_text().splitlines()}
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(state):
+        if state.step == 3:
+            raise Stop
+
+    def cfg(name):
+        return MidTrainConfig(data=str(gmm_store), out=str(tmp_path / name), init="random", holdout=0, steps=5,
+                              lr=1e-3, batch_size=2, points_per_traj=4, **TINY, **{**FAST, "checkpoint_every": 2})
+
+    mid_train(cfg("a"), progress=False)
+    with pytest.raises(Stop):
+        mid_train(cfg("b"), progress=False, callbacks=[stop_at_3])
+    mid_train(cfg("b"), resume="latest", progress=False)
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(b) == [1, 2, 3, 4, 5]
+    for k in (3, 4, 5):
+        assert b[k] == pytest.approx(a[k], rel=1e-6), k
+    assert len({round(a[k], 6) for k in a}) == 5  # the losses do change from step to step
+
+
+def test_bad_mid_training_inputs(gmm_store, tmp_path):
+    with pytest.raises(CMTError, match="needs --data"):
+        mid_train(MidTrainConfig(out=str(tmp_path / "x")), progress=False)
+    with pytest.raises(CMTError, match="not a trajectory dataset"):
+        mid_train(MidTrainConfig(data=str(tmp_path), out=str(tmp_path / "x")), progress=False)
+    with pytest.raises(CMTError, match="EDM format"):
+        mid_train(MidTrainConfig(data=str(gmm_store), init="teacher", holdout=64, out=str(tmp_path / "x")),
+                  progress=False)
+    with pytest.raises(CMTError, match="shape"):
+        mid_train(MidTrainConfig(data=str(gmm_store), teacher="gmm:gmm2d", init="random", holdout=64,
+                                 out=str(tmp_path / "x")), progress=False)
+    assert not (tmp_path / "x").exists()
