@@ -32,7 +32,3 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(r @ s2 @ r), 0, None)).sum()
     return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * cross)
 
-
-def frechet_distance_features(f1, f2) -> float:
-    """FD between two (N, D) feature sets."""
-    return frechet_distance(*feature_stats(f1), *feature_stats(f2))
