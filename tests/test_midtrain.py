@@ -171,3 +171,32 @@ def test_bad_mid_training_inputs(gmm_store, tmp_path):
         mid_train(MidTrainConfig(data=str(gmm_store), teacher="gmm:gmm2d", init="random", holdout=64,
                                  out=str(tmp_path / "x")), progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_two_process_mid_training_on_a_webdataset_store(tmp_path):
+    """`accelerate launch --num_processes 2` on CPU (gloo): each rank streams its own resampled shards."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    wds = tmp_path / "wds"
+    generate(GenerateConfig(teacher="gmm:gmm8x8", num_samples=64, shard_size=16, batch_size=16, steps=4,
+                            device="cpu", out=str(wds), format="wds"), progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), "-m", "cli", "mid-train", "--data", str(wds), "--holdout", "16", "--init", "random",
+           "--channels", "8,16", "--layers-per-block", "1", "--steps", "3", "--batch-size", "4",
+           "--checkpoint-every", "2", "--log-every", "1", "--eval-every", "3", "--device", "cpu", "--out", str(out),
+           "--no-tensorboard", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["num_processes"] == 2
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-0000003"
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= {p.name for p in (out / "checkpoints" / "step-0000003").iterdir()}
+    assert [json.loads(l)["step"] for l in (out / "eval.jsonl").read_text().splitlines()] == [0, 3]
+    assert load_model(out / "model.ckpt", kind="mid-cm")["step"] == 3
