@@ -86,3 +86,17 @@ def test_ownership_partitions_the_shards():
     for count in (1, 2, 3, 7):
         owners = [[w for w in range(count) if Worker(w, count).owns(k)] for k in range(20)]
         assert all(len(o) == 1 for o in owners)
+
+
+def test_each_local_worker_gets_its_own_gpu(monkeypatch):
+    """LOCAL_RANK picks the GPU; with one visible GPU per task (Slurm --gpus-per-task) every task uses cuda:0."""
+    import torch
+
+    from cmt_pipeline.generation import run
+
+    monkeypatch.setattr(run, "resolve_device", lambda spec: torch.device(spec))
+    for visible, local, expected in [(8, 3, 3), (1, 3, 0), (4, 5, 1)]:
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+        assert run.worker_device("cuda", Worker(0, 1, local)) == torch.device("cuda", expected)
+    assert run.worker_device("cuda:2", Worker(0, 1, 3)) == torch.device("cuda", 2)  # explicit wins
+    assert run.worker_device("cpu", Worker(0, 1, 3)) == torch.device("cpu")

@@ -124,9 +124,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     worker = worker or Worker()
     if worker.threads:
         torch.set_num_threads(worker.threads)
-    device = resolve_device(cfg.device)
-    if device.type == "cuda" and worker.local_rank:
-        device = torch.device("cuda", worker.local_rank)
+    device = worker_device(cfg.device, worker)
     teacher = load_teacher(cfg.teacher, device)
     validate(cfg, teacher)
     smoke_test(teacher, device)
@@ -163,6 +161,15 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
         "complete": manifest is not None, "num_samples": plan["num_samples"],
         "bytes_on_disk": disk_usage(out),
     }
+
+
+def worker_device(spec: str, worker: Worker) -> torch.device:
+    """`auto`/`cuda` give each local worker its own GPU; modulo the visible count, since Slurm's --gpus-per-task
+    binding leaves each task one visible GPU. An explicit cuda:N is kept as given."""
+    device = resolve_device(spec)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", worker.local_rank % torch.cuda.device_count())
+    return device
 
 
 def shard_done(out: Path, k: int, report: bool = False) -> bool:
