@@ -1,0 +1,105 @@
+"""Generation overhead: wall time of trajectory generation / the bare teacher forward passes it needs.
+
+Both are measured in one run, interleaved (median of --repeats), with the same model, batch and NFE, so
+machine load affects both alike. The generation side is the library call behind `cmt generate-trajectories`
+(teacher loading, seeded priors, the solver, fp16 casting, compression, checksums, manifest); the bare side
+is `teacher(x, sigma)` called NFE * ceil(N / batch) times on a preallocated batch. Also reports bytes on disk
+per sample against raw float32 (prior + K states + x0).
+
+    python benchmarks/generation.py                       # digits-sized UNet, N=2048, batch 256, dpm3 x 16
+    python benchmarks/generation.py --teacher builtin --num-samples 4096 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cmt_pipeline.config import GenerateConfig
+from cmt_pipeline.generation import generate
+from cmt_pipeline.solvers import NFE_PER_STEP
+from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
+
+
+def teacher_spec(name: str, tmp: Path) -> str:
+    """`unet`: a digits-sized (1x8x8, channels 48/96, ~2 M parameters) EDM UNet with seeded random weights."""
+    if name != "unet":
+        return name
+    torch.manual_seed(0)
+    EDMDenoiser(build_unet((1, 8, 8), channels=(48, 96)), Precond()).save(tmp / "teacher")
+    return str(tmp / "teacher")
+
+
+@torch.no_grad()
+def bare_forward_seconds(teacher, n: int, batch: int, nfe: int) -> float:
+    x = torch.randn(batch, *teacher.shape)
+    labels = torch.zeros(batch, dtype=torch.long) if teacher.num_classes else None
+    t0 = time.perf_counter()
+    for b in range(math.ceil(n / batch)):
+        xb = x[: min(batch, n - b * batch)]
+        for i in range(nfe):
+            teacher(xb, 80.0 * 0.6 ** i, None if labels is None else labels[: len(xb)])
+    return time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="unet", help="unet (default), builtin, gmm:..., or a folder")
+    ap.add_argument("--num-samples", type=int, default=2048)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--shard-size", type=int, default=1024)
+    ap.add_argument("--solver", default="dpm3")
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--json", help="write the results here as JSON")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="cmt-bench-"))
+    try:
+        spec = teacher_spec(args.teacher, tmp)
+        teacher = load_teacher(spec)
+        nfe = NFE_PER_STEP[args.solver] * args.steps
+        bare_forward_seconds(teacher, args.batch_size, args.batch_size, 2)  # warm-up
+        gen_t, bare_t, results = [], [], {}
+        for r in range(args.repeats):
+            for fmt in ("zarr", "wds"):
+                out = tmp / f"{fmt}-{r}"
+                cfg = GenerateConfig(teacher=spec, out=str(out), num_samples=args.num_samples, solver=args.solver,
+                                     steps=args.steps, format=fmt, batch_size=args.batch_size,
+                                     shard_size=args.shard_size, device="cpu")
+                t0 = time.perf_counter()
+                stats = generate(cfg, progress=False)
+                if fmt == "zarr":
+                    gen_t.append(time.perf_counter() - t0)
+                results[fmt] = stats["bytes_on_disk"] / args.num_samples
+                shutil.rmtree(out)
+            bare_t.append(bare_forward_seconds(teacher, args.num_samples, args.batch_size, nfe))
+        raw = (args.steps + 2) * math.prod(teacher.shape) * 4
+        report = {
+            "teacher": args.teacher, "num_samples": args.num_samples, "batch_size": args.batch_size,
+            "solver": args.solver, "steps": args.steps, "nfe": nfe, "threads": args.threads,
+            "generate_s": statistics.median(gen_t), "bare_forward_s": statistics.median(bare_t),
+            "ratio": statistics.median(gen_t) / statistics.median(bare_t),
+            "bytes_per_sample_raw_fp32": raw,
+            "bytes_per_sample": {fmt: round(b, 1) for fmt, b in results.items()},
+            "load_average": os.getloadavg()[0],
+        }
+        print(json.dumps(report, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`cmt pipeline CONFIG`: generate -> mid-train -> post-train -> evaluate from one TOML file, into one run folder.
+
+    RUN/trajectories/   the trajectory store            ([generate] table)
+    RUN/mid/            mid-training run, model.ckpt    ([mid_train] table; data = RUN/trajectories)
+    RUN/post/           post-training run, model.ckpt   ([post_train] table; init = RUN/mid/model.ckpt)
+    RUN/eval/<name>/    evaluation.json + samples.png   ([evaluate] table) for the teacher and the students
+    RUN/losses.png      training loss curves;  RUN/report.md  the metrics per stage;  RUN/pipeline.json
+
+Each stage is skipped when its output is already complete and valid (a finished store, a model.ckpt that
+reached its step count, an evaluation.json), resumed when it was interrupted (generation fills in missing
+shards, training resumes from the latest checkpoint), and otherwise run. The paths that wire one stage to the
+next are set here, so the TOML tables hold only each stage's own settings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+from .config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config, to_dict
+from .utils import CMTError, atomic_write_bytes, atomic_write_json
+
+SECTIONS = {"pipeline", "generate", "mid_train", "post_train", "evaluate"}
+
+
+def load_pipeline(path, out: str | None = None) -> dict:
+    """The stage configs of a pipeline file, with the run folder wiring applied."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise CMTError(f"cannot read pipeline config {path}: {e}") from e
+    unknown = sorted(set(data) - SECTIONS)
+    if unknown:
+        raise CMTError(f"{path}: unknown table(s) {unknown}; a pipeline file has {sorted(SECTIONS)}")
+    pipe = data.get("pipeline", {})
+    run = Path(out or pipe.get("out", "runs/pipeline"))
+    traj, mid, post = run / "trajectories", run / "mid", run / "post"
+    gen = load_config(GenerateConfig, path, "generate", out=str(traj))
+    midc = load_config(MidTrainConfig, path, "mid_train", out=str(mid), data=str(traj))
+    postc = load_config(PostTrainConfig, path, "post_train", out=str(post), init=str(mid / "model.ckpt"))
+    evalc = load_config(EvaluateConfig, path, "evaluate", teacher=gen.teacher, store=str(traj),
+                        store_samples=midc.holdout, gmm=gen.teacher if gen.teacher.startswith("gmm:") else None)
+    return {"run": run, "generate": gen, "mid_train": midc, "post_train": postc, "evaluate": evalc}
+
+
+def store_done(path: Path) -> bool:
+    from .stores import open_store
+
+    try:
+        open_store(path)  # complete, and every file the size its marker recorded
+        return True
+    except CMTError:
+        return False
+
+
+def training_done(run_dir: Path, steps: int) -> bool:
+    from .training.checkpoint import load_model
+
+    ckpt = run_dir / "model.ckpt"
+    if not ckpt.exists():
+        return False
+    try:
+        return load_model(ckpt)["step"] >= steps
+    except CMTError:
+        return False
+
+
+def resume_arg(run_dir: Path) -> str | None:
+    return "latest" if (run_dir / "checkpoints" / "latest").exists() else None
+
+
+def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
+    """What the report compares: the teacher's solve, the teacher as a 1-step map (what mid-training starts
+    from), and the mid- and post-trained students at 1 and 2 steps; all on the same seeded noise."""
+    e, run = cfgs["evaluate"], cfgs["run"]
+    mid, post = str(run / "mid" / "model.ckpt"), str(run / "post" / "model.ckpt")
+    teacher_steps = e.steps or cfgs["generate"].steps
+    return {
+        "teacher": replace(e, steps=teacher_steps, solver=cfgs["generate"].solver, out=str(run / "eval" / "teacher")),
+        "teacher-1step": replace(e, student=cfgs["generate"].teacher, steps=1, out=str(run / "eval" / "teacher-1step")),
+        "mid-1step": replace(e, student=mid, steps=1, out=str(run / "eval" / "mid-1step")),
+        "post-1step": replace(e, student=post, steps=1, out=str(run / "eval" / "post-1step")),
+        "post-2step": replace(e, student=post, steps=2, sigma_mid=cfgs["post_train"].sigma_mid,
+                              out=str(run / "eval" / "post-2step")),
+    }
+
+
+def run_pipeline(config_path, out: str | None = None, progress: bool = True, echo=print) -> dict:
+    from .evaluation.run import evaluate
+    from .generation import generate
+    from .training.midtrain import mid_train
+    from .training.posttrain import post_train
+
+    cfgs = load_pipeline(config_path, out)
+    run = cfgs["run"]
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run / "pipeline.json", {k: to_dict(v) for k, v in cfgs.items() if k != "run"})
+    timings = {}
+
+    def stage(name, done: bool, fn):
+        if done:
+            echo(f"[{name}] complete, skipped")
+            return
+        echo(f"[{name}] running")
+        t0 = time.perf_counter()
+        fn()
+        timings[name] = time.perf_counter() - t0
+        echo(f"[{name}] done in {timings[name]:.0f} s")
+
+    traj = Path(cfgs["generate"].out)
+    stage("generate", store_done(traj), lambda: generate(cfgs["generate"], progress=progress))
+    for name, fn in (("mid_train", mid_train), ("post_train", post_train)):
+        cfg = cfgs[name]
+        d = Path(cfg.out)
+        stage(name, training_done(d, cfg.steps), lambda fn=fn, cfg=cfg, d=d: fn(cfg, resume=resume_arg(d),
+                                                                                progress=progress))
+    results = {}
+    for name, ecfg in evaluations(cfgs).items():
+        path = Path(ecfg.out) / "evaluation.json"
+        stage(f"evaluate {name}", path.exists(), lambda ecfg=ecfg: evaluate(ecfg, progress=False))
+        results[name] = json.loads(path.read_text())
+    save_loss_curves({"mid-training": run / "mid" / "log.jsonl", "post-training": run / "post" / "log.jsonl"},
+                     run / "losses.png")
+    report = write_report(run, cfgs, results, timings)
+    return {"run": str(run), "report": str(report), "timings": timings, "results": results}
+
+
+def save_loss_curves(logs: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(logs), figsize=(4.5 * len(logs), 3.2), dpi=110)
+    for ax, (title, path) in zip(axes, logs.items()):
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("training loss")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("paired_mse", "paired MSE vs teacher", "{:.4f}"),
+           ("flow_map_mse", "MSE vs exact flow map", "{:.4f}"), ("sliced_w2", "sliced W2", "{:.4f}"))
+
+
+def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
+    present = [m for m in METRICS if any(r["metrics"].get(m[0]) is not None for r in results.values())]
+    lines = [f"# Pipeline report: {run}", "",
+             f"Teacher `{cfgs['generate'].teacher}`; {cfgs['generate'].num_samples} trajectories "
+             f"({cfgs['generate'].solver} x {cfgs['generate'].steps}); mid-training {cfgs['mid_train'].steps} steps "
+             f"({cfgs['mid_train'].flavour}); post-training {cfgs['post_train'].steps} steps "
+             f"({cfgs['post_train'].objective}). Metrics on {cfgs['evaluate'].num_samples} samples, seed "
+             f"{cfgs['evaluate'].seed}; paired error on the {cfgs['mid_train'].holdout} held-out trajectories.", "",
+             "| generator | NFE | " + " | ".join(m[1] for m in present) + " |",
+             "|---|---|" + "---|" * len(present)]
+    for name, r in results.items():
+        vals = [r["metrics"].get(m[0]) for m in present]
+        cells = [m[2].format(v) if v is not None else "" for m, v in zip(present, vals)]
+        lines.append(f"| {name} ({r['generator']}) | {r['metrics']['nfe']} | " + " | ".join(cells) + " |")
+    floor = next((r["metrics"].get("digits_fd_floor") for r in results.values() if "digits_fd_floor" in r["metrics"]), None)
+    if floor is not None:
+        lines += ["", f"Digits FD noise floor (two disjoint halves of the real digits): {floor:.2f}."]
+    lines += ["", "Stage wall times this invocation: " + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+                                                          or "all stages were already complete") + ".", "",
+              "![losses](losses.png)", ""]
+    lines += [f"**{name}**\n\n![{name}](eval/{name}/samples.png)\n" for name in results]
+    path = run / "report.md"
+    atomic_write_bytes(path, "\n".join(lines).encode())
+    return path
