@@ -30,7 +30,8 @@ ROWS = {
               "[default: builtin]")
 @click.option("--solver", type=click.Choice(["euler", "heun", "dpm2", "dpm3"]), help="The teacher's solver.  [default: dpm3]")
 @click.option("--grid", type=click.Choice(["logsnr", "karras"]), help="The teacher's sigma grid.  [default: logsnr]")
-@click.option("--student", help="A student folder (project EDM format); evaluated at --steps 1 or 2 instead of the teacher.")
+@click.option("--student", help="A student model.ckpt (mid-/post-training, either flavour) or student folder (project EDM "
+              "format); evaluated at --steps 1 or 2 instead of the teacher.")
 @click.option("--steps", type=int, help="Solver steps for a teacher [default: 16]; 1 or 2 for a student [default: 1].")
 @click.option("--sigma-max", type=float, help="x_T = sigma_max * noise.  [default: 80]")
 @click.option("--sigma-min", type=float, help="The teacher solve's last sigma.  [default: 0.002]")

@@ -38,3 +38,4 @@ def human_bytes(n: float) -> str:
 from cli import generate as _generate, verify as _verify  # noqa: E402,F401  (registers commands)
 from cli import train as _train, midtrain as _midtrain, inspect as _inspect, pipeline as _pipeline  # noqa: E402,F401
 from cli import evaluate as _evaluate  # noqa: E402,F401
+from cli import posttrain as _posttrain, sample as _sample  # noqa: E402,F401

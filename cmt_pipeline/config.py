@@ -40,7 +40,7 @@ class EvaluateConfig:
     teacher: str = "builtin"  # generator when no student is given: a model folder, gmm:<preset>, or builtin
     solver: str = "dpm3"  # the teacher's ODE solver: euler | heun | dpm2 | dpm3
     grid: str = "logsnr"  # logsnr | karras
-    student: str = ""  # a student folder (EDM format); when set it is the generator, sampled in `steps` steps
+    student: str = ""  # a student model.ckpt or folder; when set it is the generator, sampled in `steps` steps
     steps: int | None = None  # solver steps for a teacher (default 16); 1 or 2 for a student (default 1)
     sigma_max: float = 80.0
     sigma_min: float = 0.002

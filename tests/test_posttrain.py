@@ -1,0 +1,255 @@
+"""Post-training: the ECT and MeanFlow objectives' mechanics, the --init rules, and `cmt post-train` end to end."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.main import cli
+from cmt_pipeline.config import PostTrainConfig
+from cmt_pipeline.models import MeanFlowStudent, consistency_student
+from cmt_pipeline.objectives import ect as ect_module
+from cmt_pipeline.objectives.ect import ECTLoss, ect_r
+from cmt_pipeline.objectives.meanflow import MeanFlowLoss, meanflow_target
+from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
+from cmt_pipeline.training.checkpoint import load_model, model_from_checkpoint, save_model
+from cmt_pipeline.training.posttrain import post_train
+from cmt_pipeline.utils import CMTError
+
+FAST = dict(device="cpu", tensorboard=False, checkpoint_every=1000, sample_every=0, log_every=5)
+
+
+def tiny_net(dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return EDMDenoiser(build_unet((1, 8, 8), channels=(8, 16), layers_per_block=1, dropout=dropout), Precond())
+
+
+def meanflow_student(seed=0):
+    student = MeanFlowStudent(tiny_net(seed=seed))
+    torch.nn.init.normal_(student.gap_embedding.linear_2.weight, std=0.2)  # so the gap input matters
+    return student
+
+
+def save_student(path, model, kind):
+    save_model(path, kind=kind, model=model, ema_model=model, step=0, config={}, data={})
+    return str(path)
+
+
+def rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+# ---- MeanFlow ------------------------------------------------------------------------------------------------
+
+def test_meanflow_dudt_is_the_total_derivative_along_the_flow():
+    """float64, a function with a known derivative: du/dt = J_z u . v + du/dt (partial), r held fixed."""
+    z, v = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    t, r = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64), torch.tensor([0.1, 0.5, 0.0], dtype=torch.float64)
+
+    def u(z, r, t, labels=None):
+        return z**2 * t.view(-1, 1, 1, 1) + r.view(-1, 1, 1, 1) * z
+
+    u_tgt, dudt = meanflow_target(u, z, r, t, v)
+    col = (-1, 1, 1, 1)
+    exact = 2 * z * v * t.view(col) + z**2 + r.view(col) * v
+    assert torch.allclose(dudt, exact, rtol=0, atol=1e-12)
+    assert torch.allclose(u_tgt, v - (t - r).view(col) * exact, rtol=0, atol=1e-12)
+    assert torch.equal(u_tgt[1], v[1])  # r = t: the flow-matching target
+
+
+def test_meanflow_dudt_of_the_student_matches_central_finite_differences():
+    """The student in float32: central differences along z (step 3e-3) and along t (step 1e-5: the time embedding
+    oscillates fast in t), summed as the total derivative is linear in the tangent (v, 0, 1)."""
+    torch.manual_seed(1)
+    student = meanflow_student().train()
+    z, v = torch.randn(6, 1, 8, 8), 20 * torch.randn(6, 1, 8, 8)  # a large v: the z term is a third of du/dt
+    t = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.95])
+    r = t * torch.tensor([0.0, 0.5, 0.9, 0.3, 1.0, 0.1])
+    _, dudt = meanflow_target(student, z, r, t, v)
+    with torch.no_grad():
+        fd = (student(z + 3e-3 * v, r, t) - student(z - 3e-3 * v, r, t)) / 6e-3 \
+            + (student(z, r, t + 1e-5) - student(z, r, t - 1e-5)) / 2e-5
+        _, partial_t = torch.func.jvp(lambda t_: student(z, r, t_), (t,), (torch.ones_like(t),))
+        _, moving_r = torch.func.jvp(lambda r_, t_: student(z, r_, t_), (r, t), (torch.ones_like(r),) * 2)
+    assert rel(dudt, fd) < 5e-3
+    assert rel(partial_t + (dudt - partial_t), fd) < 5e-3 and rel(partial_t, fd) > 0.1  # the J_z u . v term counts
+    assert rel(moving_r + (dudt - partial_t), fd) > 5e-2  # and r is held fixed
+
+
+def test_meanflow_loss_stops_the_gradient_at_the_target_and_weights_adaptively():
+    """u = a z: du/dt = a v, so u_tgt = v - (t - r) a v; the gradient in a must treat u_tgt and w as constants."""
+    a = torch.nn.Parameter(torch.tensor(0.7))
+    model = lambda z, r, t, labels=None: a * z  # noqa: E731
+    x0 = torch.randn(16, 1, 4, 4)
+    loss_fn = MeanFlowLoss(r_fraction=0.5)
+    torch.manual_seed(3)
+    loss, logs = loss_fn(model, {"image": x0}, 1)
+    loss.backward()
+    # replay the same draws to build the expected gradient by hand
+    torch.manual_seed(3)
+    sigma = (torch.randn(16, 2) * 1.0 - 0.4).exp().clamp(0.002, 80.0)
+    tt = sigma / (1 + sigma)
+    t, r = tt.max(1).values, tt.min(1).values
+    r = torch.where(torch.rand(16) < 0.5, r, t)
+    eps = torch.randn_like(x0)
+    col = (-1, 1, 1, 1)
+    z, v = (1 - t).view(col) * x0 + t.view(col) * eps, eps - x0
+    u_tgt = v - (t - r).view(col) * 0.7 * v
+    res = (0.7 * z - u_tgt).flatten(1)
+    w = 1 / ((res**2).mean(1) + 1e-3)
+    grad = (w * (2 * res * z.flatten(1)).mean(1)).mean()
+    assert a.grad.item() == pytest.approx(grad.item(), rel=1e-4)
+    assert 0 < logs["r_neq_t"] < 1
+
+
+# ---- ECT -----------------------------------------------------------------------------------------------------
+
+def test_ect_r_is_the_sigmoid_mapping_clamped_at_zero():
+    t = torch.tensor([1e-3, 0.5, 5.0, 80.0])
+    assert torch.equal(ect_r(t, 2.0)[:2], torch.zeros(2))  # (1 + 8 sigmoid(-t)) / q > 1 near t = 0
+    expected = t * (1 - (1 + 8 * torch.sigmoid(-t)) / 4096)
+    assert torch.allclose(ect_r(t, 4096.0), expected) and (ect_r(t, 4096.0) < t).all()
+    assert ECTLoss(q=4, q_double_every=10).q_at(1) == 4 and ECTLoss(q=4, q_double_every=10).q_at(21) == 16
+
+
+def test_ect_uses_x0_as_the_target_where_r_is_zero_and_never_evaluates_sigma_zero():
+    seen = []
+
+    def identity(x, sigma, labels=None):  # f(x, sigma) = x: pred = x_t and target = x_r (x0 where r = 0)
+        seen.append(sigma.clone())
+        return x
+
+    x0 = torch.randn(32, 1, 4, 4)
+    torch.manual_seed(0)
+    loss, logs = ECTLoss(p_mean=-6.0, p_std=0.5, q=2.0)(identity, {"image": x0}, 1)
+    torch.manual_seed(0)
+    t = (torch.randn(32) * 0.5 - 6.0).exp()
+    eps = torch.randn_like(x0)
+    assert logs["r_zero"] == 1.0 and all((s > 0).all() for s in seen)
+    expected = ((t.view(-1, 1, 1, 1) * eps) ** 2).flatten(1).mean(1) / t  # d(x_t, x0) / (t - 0)
+    assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
+
+
+def test_ect_target_is_stop_gradient():
+    """f = a x: with the target held constant, dL/da = mean_i 2 a (x_t - x_r) . x_t / (t - r)."""
+    a = torch.nn.Parameter(torch.tensor(1.3))
+    x0 = torch.randn(16, 1, 4, 4)
+    torch.manual_seed(5)
+    loss, _ = ECTLoss(q=8.0)(lambda x, s, labels=None: a * x, {"image": x0}, 1)
+    loss.backward()
+    torch.manual_seed(5)
+    t = (torch.randn(16) * 2.0 - 1.1).exp()
+    r = ect_r(t, 8.0)
+    eps = torch.randn_like(x0)
+    xt, xr = (x0 + t.view(-1, 1, 1, 1) * eps).flatten(1), (x0 + r.view(-1, 1, 1, 1) * eps).flatten(1)
+    xr = torch.where((r == 0).view(-1, 1), x0.flatten(1), xr)
+    grad = ((2 * (1.3 * xt - 1.3 * xr) * xt).mean(1) / (t - r)).mean()
+    assert a.grad.item() == pytest.approx(grad.item(), rel=1e-4)
+
+
+def test_ect_target_uses_the_same_dropout_masks(monkeypatch):
+    """At r -> t the weighted loss tends to 0 only if both evaluations drop the same units."""
+    student = consistency_student(tiny_net(dropout=0.5)).train()
+    batch = {"image": torch.randn(16, 1, 8, 8).clamp(-1, 1)}
+    loss_fn = ECTLoss(q=1e6)
+    torch.manual_seed(0)
+    matched, _ = loss_fn(student, batch, 1)
+    monkeypatch.setattr(ect_module, "same_randomness", lambda device: nullcontext())
+    torch.manual_seed(0)
+    unmatched, _ = loss_fn(student, batch, 1)
+    assert matched.item() < 1e-3 * unmatched.item(), (matched.item(), unmatched.item())
+
+
+# ---- --init and the stage --------------------------------------------------------------------------------
+
+def test_init_of_the_wrong_flavour_is_refused_with_one_line(tmp_path):
+    cm = save_student(tmp_path / "cm.ckpt", consistency_student(tiny_net()), "mid-cm")
+    mf = save_student(tmp_path / "mf.ckpt", meanflow_student(), "mid-mf")
+    for init, objective, expected in ((cm, "meanflow", "'mid-cm' checkpoint; meanflow post-training starts from "
+                                                        "a mid-mf checkpoint"),
+                                      (mf, "ect", "'mid-mf' checkpoint; ect post-training starts from a mid-cm"),
+                                      ("gmm:gmm8x8", "ect", "GMMDenoiser, which has no network")):
+        r = CliRunner().invoke(cli, ["post-train", "--init", init, "--objective", objective, "--data", "gmm:gmm8x8",
+                                     "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"])
+        assert r.exit_code == 2 and expected in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "run").exists()
+    np.save(tmp_path / "big.npy", np.zeros((4, 16, 16), np.uint8))
+    with pytest.raises(CMTError, match=r"works on shape \(1, 8, 8\) but --data .* has \(1, 16, 16\)"):
+        post_train(PostTrainConfig(init=cm, data=str(tmp_path / "big.npy"), out=str(tmp_path / "d"), **FAST))
+
+
+def test_diffusion_and_cmt_inits_become_students_of_the_right_kind(tmp_path):
+    from cmt_pipeline.training.posttrain import build_student
+
+    teacher = save_student(tmp_path / "teacher.ckpt", tiny_net(), "pretrain")
+    mid = save_student(tmp_path / "mid.ckpt", meanflow_student(seed=4), "mid-mf")
+    cfg = PostTrainConfig(init=teacher, data="gmm:gmm8x8", dropout=0.3, **FAST)
+    ect, origin = build_student(cfg, (1, 8, 8))
+    assert origin == "diffusion" and ect.precond.boundary_sigma == 0.003 and ect.training
+    assert all(m.p == 0.3 for m in ect.modules() if isinstance(m, torch.nn.Dropout))
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(ect.eval()(x, 0.003), x, atol=1e-6)  # boundary condition
+    mf, origin = build_student(PostTrainConfig(init=mid, objective="meanflow", **FAST), (1, 8, 8))
+    assert origin == "cmt" and torch.equal(mf.gap_embedding.linear_2.weight,
+                                           model_from_checkpoint(load_model(mid)).gap_embedding.linear_2.weight)
+    rnd, origin = build_student(PostTrainConfig(init="random", arch=teacher, objective="meanflow", **FAST),
+                                (1, 8, 8))
+    assert origin == "random" and isinstance(rnd, MeanFlowStudent)
+    assert rnd.net.backbone.config.block_out_channels == (8, 16)  # the --arch network's architecture
+    assert not torch.equal(rnd.net.backbone.conv_in.weight, mf.net.backbone.conv_in.weight)
+
+
+@pytest.mark.parametrize("objective", ["ect", "meanflow"])
+def test_short_post_training_on_gmm_improves_the_one_step_error(objective, tmp_path):
+    out = tmp_path / objective
+    r = CliRunner().invoke(cli, ["post-train", "--init", "random", "--objective", objective, "--data", "gmm:gmm8x8",
+                                 "--gmm-samples", "1024", "--channels", "8,16", "--layers-per-block", "1",
+                                 "--steps", "40", "--batch-size", "32", "--lr", "5e-3", "--ema-decay", "0",
+                                 "--q", "4", "--eval-samples", "64", "--out", str(out), "--device", "cpu",
+                                 "--quiet", "--no-tensorboard", "--sample-every", "0", "--log-every", "10"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 40]
+    assert rows[-1]["1step_flow_map_mse"] < 0.85 * rows[0]["1step_flow_map_mse"], rows
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["1step_flow_map_mse"] == rows[-1]["1step_flow_map_mse"] and "2step_sliced_w2" in metrics
+    assert load_model(out / "model.ckpt", kind=f"post-{objective}")["data"]["init_origin"] == "random"
+    assert (out / "samples-1step.png").stat().st_size > 100 and (out / "samples-2step.png").exists()
+    config = json.loads((out / "config.json").read_text())["config"]
+    assert (config["p_mean"], config["p_std"]) == ((-1.1, 2.0) if objective == "ect" else (-0.4, 1.0))
+
+
+def test_meanflow_post_training_under_two_process_ddp(tmp_path):
+    """`accelerate launch` with 2 CPU processes: the JVP runs on the module inside DDP, the gradient forward
+    through DDP, with gradient accumulation and dropout; the run completes on both ranks and trains."""
+    cmt = shutil.which("cmt") or pytest.skip("the cmt console script is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), cmt, "post-train", "--init", "random", "--objective", "meanflow", "--data", "gmm:gmm8x8",
+           "--gmm-samples", "64", "--channels", "8,16", "--layers-per-block", "1", "--dropout", "0.1",
+           "--steps", "3", "--batch-size", "8", "--grad-accum", "2", "--r-fraction", "1", "--eval-samples", "8",
+           "--device", "cpu", "--out", str(out), "--log-every", "1", "--no-tensorboard", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["num_processes"] == 2
+    ckpt = load_model(out / "model.ckpt", kind="post-meanflow")
+    torch.manual_seed(0)
+    init = MeanFlowStudent(EDMDenoiser(build_unet((1, 8, 8), (8, 16), 1), Precond())).state_dict()
+    assert ckpt["step"] == 3 and any(not torch.allclose(ckpt["state_dict"][k], v) for k, v in init.items())
+    step = out / "checkpoints" / "step-0000003"
+    assert {p.name for p in step.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3] and all(row["r_neq_t"] == 1 for row in log)
+    assert "1step_flow_map_mse" in json.loads((out / "metrics.json").read_text())
