@@ -1,0 +1,90 @@
+"""`cmt pipeline` end to end through the CLI in a subprocess: every artifact, then a rerun that skips all."""
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+TINY = """
+[pipeline]
+out = "{out}"
+
+[generate]
+teacher = "gmm:gmm8x8"
+num_samples = 96
+shard_size = 32
+batch_size = 32
+steps = 8
+
+[mid_train]
+init = "random"
+channels = [8, 16]
+layers_per_block = 1
+holdout = 32
+steps = 6
+batch_size = 2
+points_per_traj = 4
+ema_decay = 0.5
+lr = 2e-3
+eval_every = 3
+checkpoint_every = 3
+log_every = 1
+sample_every = 0
+tensorboard = false
+device = "cpu"
+
+[post_train]
+data = "gmm:gmm8x8"
+gmm_samples = 64
+steps = 4
+batch_size = 8
+eval_samples = 32
+checkpoint_every = 4
+log_every = 1
+sample_every = 0
+tensorboard = false
+device = "cpu"
+
+[evaluate]
+num_samples = 32
+reference_steps = 32
+device = "cpu"
+"""
+
+
+def cmt(*args):
+    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def test_pipeline_end_to_end_then_skips(tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "p.toml").write_text(TINY.format(out=run))
+    r = cmt("pipeline", tmp_path / "p.toml", "--quiet")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / "trajectories" / "manifest.json").exists()
+    for stage, kind in (("mid", "mid-cm"), ("post", "post-ect")):
+        from cmt_pipeline.training.checkpoint import load_model
+
+        assert load_model(run / stage / "model.ckpt", kind=kind)["step"] == (6 if stage == "mid" else 4)
+        assert (run / stage / "config.json").exists() and (run / stage / "log.jsonl").exists()
+    assert json.loads((run / "mid" / "config.json").read_text())["config"]["data"] == str(run / "trajectories")
+    names = ["teacher", "teacher-1step", "mid-1step", "post-1step", "post-2step"]
+    for name in names:
+        result = json.loads((run / "eval" / name / "evaluation.json").read_text())
+        assert result["metrics"]["num_samples"] == 32 and "paired_mse" in result["metrics"]
+        assert Image.open(run / "eval" / name / "samples.png").width > 0
+    report = (run / "report.md").read_text()
+    assert all(f"| {n} (" in report for n in names) and "MSE vs exact flow map" in report
+    assert Image.open(run / "losses.png").width > 400 and (run / "pipeline.json").exists()
+    # every stage is complete now: a rerun skips them all and changes no checkpoint
+    before = (run / "post" / "model.ckpt").read_bytes()
+    r = cmt("pipeline", tmp_path / "p.toml", "--quiet")
+    assert r.returncode == 0 and r.stdout.count("complete, skipped") == 8 and "running" not in r.stdout
+    assert (run / "post" / "model.ckpt").read_bytes() == before
+
+
+def test_pipeline_rejects_unknown_tables(tmp_path):
+    (tmp_path / "p.toml").write_text("[pretrian]\nsteps = 3\n")
+    r = cmt("pipeline", tmp_path / "p.toml")
+    assert r.returncode == 2 and "unknown table" in r.stderr and not (tmp_path / "runs").exists()
