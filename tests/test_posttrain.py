@@ -253,3 +253,15 @@ def test_meanflow_post_training_under_two_process_ddp(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3] and all(row["r_neq_t"] == 1 for row in log)
     assert "1step_flow_map_mse" in json.loads((out / "metrics.json").read_text())
+
+
+def test_post_training_from_a_teacher_folder_writes_a_loadable_checkpoint(tmp_path):
+    """A folder-loaded network (diffusers from_pretrained records a Path in its config) still gives a
+    model.ckpt that load_model reads with weights_only=True."""
+    from cmt_pipeline.training.checkpoint import export_denoiser
+
+    export_denoiser(tiny_net(), tmp_path / "teacher")
+    r = post_train(PostTrainConfig(init=str(tmp_path / "teacher"), data="gmm:gmm8x8", gmm_samples=64, steps=2,
+                                   batch_size=8, eval_samples=8, out=str(tmp_path / "run"), **FAST), progress=False)
+    ckpt = load_model(r["checkpoint"], kind="post-ect")
+    assert ckpt["data"]["init_origin"] == "diffusion" and model_from_checkpoint(ckpt).precond.boundary_sigma == 0.003

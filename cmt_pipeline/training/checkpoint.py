@@ -75,7 +75,10 @@ def network_spec(model: torch.nn.Module) -> dict | None:
     from ..models import MeanFlowStudent
 
     if isinstance(model, EDMDenoiser):
-        return {"class": "EDMDenoiser", "unet": dict(model.backbone.config), "precond": asdict(model.precond)}
+        # diffusers' "_" keys are bookkeeping (a from_pretrained model's _name_or_path is a Path, which
+        # torch.load(weights_only=True) refuses); build_network drops them anyway
+        unet = {k: v for k, v in model.backbone.config.items() if not k.startswith("_")}
+        return {"class": "EDMDenoiser", "unet": unet, "precond": asdict(model.precond)}
     if isinstance(model, MeanFlowStudent):
         return {**network_spec(model.net), "class": "MeanFlowStudent", "gap_scale": model.gap_scale}
     return None
