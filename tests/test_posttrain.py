@@ -205,6 +205,8 @@ def test_diffusion_and_cmt_inits_become_students_of_the_right_kind(tmp_path):
     assert origin == "random" and isinstance(rnd, MeanFlowStudent)
     assert rnd.net.backbone.config.block_out_channels == (8, 16)  # the --arch network's architecture
     assert not torch.equal(rnd.net.backbone.conv_in.weight, mf.net.backbone.conv_in.weight)
+    ect_rnd, _ = build_student(PostTrainConfig(init="random", arch=mid, **FAST), (1, 8, 8))  # any flavour's arch
+    assert isinstance(ect_rnd, EDMDenoiser) and ect_rnd.precond.boundary_sigma == 0.003
 
 
 @pytest.mark.parametrize("objective", ["ect", "meanflow"])

@@ -47,20 +47,25 @@ DEFAULT_NOISE = {"ect": (-1.1, 2.0), "meanflow": (-0.4, 1.0)}
 EVAL_SEED = 1  # not the training seed's default 0: students are scored on noise they never trained on
 
 
+def read_network(spec: str) -> tuple[torch.nn.Module, str | None]:
+    """The network behind a model.ckpt (with the checkpoint's kind) or a teacher spec (kind None)."""
+    if Path(spec).is_file():
+        ckpt = load_model(spec)
+        return model_from_checkpoint(ckpt), ckpt["kind"]
+    return load_teacher(spec), None
+
+
 def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
     """(network, origin) for --init: origin 'cmt' (a student of the objective's flavour) or 'diffusion'.
     A student of the other flavour is refused here, before anything is written."""
     want = STUDENT_KINDS[objective]
     wrong = (f"; {objective} post-training starts from a {want[0]} checkpoint (`cmt mid-train --flavour "
              f"{MID_FLAVOUR[objective]}`), a diffusion teacher or random")
-    if Path(spec).is_file():
-        ckpt = load_model(spec)
-        if ckpt["kind"] == "pretrain":
-            return model_from_checkpoint(ckpt), "diffusion"
-        if ckpt["kind"] not in want:
-            raise CMTError(f"--init {spec} is a {ckpt['kind']!r} checkpoint{wrong}")
-        return model_from_checkpoint(ckpt), "cmt"
-    net = load_teacher(spec)
+    net, kind = read_network(spec)
+    if kind is not None and kind != "pretrain":
+        if kind not in want:
+            raise CMTError(f"--init {spec} is a {kind!r} checkpoint{wrong}")
+        return net, "cmt"
     if not isinstance(net, EDMDenoiser):
         raise CMTError(f"--init {spec} is a {type(net).__name__}, which has no network to train{wrong}")
     if net.precond.boundary_sigma > 0:  # a consistency student folder (mid-train's run/student/)
@@ -71,12 +76,17 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
 
 
 def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser:
-    """Fresh weights in the architecture of --arch (any network spec --init accepts), else of --channels."""
-    torch.manual_seed(cfg.seed)
+    """Fresh weights in the architecture of --arch (a model.ckpt of any kind or a teacher spec), else of
+    --channels/--layers-per-block."""
+    torch.manual_seed(cfg.seed)  # reading --arch may draw numbers too, so seed right before each build
     if not cfg.arch:
         return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block), Precond())
-    template, _ = load_network(cfg.arch, cfg.objective)
+    template, _ = read_network(cfg.arch)
     template = template.net if isinstance(template, MeanFlowStudent) else template
+    if not isinstance(template, EDMDenoiser):
+        raise CMTError(f"--arch {cfg.arch} is a {type(template).__name__}, which has no network architecture; "
+                       "pass a model.ckpt, a network folder or builtin, or use --channels")
+    torch.manual_seed(cfg.seed)
     backbone = type(template.backbone).from_config(template.backbone.config)
     return EDMDenoiser(backbone, Precond(**{**vars(template.precond), "boundary_sigma": 0.0}))
 
