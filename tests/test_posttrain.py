@@ -254,6 +254,8 @@ def test_meanflow_post_training_under_two_process_ddp(tmp_path):
     assert {p.name for p in step.glob("random_states_*.pkl")} == {"random_states_0.pkl", "random_states_1.pkl"}
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2, 3] and all(row["r_neq_t"] == 1 for row in log)
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 3]  # measured once, by the main process
     assert "1step_flow_map_mse" in json.loads((out / "metrics.json").read_text())
 
 

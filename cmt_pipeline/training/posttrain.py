@@ -217,14 +217,16 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     source = TensorSource(tensors, cfg.batch_size, cfg.seed)
     info = {**data.description, "fingerprint": source.fingerprint(), "init": cfg.init, "init_origin": origin}
 
+    from accelerate import PartialState
+
     run = Path(cfg.out)
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu"
-    evaluator = FewStepEval(cfg, data.shape, student.num_classes, device)
+    process = PartialState(cpu=cfg.device == "cpu")  # this process's device and rank, before the loop starts
+    evaluator = FewStepEval(cfg, data.shape, student.num_classes, process.device)
     log = EvalLog(evaluator, run / "eval.jsonl", cfg.eval_every)
-    if resume is None and not any((run / "checkpoints").glob("step-*")):
+    if resume is None and process.is_main_process and not any((run / "checkpoints").glob("step-*")):
         run.mkdir(parents=True, exist_ok=True)
         (run / "eval.jsonl").unlink(missing_ok=True)
-        log.measure(student.to(device), 0)
+        log.measure(student.to(process.device), 0)
     grid = torch.from_numpy(evaluator.prior[: cfg.num_grid_samples])
     grid_labels = torch.from_numpy(evaluator.labels[: cfg.num_grid_samples]) if student.num_classes else None
 
