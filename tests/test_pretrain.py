@@ -143,7 +143,6 @@ def test_image_folder(tmp_path):
 
 # ---- the shipped teacher ------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not (BUILTIN_DIGITS / "cmt_precond.json").exists(), reason="built-in teacher not trained yet")
 def test_builtin_teacher_is_small_fp32_and_generates(tmp_path):
     size = sum(p.stat().st_size for p in BUILTIN_DIGITS.rglob("*") if p.is_file())
     assert size < 5.5e6
