@@ -10,11 +10,7 @@ import torch
 
 from .stores import open_store, read_all
 from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_json
-from .utils import CMTError
-
-
-def disk_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+from .utils import CMTError, disk_usage
 
 
 def inspect_store(path: Path) -> dict:
@@ -30,7 +26,7 @@ def inspect_store(path: Path) -> dict:
         "solver": f"{plan['solver']} on the {plan['config']['grid']} grid, {plan['nfe_per_sample']} NFE/sample",
         "teacher": plan["teacher"]["spec"], "teacher fingerprint": plan["teacher"]["fingerprint"][:16],
         "classes": plan["num_classes"] or "unconditional", "dtype": plan["dtype"], "seed": plan["config"]["seed"],
-        "size on disk": disk_bytes(path), "bytes per sample": round(disk_bytes(path) / plan["num_samples"], 1),
+        "size on disk": disk_usage(path), "bytes per sample": round(disk_usage(path) / plan["num_samples"], 1),
     }
 
 
@@ -42,7 +38,7 @@ def inspect_checkpoint(path: Path) -> dict:
     params = sum(v.numel() for v in ckpt["state_dict"].values())
     cfg, data = ckpt.get("config", {}), ckpt.get("data", {})
     out = {"type": f"model checkpoint ({ckpt['kind']})", "step": ckpt["step"], "network": net.get("class"),
-           "parameters": params, "precond": net.get("precond"), "size on disk": disk_bytes(path)}
+           "parameters": params, "precond": net.get("precond"), "size on disk": disk_usage(path)}
     out.update({f"config.{k}": cfg[k] for k in ("steps", "batch_size", "lr", "ema_decay", "flavour", "objective",
                                                  "init", "data") if k in cfg})
     out.update({f"data.{k}": data[k] for k in ("store", "num_samples", "holdout", "teacher", "fingerprint")
@@ -54,7 +50,7 @@ def inspect_network_folder(path: Path) -> dict:
     from .teachers import load_teacher
 
     d = load_teacher(str(path)).describe()
-    return {"type": f"network folder ({d.pop('kind')})", **d, "size on disk": disk_bytes(path)}
+    return {"type": f"network folder ({d.pop('kind')})", **d, "size on disk": disk_usage(path)}
 
 
 def inspect_path(path) -> dict:

@@ -55,3 +55,17 @@ def resolve_device(device: str | None) -> torch.device:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     return dev
+
+
+def disk_usage(path: str | os.PathLike) -> int:
+    """Bytes in a file or under a folder; files that vanish while we look (a worker clearing .tmp) count as 0."""
+    if os.path.isfile(path):
+        return os.stat(path).st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
 from ..stores.layout import claim_plan, finalize, num_shards, read_marker, shard_range, size_problems, write_marker
 from ..teachers import load_teacher
-from ..utils import CMTError, resolve_device, sample_seed
+from ..utils import CMTError, disk_usage, resolve_device, sample_seed
 from .worker import Worker
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -141,17 +142,28 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     t0 = time.perf_counter()
     bar = tqdm(total=n_todo, unit="sample", disable=not progress or n_todo == 0,
                desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
-    for k in todo:
-        if shard_done(out, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
-            continue
-        arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, bar)
+    def publish(k: int, arrays: dict) -> None:
         try:
             files = writer.write_shard(k, arrays)
         except FileNotFoundError:  # whoever completed the set cleared .tmp under us: fine if k is done
             if shard_done(out, k):
-                continue
+                return
             raise
         write_marker(out, plan, k, files)
+
+    # Shard k is compressed and written on a second thread while the teacher solves shard k + 1: the
+    # accelerator (or the main thread's cores) never waits for the disk. At most one write is in flight.
+    with ThreadPoolExecutor(max_workers=1) as io:
+        pending = None
+        for k in todo:
+            if shard_done(out, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
+                continue
+            arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, bar)
+            if pending is not None:
+                pending.result()  # re-raises a failed write here
+            pending = io.submit(publish, k, arrays)
+        if pending is not None:
+            pending.result()
     bar.close()
     elapsed = time.perf_counter() - t0
     manifest = finalize(out, strict=False)
@@ -182,7 +194,3 @@ def shard_done(out: Path, k: int, report: bool = False) -> bool:
     if problems and report:
         tqdm.write(f"shard {k}: {problems[0]}; regenerating it", file=sys.stderr)
     return not problems
-
-
-def disk_usage(path: Path) -> int:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())

@@ -1,7 +1,8 @@
 """Zarr v3 store: one group, arrays sharded so that one generation shard = one zarr shard file per array.
 
-Inner chunks hold one sample (cheap random access for a map-style training reader); blosc/zstd with
-bitshuffle compresses them. A shard is never written in place: zarr would read-modify-write an existing shard
+Inner chunks hold as many whole samples as fit in about 64 KiB (one sample each for CIFAR-sized trajectories,
+a few dozen for 8x8 digits): random reads by sample stay cheap, and tiny samples are not encoded one by one,
+which would dominate the generation time of small teachers. Blosc/zstd with bitshuffle compresses them. A shard is never written in place: zarr would read-modify-write an existing shard
 file (concurrent partial-shard writes silently lose data, and a torn file from a killed run makes the rewrite
 fail). Instead each shard file is encoded into a fresh copy of its array under DIR/.tmp and renamed into
 place, so its bytes depend only on the data, whatever was on disk before.
@@ -21,6 +22,17 @@ from .layout import ARRAYS, publish, shard_range, temp_path
 GROUP = "data.zarr"
 # Write every chunk, even one equal to the fill value: a shard file then always exists, whatever its data.
 WRITE_CONFIG = {"write_empty_chunks": True}
+
+
+CHUNK_BYTES = 1 << 16
+
+
+def samples_per_chunk(shard_size: int, sample_bytes: int) -> int:
+    """The largest divisor of the shard size whose chunk stays within CHUNK_BYTES (at least one sample)."""
+    c = max(1, min(shard_size, CHUNK_BYTES // max(sample_bytes, 1)))
+    while shard_size % c:
+        c -= 1
+    return c
 
 
 def _shapes(plan: dict) -> dict[str, tuple[tuple, str]]:
@@ -47,7 +59,8 @@ class ZarrWriter:
         # zarr skips writing a shard whose values all equal the fill value, so fill values are ones real
         # data never holds: every shard then has a file to checksum.
         for name, (tail, dt, fill) in _shapes(self.plan).items():
-            g.create_array(name, shape=(n, *tail), chunks=(1, *tail), shards=(s, *tail), dtype=dt,
+            c = samples_per_chunk(s, int(np.prod(tail, dtype=np.int64)) * np.dtype(dt).itemsize)
+            g.create_array(name, shape=(n, *tail), chunks=(c, *tail), shards=(s, *tail), dtype=dt,
                            compressors=comp, fill_value=fill, config={"write_empty_chunks": True})
         try:
             os.rename(tmp / GROUP, path)  # atomic; fails if a racing worker got there first, which is fine
