@@ -162,13 +162,13 @@ class FewStepEval:
         self.exact, self.reference = gmm_truth(cfg.data, cfg.eval_samples, cfg.sigma_max) \
             if cfg.data.startswith("gmm:") else (None, None)
 
-    def samples(self, model, steps: int) -> torch.Tensor:
-        """Samples in eval mode (no dropout); the model's train/eval mode is left as it was."""
+    def samples(self, model, steps: int, num: int | None = None) -> torch.Tensor:
+        """The first `num` (default all) samples, in eval mode (no dropout); the model's mode is left as it was."""
         was_training = model.training
         sampler = StudentSampler(as_denoiser(model).eval(), self.sigmas[steps])
         try:
-            return run_sampler(sampler, self.prior, self.labels, self.renoise if steps == 2 else None,
-                               device=self.device)
+            return run_sampler(sampler, self.prior[:num], self.labels[:num],
+                               self.renoise[:num] if steps == 2 else None, device=self.device)
         finally:
             model.train(was_training)
 
@@ -246,10 +246,10 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     if state.accelerator.is_main_process:
         final = log.last if log.last.get("step") == state.step else evaluator(state.ema)  # nothing left to train
         metrics.update({k: v for k, v in final.items() if k != "step"})
-        atomic_write_json(run / "metrics.json", metrics)
         for steps in (1, 2):
-            save_image_grid(evaluator.samples(state.ema, steps)[: cfg.num_grid_samples],
+            save_image_grid(evaluator.samples(state.ema, steps, cfg.num_grid_samples),
                             run / f"samples-{steps}step.png")
+        atomic_write_json(run / "metrics.json", metrics)  # last: its presence marks a finished run
     state.accelerator.wait_for_everyone()
     return {"out": str(run), "seconds": time.perf_counter() - t0, "loss": state.metrics.get("loss"),
             "checkpoint": str(run / "model.ckpt"), **metrics}
