@@ -93,7 +93,8 @@ def check(cfg: EvaluateConfig, sampler) -> None:
 
 
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
-    """Sample cfg.num_samples from the generator, compute the applicable metrics, write JSON + PNG to cfg.out."""
+    """Sample cfg.num_samples from the generator, compute the applicable metrics, write JSON + PNG to cfg.out;
+    returns what the JSON holds plus `out` and the `samples` themselves (for further analysis)."""
     device = resolve_device(cfg.device)
     sampler = build_sampler(cfg, device)
     check(cfg, sampler)
@@ -125,7 +126,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     result = {"generator": describe(sampler), "metrics": {k: _json(v) for k, v in metrics.items()},
               "sampler": sampler.describe(), "config": to_dict(cfg), "cmt_version": __version__}
     atomic_write_json(out / RESULTS, result)
-    return {**result, "out": str(out)}
+    return {**result, "out": str(out), "samples": x}
 
 
 def describe(sampler) -> str:
