@@ -47,12 +47,15 @@ DEFAULT_NOISE = {"ect": (-1.1, 2.0), "meanflow": (-0.4, 1.0)}
 EVAL_SEED = 1  # not the training seed's default 0: students are scored on noise they never trained on
 
 
-def read_network(spec: str) -> tuple[torch.nn.Module, str | None]:
+def read_network(spec: str, option: str) -> tuple[torch.nn.Module, str | None]:
     """The network behind a model.ckpt (with the checkpoint's kind) or a teacher spec (kind None)."""
     if Path(spec).is_file():
         ckpt = load_model(spec)
         return model_from_checkpoint(ckpt), ckpt["kind"]
-    return load_teacher(spec), None
+    try:
+        return load_teacher(spec), None
+    except CMTError as e:
+        raise CMTError(f"{option} {spec}: {e}") from e
 
 
 def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
@@ -61,7 +64,7 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
     want = STUDENT_KINDS[objective]
     wrong = (f"; {objective} post-training starts from a {want[0]} checkpoint (`cmt mid-train --flavour "
              f"{MID_FLAVOUR[objective]}`), a diffusion teacher or random")
-    net, kind = read_network(spec)
+    net, kind = read_network(spec, "--init")
     if kind is not None and kind != "pretrain":
         if kind not in want:
             raise CMTError(f"--init {spec} is a {kind!r} checkpoint{wrong}")
@@ -81,7 +84,7 @@ def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser:
     torch.manual_seed(cfg.seed)  # reading --arch may draw numbers too, so seed right before each build
     if not cfg.arch:
         return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block), Precond())
-    template, _ = read_network(cfg.arch)
+    template, _ = read_network(cfg.arch, "--arch")
     template = template.net if isinstance(template, MeanFlowStudent) else template
     if not isinstance(template, EDMDenoiser):
         raise CMTError(f"--arch {cfg.arch} is a {type(template).__name__}, which has no network architecture; "
