@@ -1,8 +1,8 @@
 """Metrics that need no feature network: paired teacher-matching error on a store, and Gaussian-mixture ground truth.
 
-- Paired error: on the store's last N trajectories (mid-training's held-out tail), the generator is run from each stored prior (x_T = sigma_max * prior, stored label) and compared
-  with the stored solver sample x0: what mid-training regresses onto, so it isolates "does it match the teacher"
-  from "is the teacher good". PSNR uses the [-1, 1] data range (peak-to-peak 2).
+- Paired error: on the store's last N trajectories (mid-training's held-out tail), the generator is run from each
+  stored prior (x_T = sigma_max * prior, stored label) and compared with the stored solver sample x0: what
+  mid-training regresses onto, so it isolates "does it match the teacher" from "is the teacher good". PSNR uses the [-1, 1] data range (peak-to-peak 2).
 - Mixture ground truth: the exact flow map is a float64 DPM-Solver++(3) solve with `reference_steps` steps on the
   log-SNR grid (solver error far below any generator's; tests check 1024 vs 2048 steps agree). The distance to
   the true mixture is the sliced Wasserstein-2 distance to exact mixture samples: it compares whole 1-D marginals
@@ -45,7 +45,8 @@ def check_store(plan: dict, sampler, store) -> None:
         raise CMTError(f"--store {store} holds samples of shape {tuple(plan['shape'])}, the generator makes "
                        f"{sampler.shape}; pass a store made by this generator's teacher")
     if plan["num_classes"] != sampler.num_classes:
-        raise CMTError(f"--store {store} has {plan['num_classes']} classes, the generator {sampler.num_classes}")
+        raise CMTError(f"--store {store} has {plan['num_classes']} classes, the generator {sampler.num_classes}; "
+                       "pass a store made by this generator's teacher")
     if not math.isclose(plan["sigmas"][0], sampler.sigma_max, rel_tol=1e-6):
         raise CMTError(f"--store {store} starts at sigma_max {plan['sigmas'][0]}, the generator at "
                        f"{sampler.sigma_max}; pass --sigma-max {plan['sigmas'][0]}")
