@@ -2,7 +2,8 @@
 
 - Paired error: on the store's last N trajectories (mid-training's held-out tail), the generator is run from each
   stored prior (x_T = sigma_max * prior, stored label) and compared with the stored solver sample x0: what
-  mid-training regresses onto, so it isolates "does it match the teacher" from "is the teacher good". PSNR uses the [-1, 1] data range (peak-to-peak 2).
+  mid-training regresses onto, so it isolates "does it match the teacher" from "is the teacher good".
+  PSNR uses the [-1, 1] data range (peak-to-peak 2).
 - Mixture ground truth: the exact flow map is a float64 DPM-Solver++(3) solve with `reference_steps` steps on the
   log-SNR grid (solver error far below any generator's; tests check 1024 vs 2048 steps agree). The distance to
   the true mixture is the sliced Wasserstein-2 distance to exact mixture samples: it compares whole 1-D marginals
