@@ -144,12 +144,10 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
                desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
     def publish(k: int, arrays: dict) -> None:
         try:
-            files = writer.write_shard(k, arrays)
+            write_marker(out, plan, k, writer.write_shard(k, arrays))
         except FileNotFoundError:  # whoever completed the set cleared .tmp under us: fine if k is done
-            if shard_done(out, k):
-                return
-            raise
-        write_marker(out, plan, k, files)
+            if not shard_done(out, k):
+                raise
 
     # Shard k is compressed and written on a second thread while the teacher solves shard k + 1: the
     # accelerator (or the main thread's cores) never waits for the disk. At most one write is in flight.

@@ -15,6 +15,7 @@ counts, so it is identical however many workers made the dataset.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import shutil
@@ -64,8 +65,11 @@ def leftovers(root: Path) -> list[Path]:
     """Debris of interrupted writes: DIR/.tmp, and `.NAME.tmp-*` files (the atomic-write naming of utils and
     the WebDataset writer, which write beside the target)."""
     root = Path(root)
-    found = sorted(p for p in (root / TMP).rglob("*") if p.is_file()) if (root / TMP).exists() else []
-    return found + sorted(p for p in root.rglob(".*.tmp-*") if TMP not in p.relative_to(root).parts)
+    found = []
+    for folder, _, files in os.walk(root):  # unlike rglob, walk skips folders a concurrent clean removes
+        in_tmp = Path(folder).relative_to(root).parts[:1] == (TMP,)
+        found += [Path(folder) / f for f in files if in_tmp or fnmatch.fnmatch(f, ".*.tmp-*")]
+    return sorted(found)
 
 
 def clean_temp(root: Path) -> None:
@@ -151,6 +155,12 @@ def finalize(root: Path, strict: bool = True) -> dict | None:
                            f"damaged (first: {damaged[:5]}); run `cmt verify {root}` for the fix")
         return None
     manifest = build_manifest(plan, markers)
-    write_json(root, root / MANIFEST, manifest)
+    for attempt in range(3):  # workers finishing together all finalize; one's clean_temp may take another's
+        try:                  # temporary manifest, so write again (the content is the same for all)
+            write_json(root, root / MANIFEST, manifest)
+            break
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
     clean_temp(root)
     return manifest
