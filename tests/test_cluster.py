@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import generate
 from cmt_pipeline.stores import read_all, verify
+from cmt_pipeline.stores.layout import finalize, leftovers
 
 N, SHARD = 150, 8
 N_SHARDS = -(-N // SHARD)  # 19, the last one short
@@ -170,3 +172,27 @@ def test_resume_rewrites_torn_shards_and_clears_debris(tmp_path, reference, fmt)
     stats = generate(GenerateConfig(**config(out, fmt, "gmm:gmm8x8")), progress=False)
     assert stats["complete"] and stats["shards_written"] == 3, stats  # shards 2, 6 and the truncated 7
     assert_same_as_reference(out, reference[fmt])
+
+
+def test_workers_finishing_together_all_finalize_without_tripping_on_each_other(tmp_path):
+    """Every worker finalizes when it ends, and balanced workers end together: each one's clean-up of .tmp must
+    not break another's manifest write (threads here: the file-system race is the same as between processes)."""
+    out = tmp_path / "d"
+    generate(GenerateConfig(**config(out, "wds", KILL_TEACHER)), progress=False)
+    manifest = (out / "manifest.json").read_bytes()
+    errors = []
+
+    def finalize_once():
+        try:
+            finalize(out)
+        except Exception as e:  # noqa: BLE001  (collect whatever a race raises)
+            errors.append(repr(e))
+
+    for _ in range(20):
+        threads = [threading.Thread(target=finalize_once) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[:3]
+    assert (out / "manifest.json").read_bytes() == manifest and not leftovers(out)

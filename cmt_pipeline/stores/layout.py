@@ -43,7 +43,13 @@ def num_shards(plan: dict) -> int:
 def temp_path(root: Path, tag: str) -> Path:
     """A fresh name under DIR/.tmp for one in-flight write (unique per process and call)."""
     d = Path(root) / TMP
-    d.mkdir(parents=True, exist_ok=True)
+    for attempt in range(3):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            break
+        except FileExistsError:  # a concurrent clean_temp removed it between mkdir's two checks
+            if attempt == 2:
+                raise
     return d / f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
@@ -155,12 +161,12 @@ def finalize(root: Path, strict: bool = True) -> dict | None:
                            f"damaged (first: {damaged[:5]}); run `cmt verify {root}` for the fix")
         return None
     manifest = build_manifest(plan, markers)
-    for attempt in range(3):  # workers finishing together all finalize; one's clean_temp may take another's
-        try:                  # temporary manifest, so write again (the content is the same for all)
-            write_json(root, root / MANIFEST, manifest)
-            break
-        except FileNotFoundError:
-            if attempt == 2:
-                raise
+    try:
+        write_json(root, root / MANIFEST, manifest)
+    except (FileNotFoundError, FileExistsError):
+        # Workers finishing together all finalize, and one's clean_temp can remove another's temporary
+        # manifest; it cleans only after writing the manifest itself, and every finalizer writes the same one.
+        if not (root / MANIFEST).exists() or read_json(root / MANIFEST) != json.loads(json.dumps(manifest)):
+            raise
     clean_temp(root)
     return manifest
