@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..sampling import TeacherSampler, draw_renoise, run_sampler
-from ..stores import num_shards, open_store, shard_range
+from ..stores import open_store, read_range
 from ..utils import CMTError
 
 
@@ -33,11 +33,8 @@ def read_tail(root, num: int) -> dict:
     trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan."""
     reader = open_store(root)
     plan = reader.plan
-    lo = max(plan["num_samples"] - num, 0) if num > 0 else 0
-    parts = [reader.read_shard(k) for k in range(num_shards(plan)) if shard_range(plan, k)[1] > lo]
-    first = shard_range(plan, num_shards(plan) - len(parts))[0]
-    arrays = {name: np.concatenate([p[name] for p in parts])[lo - first:] for name in ("prior", "labels", "x0", "index")}
-    return {**arrays, "plan": plan}
+    arrays = read_range(reader, max(plan["num_samples"] - num, 0) if num > 0 else 0)
+    return {**{name: arrays[name] for name in ("prior", "labels", "x0", "index")}, "plan": plan}
 
 
 def check_store(plan: dict, sampler, store) -> None:

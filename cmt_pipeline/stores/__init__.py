@@ -18,7 +18,7 @@ from .zarr_store import ZarrReader, ZarrWriter
 WRITERS = {"zarr": ZarrWriter, "wds": WdsWriter}
 READERS = {"zarr": ZarrReader, "wds": WdsReader}
 
-__all__ = ["WRITERS", "READERS", "open_store", "read_all", "finalize", "num_shards", "shard_range", "verify",
+__all__ = ["WRITERS", "READERS", "open_store", "read_all", "read_range", "finalize", "num_shards", "shard_range", "verify",
            "repair", "Report"]
 
 
@@ -47,10 +47,20 @@ def open_store(root, require_complete: bool = True):
     return READERS[plan["format"]](root, plan)
 
 
-def read_all(root, require_complete: bool = True):
-    """Every array of the dataset, concatenated in global sample order (small datasets, tests, inspection)."""
+def read_range(reader, start: int = 0, stop: int | None = None) -> dict:
+    """Samples [start, stop) of an open store, concatenated in global order; reads only the shards that overlap."""
     import numpy as np
 
-    reader = open_store(root, require_complete)
-    parts = [reader.read_shard(k) for k in range(num_shards(reader.plan))]
+    plan = reader.plan
+    stop = plan["num_samples"] if stop is None else min(stop, plan["num_samples"])
+    parts = []
+    for k in range(num_shards(plan)):
+        a, b = shard_range(plan, k)
+        if b > start and a < stop:
+            parts.append({name: v[max(start - a, 0): stop - a] for name, v in reader.read_shard(k).items()})
     return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
+def read_all(root, require_complete: bool = True):
+    """Every array of the dataset, concatenated in global sample order (small datasets, tests, inspection)."""
+    return read_range(open_store(root, require_complete))

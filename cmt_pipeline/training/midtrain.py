@@ -18,7 +18,7 @@ from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.distances import DISTANCES
 from ..sampling import StudentSampler, run_sampler
-from ..stores import open_store, shard_range
+from ..stores import open_store, read_range
 from ..stores.loader import trajectory_source
 from ..teachers import EDMDenoiser, GMMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError
@@ -31,15 +31,8 @@ FLAVOURS = ("cm", "mf")
 def holdout_arrays(path, holdout: int, num: int) -> dict:
     """Prior, labels and stored x0 of the first `num` held-out trajectories (the store's last `holdout`)."""
     reader = open_store(path)
-    n = reader.plan["num_samples"]
-    lo, hi = n - holdout, n - holdout + min(num, holdout)
-    parts = []
-    for k in range(len(reader.plan["shards"])):
-        a, b = shard_range(reader.plan, k)
-        if b > lo and a < hi:
-            shard = reader.read_shard(k)
-            parts.append({name: v[max(lo - a, 0): hi - a] for name, v in shard.items()})
-    return {name: np.concatenate([p[name] for p in parts]) for name in ("prior", "labels", "x0")}
+    lo = reader.plan["num_samples"] - holdout
+    return read_range(reader, lo, lo + min(num, holdout))
 
 
 def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
