@@ -1,0 +1,481 @@
+"""Does the initialisation matter for post-training? ECT post-training from three initialisations at the same
+post-training budget (steps x batch), several seeds each:
+
+    random     the student's architecture, fresh weights
+    diffusion  the diffusion teacher's weights (vanilla ECT)
+    CMT        the teacher's weights mid-trained on the teacher's own stored trajectories (cmt mid-train)
+
+on the Gaussian mixture gmm:gmm8x8 (a small diffusion teacher pretrained here; quality = 1-step error to the exact
+flow map and sliced W2 to the true mixture) and on digits (the built-in teacher; quality = digits FD), plus the
+question only an offline store answers: mid-training on n stored digits trajectories (--sizes: 256, 1k and 4k by
+default, what fits 2 shared CPU cores; --sizes 1024,4096,16384 on a bigger machine) at the same mid-training
+budget, then the same post-training. Writes run folders under --out, OUT/<part>/summary.json, and
+its own sections of docs/results.md (between `<!-- init-comparison:<part> -->` markers; the rest is untouched).
+
+Protocol (`--protocol paper`, the default): random and diffusion inits get vanilla ECT's curriculum (q starts
+at 2 and doubles --doublings times over the run), the CMT init keeps q fixed at the curriculum's final value
+(what the reference does after CMT). On the mixture the CMT init is also post-trained with the curriculum, so
+the effect of the schedule is visible separately. `--protocol same` gives every init the curriculum.
+
+    OMP_NUM_THREADS=1 nice python benchmarks/init_comparison.py --out runs/init-comparison
+    ... --parts gmm            # only the mixture;  --parts digits,size  (needs the built-in teacher)
+Stages whose outputs exist are reused, so an interrupted benchmark continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cmt_pipeline.config import GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
+from cmt_pipeline.evaluation.features import DigitsFD
+from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
+from cmt_pipeline.generation import generate
+from cmt_pipeline.generation.run import draw_priors
+from cmt_pipeline.sampling import TeacherSampler, run_sampler
+from cmt_pipeline.stores import open_store
+from cmt_pipeline.teachers import load_teacher
+from cmt_pipeline.training.checkpoint import load_model
+from cmt_pipeline.training.midtrain import mid_train
+from cmt_pipeline.training.posttrain import EVAL_SEED, gmm_truth, post_train
+from cmt_pipeline.training.pretrain import pretrain
+from cmt_pipeline.utils import atomic_write_bytes, atomic_write_json
+
+QUIET = dict(device="cpu", tensorboard=False, sample_every=0, log_every=25)
+INITS = ("random", "diffusion", "CMT")
+METRICS = {"gmm": ("1step_flow_map_mse", "1step_sliced_w2", "2step_sliced_w2"),
+           "digits": ("1step_digits_fd", "2step_digits_fd")}
+LABELS = {"1step_flow_map_mse": "1-step MSE to exact flow map", "1step_sliced_w2": "1-step sliced W2",
+          "2step_sliced_w2": "2-step sliced W2", "1step_digits_fd": "1-step digits FD",
+          "2step_digits_fd": "2-step digits FD"}
+
+
+def done(run: Path, last_file: str) -> bool:
+    """A stage is complete when the file it writes last exists."""
+    return (run / last_file).exists()
+
+
+def fresh(run: Path) -> Path:
+    """An unfinished run folder is cleared: each stage is short, restarting it is simpler than resuming."""
+    shutil.rmtree(run, ignore_errors=True)
+    return run
+
+
+def eval_rows(run: Path) -> dict[int, dict]:
+    rows = {}
+    for line in (run / "eval.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        rows[row["step"]] = row
+    return rows
+
+
+def curriculum(args, steps: int) -> dict:
+    """Vanilla ECT: q from 2, doubling `doublings` times over the run; ends at q = 2 ** (doublings + 1)."""
+    return {"q": 2.0, "q_double_every": max(1, math.ceil(steps / (args.doublings + 1)))}
+
+
+def fixed_q(args) -> dict:
+    return {"q": 2.0 ** (args.doublings + 1), "q_double_every": 0}
+
+
+def post_runs(args, part: str, root: Path, data: str, inits: dict, post: dict, seeds) -> dict:
+    """ECT post-training for every (init, seed); returns {name: {seed: {step: eval row}}}."""
+    out = {}
+    for name, (init, arch, schedule) in inits.items():
+        out[name] = {}
+        for seed in seeds:
+            run = root / f"post-{name}-seed{seed}"
+            if not done(run, "metrics.json"):
+                t0 = time.perf_counter()
+                post_train(PostTrainConfig(init=init, arch=arch, objective="ect", data=data, seed=seed,
+                                           out=str(fresh(run)), **schedule, **post, **QUIET), progress=False)
+                print(f"[{part}] {name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+            out[name][seed] = eval_rows(run)
+    return out
+
+
+def summarise(runs: dict, metrics, target_metric: str, target_from: str, steps: int) -> dict:
+    """Mean/std over seeds of each metric at every evaluated step; steps to reach the target (the `target_from`
+    init's mean final value of `target_metric`) per seed."""
+    table = {}
+    for name, seeds in runs.items():
+        evaluated = sorted(set.intersection(*(set(rows) for rows in seeds.values())))
+        table[name] = {"steps": evaluated, **{m: {s: [seeds[k][s][m] for k in seeds] for s in evaluated}
+                                              for m in metrics}}
+    target = statistics.mean(table[target_from][target_metric][steps])
+    for name, seeds in runs.items():
+        reach = []
+        for rows in seeds.values():
+            hit = [s for s in sorted(rows) if rows[s][target_metric] <= target]
+            reach.append(hit[0] if hit else None)
+        table[name]["steps_to_target"] = reach
+    return {"table": table, "target": {"metric": target_metric, "value": target, "from": target_from}}
+
+
+def fmt(values, digits=3) -> str:
+    mean = statistics.mean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}g} ± {std:.1g}"
+
+
+def reach_fmt(reach) -> str:
+    hit = [r for r in reach if r is not None]
+    if not hit:
+        return f"not reached (0/{len(reach)})"
+    return f"{statistics.mean(hit):.0f} ({len(hit)}/{len(reach)} seeds)"
+
+
+def render_table(summary: dict, metrics) -> list[str]:
+    """The first metric at steps 0, ~1/4, ~1/2 and all of the budget; the others at 0 and the full budget."""
+    steps = next(iter(summary["table"].values()))["steps"]
+    budgets = sorted({steps[0], steps[len(steps) // 4], steps[len(steps) // 2], steps[-1]})
+    cols = [(metrics[0], b) for b in budgets] + [(m, b) for m in metrics[1:] for b in (steps[0], steps[-1])]
+    target = summary["target"]
+    lines = ["| init | " + " | ".join(f"{LABELS[m]} @ step {b}" for m, b in cols)
+             + f" | steps to {LABELS[target['metric']]} <= {target['value']:.4g} |",
+             "|---" * (len(cols) + 2) + "|"]
+    for name, t in summary["table"].items():
+        lines.append(f"| {name} | " + " | ".join(fmt(t[m][b]) for m, b in cols)
+                     + f" | {reach_fmt(t['steps_to_target'])} |")
+    return lines
+
+
+def reading(summary: dict, metric: str) -> str:
+    """The comparison in words, computed from the table (lower is better for every metric here)."""
+    ends = {}
+    for name, t in summary["table"].items():
+        ends[name] = (statistics.mean(t[metric][t["steps"][0]]), statistics.mean(t[metric][t["steps"][-1]]))
+    order = sorted(ends, key=lambda n: ends[n][1])
+    return (f"Reading ({LABELS[metric]}, lower is better): at the full budget "
+            + " < ".join(f"{n} {ends[n][1]:.3g}" for n in order) + "; from the init to the full budget "
+            + ", ".join(f"{n} {a:.3g} -> {b:.3g}" for n, (a, b) in ends.items()) + ".")
+
+
+def plot_curves(summary: dict, metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    for name, t in summary["table"].items():
+        steps = t["steps"]
+        mean = np.array([statistics.mean(t[metric][s]) for s in steps])
+        lo = np.array([min(t[metric][s]) for s in steps])
+        hi = np.array([max(t[metric][s]) for s in steps])
+        ax.plot(steps, mean, marker="o", ms=3, label=name)
+        ax.fill_between(steps, lo, hi, alpha=0.2)
+    ax.axhline(summary["target"]["value"], color="0.5", ls=":", lw=1, label="target")
+    ax.set_yscale("log")
+    ax.set_xlabel("post-training step (ECT)")
+    ax.set_ylabel(LABELS[metric] + " (EMA)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_section(doc: Path, part: str, lines: list[str]) -> None:
+    """Replace this part's section of docs/results.md (between its markers) or append it."""
+    start, end = f"<!-- init-comparison:{part} -->", f"<!-- /init-comparison:{part} -->"
+    text = doc.read_text() if doc.exists() else "# Results\n"
+    block = "\n".join([start, *lines, end])
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic_write_bytes(doc, text.encode())
+
+
+def stage_seconds(folder: Path) -> float:
+    """A finished stage's wall time: from the first to the last file written in its folder (so a section
+    rendered again from reused stages still reports what they cost)."""
+    times = [p.stat().st_mtime for p in folder.rglob("*") if p.is_file()]
+    return max(times) - min(times)
+
+
+def provenance(stages: list[Path]) -> list[str]:
+    cmd = " ".join(["OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?"), "python"]
+                   + [shlex.quote(a) for a in sys.argv])
+    total = sum(stage_seconds(s) for s in stages)
+    return [f"Command: `{cmd}`. Compute: {total / 60:.0f} min of wall time over this section's {len(stages)} "
+            f"stages, one thread each, on 2 CPU cores shared with other jobs (load average "
+            f"{os.getloadavg()[2]:.1f} over the 15 minutes before this section was written)."]
+
+
+# ---- the Gaussian mixture --------------------------------------------------------------------------------
+
+def gmm_part(args, out: Path, doc: Path) -> None:
+    root = out / "gmm"
+    teacher_run = root / "teacher"
+    if not done(teacher_run, "teacher"):
+        pretrain(PretrainConfig(data="gmm:gmm8x8", gmm_samples=8192, channels=args.gmm_channels, layers_per_block=1,
+                                steps=args.gmm_teacher_steps, batch_size=128, lr=2e-3, ema_decay=0.99,
+                                out=str(fresh(teacher_run)), **QUIET), progress=False)
+    n_traj = args.gmm_trajectories + 256
+    store = root / "trajectories"
+    try:
+        open_store(store)
+    except Exception:
+        generate(GenerateConfig(teacher=str(teacher_run / "teacher"), num_samples=n_traj, out=str(fresh(store)),
+                                device="cpu", batch_size=512, shard_size=1024), progress=False)
+    mid = root / "mid"
+    if not done(mid, "model.ckpt"):
+        mid_train(MidTrainConfig(data=str(store), init="teacher", flavour="cm", holdout=256, steps=args.gmm_mid_steps,
+                                 batch_size=8, lr=args.gmm_lr, ema_decay=args.ema, eval_every=args.gmm_mid_steps,
+                                 out=str(fresh(mid)), **QUIET), progress=False)
+
+    steps = args.gmm_post_steps
+    post = dict(steps=steps, batch_size=args.gmm_batch, lr=args.gmm_lr, ema_decay=args.ema, gmm_samples=8192,
+                eval_every=max(1, steps // args.evals), eval_samples=args.eval_samples, checkpoint_every=steps)
+    teacher_ckpt = str(teacher_run / "model.ckpt")
+    cmt_schedule = curriculum(args, steps) if args.protocol == "same" else fixed_q(args)
+    inits = {"random": ("random", teacher_ckpt, curriculum(args, steps)),
+             "diffusion": (teacher_ckpt, "", curriculum(args, steps)),
+             "CMT": (str(mid / "model.ckpt"), "", cmt_schedule)}
+    if args.protocol == "paper":
+        inits["CMT, q curriculum"] = (str(mid / "model.ckpt"), "", curriculum(args, steps))
+    runs = post_runs(args, "gmm", root, "gmm:gmm8x8", inits, post, range(args.seeds))
+    summary = summarise(runs, METRICS["gmm"], "1step_flow_map_mse", "diffusion", steps)
+
+    # references: the teacher's own 16-step solve and the sampling floor, on the same evaluation noise
+    exact, reference = gmm_truth("gmm:gmm8x8", args.eval_samples, 80.0)
+    prior, _ = draw_priors(EVAL_SEED, np.arange(args.eval_samples), (1, 8, 8), 0, "random")
+    teacher = load_teacher(str(teacher_run / "teacher"))
+    x = run_sampler(TeacherSampler(teacher, "dpm3", 16), prior)
+    gmm = load_teacher("gmm:gmm8x8")
+    floor = sliced_wasserstein(gmm.sample(args.eval_samples, torch.Generator().manual_seed(7)), reference)
+    summary["teacher"] = {"flow_map_mse": mse_psnr(x, exact)["mse"], "sliced_w2": sliced_wasserstein(x, reference),
+                          "sliced_w2_floor": floor}
+    mid_eval = json.loads((mid / "eval.jsonl").read_text().splitlines()[-1])
+    summary["mid"] = {"steps": args.gmm_mid_steps, "points_per_step": 8 * 16, **mid_eval}
+    summary["post"] = {**post, "protocol": args.protocol, "curriculum": curriculum(args, steps), "fixed": fixed_q(args)}
+    atomic_write_json(root / "summary.json", summary)
+    plot_curves(summary, "1step_flow_map_mse", Path(args.images) / "init-comparison-gmm.png",
+                f"ECT on gmm:gmm8x8 from three inits ({args.seeds} seeds)")
+
+    t = summary["teacher"]
+    lines = [
+        "## Post-training from three initialisations: Gaussian mixture (gmm:gmm8x8)",
+        "",
+        f"A small diffusion teacher (UNet {args.gmm_channels}, {args.gmm_teacher_steps} EDM steps on 8,192 exact "
+        f"mixture samples) is the diffusion init; CMT = that teacher mid-trained for {args.gmm_mid_steps} steps "
+        f"(8 trajectories x 16 points) on {args.gmm_trajectories} of its own DPM-Solver++(3) 16-step trajectories "
+        f"(held-out 1-step MSE to its solver samples {summary['mid']['teacher_mse']:.4g}); random = the same UNet "
+        f"re-initialised. Then ECT on "
+        f"exact mixture samples for {steps} steps of batch {args.gmm_batch}, lr {args.gmm_lr} (RAdam, linear "
+        f"decay), EMA {args.ema}, seeds {list(range(args.seeds))}. Protocol `{args.protocol}`: "
+        + ("random and diffusion with the q curriculum "
+           f"(q = 2 doubling every {curriculum(args, steps)['q_double_every']} steps), CMT with fixed "
+           f"q = {fixed_q(args)['q']:g}; `CMT, q curriculum` is the CMT init with the others' schedule."
+           if args.protocol == "paper" else "every init with the q curriculum."),
+        f"Metrics on {args.eval_samples} fixed noise samples (EMA weights), mean ± std over seeds; the teacher's "
+        f"own 16-step solve on the same noise: flow-map MSE {t['flow_map_mse']:.4g}, sliced W2 {t['sliced_w2']:.4g} "
+        f"(floor between two exact sample sets: {t['sliced_w2_floor']:.4g}).",
+        "",
+        *render_table(summary, METRICS["gmm"]),
+        "",
+        reading(summary, "1step_flow_map_mse"),
+        "",
+        f"Target: the diffusion init's mean final 1-step flow-map MSE; steps = the first evaluation (every "
+        f"{post['eval_every']} steps) at or below it, averaged over the seeds that reach it.",
+        "",
+        "![1-step error vs post-training step](images/init-comparison-gmm.png)",
+        "",
+        *provenance([teacher_run, store, mid, *(root / f"post-{n}-seed{k}" for n in inits
+                                                 for k in range(args.seeds))]),
+    ]
+    write_section(doc, "gmm", lines)
+
+
+# ---- digits ----------------------------------------------------------------------------------------------
+
+def digits_store(args, root: Path) -> Path:
+    """One store of the largest size + 256 held out; smaller training sets are its first n trajectories."""
+    store = root / "trajectories"
+    try:
+        open_store(store)
+    except Exception:
+        generate(GenerateConfig(teacher="builtin", num_samples=max(args.sizes) + 256, out=str(fresh(store)),
+                                device="cpu", batch_size=256, shard_size=1024), progress=True)
+    return store
+
+
+def digits_mid(args, root: Path, store: Path, n: int) -> Path:
+    mid = root / f"mid-{n}"
+    total = open_store(store).plan["num_samples"]
+    if not done(mid, "model.ckpt"):
+        mid_train(MidTrainConfig(data=str(store), init="teacher", flavour="cm", holdout=total - n,
+                                 steps=args.digits_mid_steps, batch_size=8, points_per_traj=args.points_per_traj,
+                                 lr=args.digits_lr, ema_decay=args.ema, eval_every=args.digits_mid_steps,
+                                 eval_samples=256, out=str(fresh(mid)), **QUIET), progress=False)
+    return mid
+
+
+def digits_post(args) -> dict:
+    steps = args.digits_post_steps
+    return dict(steps=steps, batch_size=args.digits_batch, lr=args.digits_lr, ema_decay=args.ema,
+                eval_every=max(1, steps // args.digits_evals), eval_samples=args.eval_samples, checkpoint_every=steps)
+
+
+def digits_teacher_fd(args) -> dict:
+    prior, _ = draw_priors(EVAL_SEED, np.arange(args.eval_samples), (1, 8, 8), 0, "random")
+    x = run_sampler(TeacherSampler(load_teacher("builtin"), "dpm3", 16), prior)
+    fd = DigitsFD()
+    return {"teacher_fd": fd(x), "fd_floor": fd.noise_floor(), "images": x[:64]}
+
+
+def digits_part(args, out: Path, doc: Path) -> None:
+    from cmt_pipeline.plotting import save_image_grid
+
+    root = out / "digits"
+    store = digits_store(args, root)
+    mid = digits_mid(args, root, store, max(args.sizes))
+    steps = args.digits_post_steps
+    cmt_schedule = curriculum(args, steps) if args.protocol == "same" else fixed_q(args)
+    inits = {"random": ("random", "builtin", curriculum(args, steps)),
+             "diffusion": ("builtin", "", curriculum(args, steps)),
+             "CMT": (str(mid / "model.ckpt"), "", cmt_schedule)}
+    runs = post_runs(args, "digits", root, "digits", inits, digits_post(args), range(args.seeds))
+    summary = summarise(runs, METRICS["digits"], "1step_digits_fd", "diffusion", steps)
+    ref = digits_teacher_fd(args)
+    summary["teacher"] = {k: v for k, v in ref.items() if k != "images"}
+    summary["mid"] = {"steps": args.digits_mid_steps, "trajectories": max(args.sizes),
+                      "points_per_step": 8 * args.points_per_traj,
+                      **json.loads((mid / "eval.jsonl").read_text().splitlines()[-1])}
+    atomic_write_json(root / "summary.json", summary)
+    images = Path(args.images)
+    plot_curves(summary, "1step_digits_fd", images / "init-comparison-digits.png",
+                f"ECT on digits from three inits ({args.seeds} seeds)")
+    best = root / "post-CMT-seed0"
+    for k in (1, 2):
+        shutil.copyfile(best / f"samples-{k}step.png", images / f"post-digits-cmt-{k}step.png")
+    save_image_grid(ref["images"], images / "digits-teacher-16step.png")
+
+    t = summary["teacher"]
+    lines = [
+        "## Post-training from three initialisations: digits",
+        "",
+        f"The built-in digits teacher (2.0 M parameters) is the diffusion init; CMT = the teacher mid-trained for "
+        f"{args.digits_mid_steps} steps (8 trajectories x {args.points_per_traj} points) on {max(args.sizes)} of "
+        f"its own DPM-Solver++(3) 16-step trajectories (held-out 1-step MSE to its solver samples "
+        f"{summary['mid']['teacher_mse']:.4g}); random = the same UNet re-initialised. Then ECT on the 1,797 real "
+        f"digits for {steps} steps of batch {args.digits_batch}, lr {args.digits_lr} (RAdam, linear decay), EMA "
+        f"{args.ema}, seeds {list(range(args.seeds))}; protocol `{args.protocol}` (see the mixture section).",
+        f"Digits FD on {args.eval_samples} samples (EMA weights), mean ± std over seeds. The teacher's 16-step "
+        f"DPM-Solver++(3) on the same noise: **{t['teacher_fd']:.3f}**; floor (two halves of the real digits): "
+        f"{t['fd_floor']:.3f}.",
+        "",
+        *render_table(summary, METRICS["digits"]),
+        "",
+        reading(summary, "1step_digits_fd") + " " + reading(summary, "2step_digits_fd"),
+        "",
+        f"Target: the diffusion init's mean final 1-step FD; steps = the first evaluation (every "
+        f"{digits_post(args)['eval_every']} steps) at or below it.",
+        "",
+        "![1-step FD vs post-training step](images/init-comparison-digits.png)",
+        "",
+        "| teacher, 16 steps | CMT init + ECT, 1 step | CMT init + ECT, 2 steps |",
+        "|---|---|---|",
+        "| ![](images/digits-teacher-16step.png) | ![](images/post-digits-cmt-1step.png) | "
+        "![](images/post-digits-cmt-2step.png) |",
+        "",
+        *provenance([store, mid, *(root / f"post-{n}-seed{k}" for n in inits for k in range(args.seeds))]),
+    ]
+    write_section(doc, "digits", lines)
+
+
+def size_part(args, out: Path, doc: Path) -> None:
+    root = out / "digits"
+    store = digits_store(args, root)
+    steps = args.digits_post_steps
+    rows = []
+    for n in args.sizes:
+        mid = digits_mid(args, root, store, n)
+        mid_eval = json.loads((mid / "eval.jsonl").read_text().splitlines()[-1])
+        name = "CMT" if n == max(args.sizes) else f"CMT-{n}"  # the largest set's runs are the digits part's
+        inits = {name: (str(mid / "model.ckpt"), "", fixed_q(args) if args.protocol == "paper"
+                        else curriculum(args, steps))}
+        runs = post_runs(args, "size", root, "digits", inits, digits_post(args), range(args.size_seeds))[name]
+        final = [r[steps] for r in runs.values()]
+        start = [r[0] for r in runs.values()]
+        rows.append({"n": n, "mid_heldout_mse": mid_eval["teacher_mse"],
+                     **{f"init_{m}": [r[m] for r in start] for m in METRICS["digits"]},
+                     **{f"final_{m}": [r[m] for r in final] for m in METRICS["digits"]}})
+    atomic_write_json(root / "size-summary.json", rows)
+    lines = [
+        f"## Mid-training data: {', '.join(map(str, args.sizes))} stored digits trajectories",
+        "",
+        f"Mid-training at the same budget ({args.digits_mid_steps} steps of 8 trajectories x {args.points_per_traj} "
+        f"points = {args.digits_mid_steps * 8} trajectory draws) on the first n trajectories of one stored "
+        f"DPM-Solver++(3) dataset of the built-in teacher (the same 256 held out), then the same ECT post-training "
+        f"as above ({steps} steps, fixed q = {fixed_q(args)['q']:g}; seeds {list(range(args.size_seeds))}). "
+        f"Epochs over the stored set: " + ", ".join(f"{n}: {args.digits_mid_steps * 8 / n:.2g}" for n in args.sizes)
+        + ".",
+        "",
+        "| stored trajectories | held-out 1-step MSE after mid-training | 1-step FD after mid-training | "
+        "2-step FD after mid-training | 1-step FD after post-training | 2-step FD after post-training |",
+        "|---|---|---|---|---|---|",
+        *[f"| {r['n']} | {r['mid_heldout_mse']:.4g} | {fmt(r['init_1step_digits_fd'])} | "
+          f"{fmt(r['init_2step_digits_fd'])} | {fmt(r['final_1step_digits_fd'])} | {fmt(r['final_2step_digits_fd'])} |"
+          for r in rows],
+        "",
+        *provenance([store, *(root / f"mid-{n}" for n in args.sizes),
+                     *(root / f"post-CMT-{n}-seed{k}" for n in args.sizes if n != max(args.sizes)
+                       for k in range(args.size_seeds))]),
+    ]
+    write_section(doc, "size", lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--out", default="runs/init-comparison")
+    p.add_argument("--doc", default="docs/results.md")
+    p.add_argument("--images", default="docs/images")
+    p.add_argument("--parts", default="gmm,digits,size", help="comma-separated: gmm, digits, size")
+    p.add_argument("--protocol", choices=["paper", "same"], default="paper")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--size-seeds", type=int, default=1)
+    p.add_argument("--doublings", type=int, default=7, help="q curriculum: 2 -> 2^(doublings+1) over the run")
+    p.add_argument("--ema", type=float, default=0.99)
+    p.add_argument("--evals", type=int, default=8, help="evaluations per mixture post-training run (plus step 0)")
+    p.add_argument("--digits-evals", type=int, default=3, help="the same for digits (each costs 3,000 samples)")
+    p.add_argument("--eval-samples", type=int, default=1000)
+    p.add_argument("--gmm-channels", type=lambda s: [int(c) for c in s.split(",")], default=[16, 32])
+    p.add_argument("--gmm-teacher-steps", type=int, default=1500)
+    p.add_argument("--gmm-trajectories", type=int, default=4096)
+    p.add_argument("--gmm-mid-steps", type=int, default=400)
+    p.add_argument("--gmm-post-steps", type=int, default=400)
+    p.add_argument("--gmm-batch", type=int, default=64)
+    p.add_argument("--gmm-lr", type=float, default=1e-3)
+    p.add_argument("--sizes", type=lambda s: [int(c) for c in s.split(",")], default=[256, 1024, 4096])
+    p.add_argument("--digits-mid-steps", type=int, default=300)
+    p.add_argument("--points-per-traj", type=int, default=4)
+    p.add_argument("--digits-post-steps", type=int, default=150)
+    p.add_argument("--digits-batch", type=int, default=32)
+    p.add_argument("--digits-lr", type=float, default=2e-4)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine's cores are shared)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out, doc = Path(args.out), Path(args.doc)
+    parts = {"gmm": gmm_part, "digits": digits_part, "size": size_part}
+    for name in args.parts.split(","):
+        parts[name](args, out, doc)
+
+
+if __name__ == "__main__":
+    main()
