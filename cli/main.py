@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -11,13 +12,20 @@ from cmt_pipeline.utils import CMTError
 
 
 class CMTGroup(click.Group):
-    """Turns library errors (CMTError) into a one-line message and exit status 2, not a traceback."""
+    """Turns library errors (CMTError) and a full disk into a one-line message and exit status 2, not a traceback."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except CMTError as e:
             click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            click.echo(f"Error: out of disk space writing {e.filename or 'the output'}; free space or choose another "
+                       "--out, then rerun the same command (finished parts are kept; nothing partial was published)",
+                       err=True)
             sys.exit(2)
 
 

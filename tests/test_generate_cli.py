@@ -92,3 +92,34 @@ def test_real_process_exit_status(tmp_path):
                         "--out", str(tmp_path / "o")], capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.strip().startswith("Error: teacher path")
     assert not (tmp_path / "o").exists()
+
+
+def test_disk_full_mid_run_is_reported_and_resumable(tmp_path, monkeypatch):
+    """ENOSPC while writing the second shard: one-line error, exit 2, the dataset is visibly incomplete (no
+    manifest, readers refuse it), and rerunning the same command finishes it byte-identically to a clean run."""
+    import errno
+
+    from cmt_pipeline.stores import open_store
+    from cmt_pipeline.stores.wds_store import WdsWriter
+    from cmt_pipeline.utils import CMTError
+
+    real = WdsWriter.write_shard
+    calls = []
+
+    def full_disk(self, k, arrays):
+        calls.append(k)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "d" / ".tmp" / "x"))
+        return real(self, k, arrays)
+
+    args = ("--teacher", "gmm:gmm8x8", "--num-samples", 12, "--shard-size", 4, "--format", "wds")
+    monkeypatch.setattr(WdsWriter, "write_shard", full_disk)
+    assert_clean_error(run(*args, "--out", tmp_path / "d"), "out of disk space")
+    assert not (tmp_path / "d" / "manifest.json").exists()
+    with pytest.raises(CMTError, match="incomplete"):
+        open_store(tmp_path / "d")
+    monkeypatch.setattr(WdsWriter, "write_shard", real)
+    assert run(*args, "--out", tmp_path / "d").exit_code == 0
+    assert run(*args, "--out", tmp_path / "clean").exit_code == 0
+    for name in ("manifest.json", "shards/shard-000001.tar", "shards/shard-000002.tar"):
+        assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
