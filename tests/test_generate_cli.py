@@ -123,3 +123,15 @@ def test_disk_full_mid_run_is_reported_and_resumable(tmp_path, monkeypatch):
     assert run(*args, "--out", tmp_path / "clean").exit_code == 0
     for name in ("manifest.json", "shards/shard-000001.tar", "shards/shard-000002.tar"):
         assert (tmp_path / "d" / name).read_bytes() == (tmp_path / "clean" / name).read_bytes()
+
+
+def test_wrong_types_choices_and_config_keys(tmp_path):
+    out = tmp_path / "out"
+    for args, pattern in ((["--steps", "abc"], "Invalid value for '--steps'"),
+                          (["--solver", "rk4"], "Invalid value for '--solver'"),
+                          (["--num-samples", "1.5"], "Invalid value for '--num-samples'")):
+        r = run("--teacher", "gmm:gmm8x8", *args, "--out", out)
+        assert r.exit_code == 2 and pattern in r.stderr, r.stderr
+    (tmp_path / "c.toml").write_text('[generate]\nteacher = "gmm:gmm8x8"\nnum_sample = 8\n')
+    assert_clean_error(run("--config", tmp_path / "c.toml", "--out", out), "unknown GenerateConfig option(s) ['num_sample']")
+    assert not out.exists()
