@@ -51,6 +51,13 @@ def bare_forward_seconds(teacher, n: int, batch: int, nfe: int) -> float:
     return time.perf_counter() - t0
 
 
+def emit(report: dict, path: str | None) -> None:
+    """Print a benchmark's report, and write it as JSON when asked (shared by the benchmarks)."""
+    print(json.dumps(report, indent=2))
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="unet", help="unet (default), builtin, gmm:..., or a folder")
@@ -94,9 +101,7 @@ def main():
             "bytes_per_sample": {fmt: round(b, 1) for fmt, b in results.items()},
             "load_average": os.getloadavg()[0],
         }
-        print(json.dumps(report, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        emit(report, args.json)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -31,7 +31,7 @@ from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.training.loop import train
 from cmt_pipeline.training.midtrain import build_student
 
-from generation import teacher_spec  # benchmarks/generation.py
+from generation import emit, teacher_spec  # benchmarks/generation.py
 
 
 class OnlineSource:
@@ -98,9 +98,7 @@ def main():
                   "offline_s_per_step": off, "online_s_per_step": on, "online_over_offline": on / off,
                   "offline_data_wait": statistics.median(x[1] for x in res["offline"]),
                   "load_average": os.getloadavg()[0]}
-        print(json.dumps(report, indent=2))
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        emit(report, args.json)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
