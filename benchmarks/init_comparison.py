@@ -449,7 +449,7 @@ def main():
     p.add_argument("--parts", default="gmm,digits,size", help="comma-separated: gmm, digits, size")
     p.add_argument("--protocol", choices=["paper", "same"], default="paper")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--size-seeds", type=int, default=1)
+    p.add_argument("--size-seeds", type=int, default=3)
     p.add_argument("--doublings", type=int, default=7, help="q curriculum: 2 -> 2^(doublings+1) over the run")
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--evals", type=int, default=8, help="evaluations per mixture post-training run (plus step 0)")
