@@ -135,7 +135,11 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
             if isinstance(teacher, GMMDenoiser) else None
         evaluator = HoldoutError(run, data, plan["sigmas"][0], cfg.eval_every, exact)
         callbacks.append(evaluator)
-        if resume is None and not any((run / "checkpoints").glob("step-*")):
+        from accelerate import PartialState
+
+        # step 0 (the initialisation) is measured once, by the main process, before the loop starts
+        if resume is None and PartialState(cpu=cfg.device == "cpu").is_main_process \
+                and not any((run / "checkpoints").glob("step-*")):
             run.mkdir(parents=True, exist_ok=True)
             (run / "eval.jsonl").unlink(missing_ok=True)
             evaluator.measure(student, 0, "cpu")
