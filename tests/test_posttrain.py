@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -233,14 +232,13 @@ def test_short_post_training_on_gmm_improves_the_one_step_error(objective, tmp_p
 def test_meanflow_post_training_under_two_process_ddp(tmp_path):
     """`accelerate launch` with 2 CPU processes: the JVP runs on the module inside DDP, the gradient forward
     through DDP, with gradient accumulation and dropout; the run completes on both ranks and trains."""
-    cmt = shutil.which("cmt") or pytest.skip("the cmt console script is not installed")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), cmt, "post-train", "--init", "random", "--objective", "meanflow", "--data", "gmm:gmm8x8",
+           str(port), "-m", "cli", "post-train", "--init", "random", "--objective", "meanflow", "--data", "gmm:gmm8x8",
            "--gmm-samples", "64", "--channels", "8,16", "--layers-per-block", "1", "--dropout", "0.1",
            "--steps", "3", "--batch-size", "8", "--grad-accum", "2", "--r-fraction", "1", "--eval-samples", "8",
            "--device", "cpu", "--out", str(out), "--log-every", "1", "--no-tensorboard", "--quiet"]
