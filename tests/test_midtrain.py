@@ -97,6 +97,11 @@ def test_data_source_holds_out_the_last_trajectories_and_resumes_exactly(gmm_sto
         assert not any((held == s).all(axis=(1, 2, 3)).any() for s in seen)
         again = next(source.batches(5))
         assert torch.equal(again["traj"], batches[5]["traj"])  # batch 6 after a resume at step 5
+    # a store too big for memory is read per batch: the same batches as the in-memory copy
+    cached, _ = trajectory_source(gmm_store, batch_size=16, seed=3, holdout=64, cache=True)
+    lazy, _ = trajectory_source(gmm_store, batch_size=16, seed=3, holdout=64, cache=False)
+    for a, b in zip([next(cached.batches(k)) for k in (0, 9)], [next(lazy.batches(k)) for k in (0, 9)]):
+        assert all(torch.equal(a[name], b[name]) for name in ("traj", "x0", "labels"))
     with pytest.raises(CMTError, match="holdout"):
         trajectory_source(gmm_store, 8, holdout=192)
 
