@@ -46,7 +46,6 @@ from cmt_pipeline.generation.run import draw_priors
 from cmt_pipeline.sampling import TeacherSampler, run_sampler
 from cmt_pipeline.stores import open_store
 from cmt_pipeline.teachers import load_teacher
-from cmt_pipeline.training.checkpoint import load_model
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import EVAL_SEED, gmm_truth, post_train
 from cmt_pipeline.training.pretrain import pretrain

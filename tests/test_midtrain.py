@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from cmt_pipeline.config import GenerateConfig, MidTrainConfig
 from cmt_pipeline.generation import generate
-from cmt_pipeline.models import MeanFlowDenoiser, MeanFlowStudent, consistency_student
+from cmt_pipeline.models import MeanFlowDenoiser, MeanFlowStudent
 from cmt_pipeline.objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from cmt_pipeline.stores.loader import trajectory_source
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher

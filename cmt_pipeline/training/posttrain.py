@@ -127,7 +127,7 @@ def validate(cfg: PostTrainConfig) -> PostTrainConfig:
         (bool(cfg.init), "--init is required: a mid-training model.ckpt, a diffusion teacher (pretrain model.ckpt, "
                          "teacher folder or builtin) or random"),
         (cfg.distance in DISTANCES, f"--distance must be one of {DISTANCES}, got {cfg.distance!r}"),
-        (cfg.q > 0 and cfg.q_double_every >= 0, f"--q must be positive and --q-double-every >= 0"),
+        (cfg.q > 0 and cfg.q_double_every >= 0, "--q must be positive and --q-double-every >= 0"),
         (0 <= cfg.r_fraction <= 1, f"--r-fraction must lie in [0, 1], got {cfg.r_fraction}"),
         (0 < cfg.sigma_mid < cfg.sigma_max, f"need 0 < sigma_mid < sigma_max, got {cfg.sigma_mid}, {cfg.sigma_max}"),
         (cfg.eval_samples >= 2, f"--eval-samples must be at least 2, got {cfg.eval_samples}"),
