@@ -103,7 +103,8 @@ def main():
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         }
         print(json.dumps(report, indent=2))
-        print(f"\n| run | wall s (best of {args.repeats}) | generation loop s (per process, last repeat) |\n|---|---|---|")
+        print(f"\n| run | wall s (best of {args.repeats}) | generation loop s (per process, last repeat) |")
+        print("|---|---|---|")
         for name in names:
             print(f"| {name} | {min(wall[name]):.1f} | {', '.join(f'{x:.1f}' for x in loop[name])} |")
         for name in names[:2]:
