@@ -27,7 +27,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .models import MeanFlowStudent
+from .models import BoundaryDenoiser, MeanFlowStudent
 from .teachers.base import sigma_column
 from .teachers.edm import EDMDenoiser, Precond
 from .utils import CMTError
@@ -112,6 +112,9 @@ def unet_config(net: EDMDenoiser) -> dict:
 
 def to_pipeline(model: torch.nn.Module, sigma_max: float = 80.0, sigma_mid: float = 0.821) -> FewStepPipeline:
     """The pipeline for a student network (an EDMDenoiser, e.g. a consistency student, or a MeanFlowStudent)."""
+    if isinstance(model, (MeanFlowStudent, BoundaryDenoiser)) and not isinstance(model.net, EDMDenoiser):
+        raise CMTError(f"cannot export a student of a {type(model.net).__name__} teacher as a FewStepPipeline "
+                       "(it holds the project's EDM networks only); sample it from its model.ckpt with `cmt sample`")
     if isinstance(model, MeanFlowStudent):
         if model.num_classes:
             raise CMTError("a class-conditional MeanFlow student cannot be exported as one UNet2DModel (its class "
@@ -119,7 +122,7 @@ def to_pipeline(model: torch.nn.Module, sigma_max: float = 80.0, sigma_mid: floa
         net = model.net
         unet = UNet2DModel.from_config({**unet_config(net), "class_embed_type": "timestep"})
         state = {**net.backbone.state_dict(),
-                 **{f"class_embedding.{k}": v for k, v in model.gap_embedding.state_dict().items()}}
+                 **{f"class_embedding.{k}": v for k, v in model.gap_embeddings[0].state_dict().items()}}
         unet.load_state_dict(state)
         extra = {"parametrisation": "meanflow", "gap_scale": model.gap_scale}
     elif isinstance(model, EDMDenoiser):

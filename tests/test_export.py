@@ -38,7 +38,7 @@ def student(kind, seed=0):
     if kind == "post-ect":
         return consistency_student(net)
     mf = MeanFlowStudent(net)
-    torch.nn.init.normal_(mf.gap_embedding.linear_2.weight, std=0.2)  # so a dropped gap would show
+    torch.nn.init.normal_(mf.gap_embeddings[0].linear_2.weight, std=0.2)  # so a dropped gap would show
     return mf
 
 

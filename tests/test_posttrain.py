@@ -33,7 +33,7 @@ def tiny_net(dropout=0.0, seed=0):
 
 def meanflow_student(seed=0):
     student = MeanFlowStudent(tiny_net(seed=seed))
-    torch.nn.init.normal_(student.gap_embedding.linear_2.weight, std=0.2)  # so the gap input matters
+    torch.nn.init.normal_(student.gap_embeddings[0].linear_2.weight, std=0.2)  # so the gap input matters
     return student
 
 
@@ -198,8 +198,8 @@ def test_diffusion_and_cmt_inits_become_students_of_the_right_kind(tmp_path):
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(ect.eval()(x, 0.003), x, atol=1e-6)  # boundary condition
     mf, origin = build_student(PostTrainConfig(init=mid, objective="meanflow", **FAST), (1, 8, 8))
-    assert origin == "cmt" and torch.equal(mf.gap_embedding.linear_2.weight,
-                                           model_from_checkpoint(load_model(mid)).gap_embedding.linear_2.weight)
+    assert origin == "cmt" and torch.equal(mf.gap_embeddings[0].linear_2.weight,
+                                           model_from_checkpoint(load_model(mid)).gap_embeddings[0].linear_2.weight)
     rnd, origin = build_student(PostTrainConfig(init="random", arch=teacher, objective="meanflow", **FAST),
                                 (1, 8, 8))
     assert origin == "random" and isinstance(rnd, MeanFlowStudent)

@@ -1,6 +1,7 @@
-"""Student parametrisations. A consistency student is an EDMDenoiser whose boundary_sigma > 0 makes
-f(x, s) = x exact (teachers/edm.py); a MeanFlow student adds a second time input (meanflow.py)."""
+"""Student parametrisations. A consistency student satisfies f(x, s) = x by construction (consistency.py);
+a MeanFlow student adds a second time input (meanflow.py). Both start from any trainable denoiser."""
 
-from .meanflow import MeanFlowDenoiser, MeanFlowStudent, as_denoiser, consistency_student
+from .consistency import BoundaryDenoiser, consistency_student
+from .meanflow import MeanFlowDenoiser, MeanFlowStudent, as_denoiser
 
-__all__ = ["MeanFlowStudent", "MeanFlowDenoiser", "as_denoiser", "consistency_student"]
+__all__ = ["BoundaryDenoiser", "MeanFlowStudent", "MeanFlowDenoiser", "as_denoiser", "consistency_student"]

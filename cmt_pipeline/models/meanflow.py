@@ -1,50 +1,58 @@
-"""Student networks built from a teacher's EDM network.
+"""MeanFlow students built from any trainable denoiser (the project's EDM networks, a user's diffusers UNet or DiT).
 
-Consistency student: the teacher's network with boundary_sigma = sigma_min_shift, so f(x, s) = x holds by
-construction; c_skip/c_out change only near s, so at initialisation it is (almost) the teacher as a 1-step map.
-
-MeanFlow student u(z, r, t) in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)): the teacher's
-EDM network evaluated at t, plus an embedding of the gap t - r added to its time embedding. That embedding's
-last layer starts at zero, so at initialisation u(z, r, t) is the teacher's instantaneous velocity for every r.
+u(z, r, t) in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)): the network's velocity at t,
+plus an embedding of the gap t - r added to each of its time embeddings (UNet2DModel has one; diffusers' DiT one
+per block). Those embeddings' last layers start at zero, so at initialisation u(z, r, t) is the teacher's
+instantaneous velocity for every r; for a flow-matching teacher that is its own output at its native time.
 Its forward is u itself (so DDP sees the call it trains); `MeanFlowDenoiser` wraps it in the denoiser seam as
 the one-step map to r = 0, so samplers and evaluation treat both kinds of student alike.
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 
 import torch
 
 from ..teachers.base import Denoiser, sigma_column
-from ..teachers.edm import EDMDenoiser
 
 
-def consistency_student(teacher: EDMDenoiser, sigma_min_shift: float = 0.003) -> EDMDenoiser:
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
-    student.precond.boundary_sigma = sigma_min_shift
-    return student
+def time_embeddings(net: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """The (sinusoidal projection, MLP) pairs through which `net` sees its timestep."""
+    pairs = []
+    for m in net.modules():
+        mlp = getattr(m, "time_embedding", None) or getattr(m, "timestep_embedder", None)
+        if hasattr(m, "time_proj") and hasattr(mlp, "linear_2"):
+            pairs.append((m.time_proj, mlp))
+    return pairs
 
 
 class MeanFlowStudent(torch.nn.Module):
-    def __init__(self, net: EDMDenoiser, gap_scale: float = 1000.0):
+    def __init__(self, net: Denoiser, gap_scale: float = 1000.0):
         super().__init__()
         from diffusers.models.embeddings import TimestepEmbedding
 
         self.net, self.gap_scale = net, gap_scale
         self.shape, self.num_classes = net.shape, net.num_classes
-        te = net.backbone.time_embedding
-        self.gap_embedding = TimestepEmbedding(te.linear_1.in_features, te.linear_2.out_features)
-        torch.nn.init.zeros_(self.gap_embedding.linear_2.weight)
-        torch.nn.init.zeros_(self.gap_embedding.linear_2.bias)
+        pairs = time_embeddings(net)
+        if not pairs:
+            raise ValueError(f"{type(net).__name__} has no diffusers time embedding (time_proj + time_embedding or "
+                             "timestep_embedder) to add the MeanFlow gap t - r to; use the CM flavour")
+        self.gap_embeddings = torch.nn.ModuleList()
+        for i, (_, mlp) in enumerate(pairs):
+            gap = TimestepEmbedding(mlp.linear_1.in_features, mlp.linear_2.out_features)
+            torch.nn.init.zeros_(gap.linear_2.weight)
+            torch.nn.init.zeros_(gap.linear_2.bias)
+            self.gap_embeddings.append(gap)
+            # a partial of a bound method, not a closure: deepcopy (the EMA copy) rebinds it to the copy
+            mlp.register_forward_hook(functools.partial(self._add_gap, i))
+        self._projs = [proj for proj, _ in pairs]  # a plain list: these modules already belong to net
         self._gap = None
-        te.register_forward_hook(self._add_gap)
 
-    def _add_gap(self, module, inputs, out):
+    def _add_gap(self, i, module, inputs, out):
         if self._gap is None:
             return out
-        emb = self.net.backbone.time_proj(self._gap * self.gap_scale).to(out.dtype)
-        return out + self.gap_embedding(emb)
+        return out + self.gap_embeddings[i](self._projs[i](self._gap * self.gap_scale).to(out.dtype))
 
     def forward(self, z, r, t, class_labels=None):
         """Average velocity u(z, r, t) = (z_t - z_r) / (t - r) predicted at z = z_t; r, t floats or (B,)."""

@@ -1,7 +1,8 @@
 """Teachers: everything behind the denoiser seam D(x, sigma, class_labels) -> x0_hat (EDM form).
 
-`load_teacher(spec)` accepts a directory (the project's EDM format, or a diffusers VP model + scheduler),
-`gmm:<preset>` for the closed-form mixtures, or `builtin`/`digits` for the shipped digits teacher.
+`load_teacher(spec)` accepts a directory (the project's EDM format, or a diffusers backbone + scheduler: VP or
+flow-matching, UNet or DiT), `gmm:<preset>` for the closed-form mixtures, or `builtin`/`digits` for the shipped
+digits teacher; optionally wrapped in classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -10,19 +11,21 @@ from pathlib import Path
 
 from ..utils import CMTError
 from .base import Denoiser
-from .diffusers_vp import DiffusersVPDenoiser, find_vp_layout
+from .diffusers_model import DiffusersDenoiser, find_layout
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
 from .gmm import PRESETS as GMM_PRESETS
 from .gmm import GMMDenoiser
+from .guidance import GuidedDenoiser, guided
 
 BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-teacher"
 
-__all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersVPDenoiser",
-           "load_teacher", "BUILTIN_DIGITS"]
+__all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersDenoiser",
+           "GuidedDenoiser", "load_teacher", "BUILTIN_DIGITS"]
 
 
-def load_teacher(spec: str, device="cpu") -> Denoiser:
-    """Resolve a teacher spec to an eval-mode denoiser on `device`; raises CMTError with the fix on bad input."""
+def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_label: int | None = None) -> Denoiser:
+    """Resolve a teacher spec to an eval-mode denoiser on `device`, guided when guidance_scale != 1 (see
+    guidance.py); raises CMTError with the fix on bad input."""
     spec = str(spec)
     if spec in ("builtin", "digits", "builtin:digits"):
         if not (BUILTIN_DIGITS / PRECOND_FILE).exists():
@@ -41,11 +44,16 @@ def load_teacher(spec: str, device="cpu") -> Denoiser:
             raise CMTError(f"teacher path {spec} does not exist; pass a model folder, gmm:<preset> or builtin")
         if (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
-        elif find_vp_layout(path) is not None:
-            teacher = _load_or_explain(DiffusersVPDenoiser.load, path)
+        elif find_layout(path) is not None:
+            teacher = _load_or_explain(DiffusersDenoiser.load, path)
         else:
             raise CMTError(f"{spec} is not a teacher folder: expected {PRECOND_FILE} beside a diffusers model "
-                           "(the project's format), or a diffusers unet/ + scheduler/ pair (see docs/teachers.md)")
+                           "(the project's format), or a diffusers unet/ or transformer/ + scheduler/ pair "
+                           "(see docs/teachers.md)")
+    try:
+        teacher = guided(teacher, guidance_scale, null_label)
+    except ValueError as e:
+        raise CMTError(str(e)) from e
     return teacher.to(device).eval().requires_grad_(False)
 
 
@@ -53,5 +61,5 @@ def _load_or_explain(loader, path: Path) -> Denoiser:
     try:
         return loader(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
-        raise CMTError(f"could not load the teacher in {path}: {str(e).splitlines()[0]}; "
-                       "check the folder holds a complete diffusers save_pretrained output") from e
+        raise CMTError(f"could not load the teacher in {path}: {str(e).splitlines()[0]} (docs/teachers.md lists "
+                       "the supported models and the folder layouts)") from e

@@ -72,29 +72,42 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Path:
 def network_spec(model: torch.nn.Module) -> dict | None:
     """How to rebuild `model` from scratch (the state dicts then fill in the weights); None for a network class
     this file does not know, whose checkpoint then holds weights only (add the class here and in build_network)."""
-    from ..models import MeanFlowStudent
+    from ..models import BoundaryDenoiser, MeanFlowStudent
+    from ..teachers import DiffusersDenoiser
 
     if isinstance(model, EDMDenoiser):
         # diffusers' "_" keys are bookkeeping (a from_pretrained model's _name_or_path is a Path, which
         # torch.load(weights_only=True) refuses); build_network drops them anyway
         unet = {k: v for k, v in model.backbone.config.items() if not k.startswith("_")}
         return {"class": "EDMDenoiser", "unet": unet, "precond": asdict(model.precond)}
-    if isinstance(model, MeanFlowStudent):
-        return {**network_spec(model.net), "class": "MeanFlowStudent", "gap_scale": model.gap_scale}
-    return None
+    if isinstance(model, DiffusersDenoiser):
+        return model.spec()
+    inner = network_spec(getattr(model, "net", None)) if isinstance(model, (BoundaryDenoiser, MeanFlowStudent)) else None
+    if inner is None:
+        return None
+    if isinstance(model, BoundaryDenoiser):
+        return {"class": "BoundaryDenoiser", "net": inner, "precond": asdict(model.precond)}
+    return {"class": "MeanFlowStudent", "net": inner, "gap_scale": model.gap_scale}
 
 
 def build_network(spec: dict | None) -> torch.nn.Module:
-    if spec and spec.get("class") == "EDMDenoiser":
+    from ..models import BoundaryDenoiser, MeanFlowStudent
+    from ..teachers import DiffusersDenoiser
+
+    kind = spec and spec.get("class")
+    if kind == "EDMDenoiser":
         from diffusers import UNet2DModel
 
         unet = UNet2DModel.from_config({k: v for k, v in spec["unet"].items() if not k.startswith("_")})
         return EDMDenoiser(unet, Precond(**spec["precond"]))
-    if spec and spec.get("class") == "MeanFlowStudent":
-        from ..models import MeanFlowStudent
-
-        return MeanFlowStudent(build_network({**spec, "class": "EDMDenoiser"}), spec["gap_scale"])
-    raise CMTError(f"the checkpoint does not say how to rebuild its network ({spec and spec.get('class')!r}); "
+    if kind == "DiffusersDenoiser":
+        return DiffusersDenoiser.from_spec(spec)
+    if kind == "BoundaryDenoiser":
+        p = spec["precond"]
+        return BoundaryDenoiser(build_network(spec["net"]), p["boundary_sigma"], p["sigma_data"])
+    if kind == "MeanFlowStudent":
+        return MeanFlowStudent(build_network(spec["net"]), spec["gap_scale"])
+    raise CMTError(f"the checkpoint does not say how to rebuild its network ({kind!r}); "
                    "build the module yourself and load ckpt['ema_state_dict'] into it")
 
 
@@ -135,12 +148,15 @@ def model_from_checkpoint(ckpt: dict, ema: bool = True) -> torch.nn.Module:
     return model.eval()
 
 
-def export_denoiser(model: EDMDenoiser, out_dir, dtype: str = "float32") -> Path:
+def export_denoiser(model: EDMDenoiser, out_dir, dtype: str = "float32", vae=None) -> Path:
     """Write `model` as a teacher/student folder (EDMDenoiser.save), built in a temporary folder and renamed
-    into place when complete; float16 halves the size and loads back as float32."""
+    into place when complete; float16 halves the size and loads back as float32. A latent model's VAE (a
+    LatentCodec) is saved in its vae/ subfolder, so the folder is self-contained."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
     copy.deepcopy(model).to(getattr(torch, dtype)).save(tmp)
+    if vae is not None:
+        vae.save(tmp / "vae")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
