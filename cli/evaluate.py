@@ -48,6 +48,8 @@ ROWS = {
               "enables FID. Never downloaded.")
 @click.option("--fid-reference", help="FID reference: .npz with mu/sigma, or .npy images (N, C, H, W) in [-1, 1].  "
               "[default: the real digits, for 8x8 generators]")
+@click.option("--vae", type=click.Path(file_okay=False), help="Latent generator: the AutoencoderKL that decodes its "
+              "samples for the image metrics and picture.  [default: the one it recorded, or its folder's vae/]")
 @click.option("--gmm", help="gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
 @click.option("--reference-steps", type=int, help="Steps of the float64 dpm3 solve used as the exact flow map.  [default: 1024]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N.  [default: auto]")

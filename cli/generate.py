@@ -27,6 +27,9 @@ from .main import cli, human_bytes
 @click.option("--shard-size", type=int, help="Samples per shard, the unit of work and of resumption.  [default: 1024]")
 @click.option("--seed", type=int, help="Sample i's noise and label depend only on (seed, i).  [default: 0]")
 @click.option("--class-labels", help="random, none, or one class index for all samples.  [default: random]")
+@click.option("--vae", type=click.Path(file_okay=False), help="Latent teacher: the diffusers "
+              "AutoencoderKL folder its latents belong to; recorded, so later stages decode.  [default: the teacher "
+              "folder's vae/ if it has one, else none (pixel space)]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (LOCAL_RANK picks the GPU under launchers).  [default: auto]")
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder.  [default: runs/trajectories]")
 @click.option("--worker-index", type=int, help="This worker's index (else from RANK/SLURM env).")

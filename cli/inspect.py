@@ -13,7 +13,9 @@ from .main import cli, human_bytes
 @click.argument("path", type=click.Path())
 @click.option("--png", type=click.Path(dir_okay=False), help="Stores: draw a few trajectories (states along sigma) here.")
 @click.option("--num", type=click.IntRange(1, 64), default=6, show_default=True, help="Trajectories drawn by --png.")
-def inspect_cmd(path, png, num):
+@click.option("--vae", type=click.Path(file_okay=False), help="Latent stores: the AutoencoderKL that decodes --png.  "
+              "[default: the one the store recorded]")
+def inspect_cmd(path, png, num, vae):
     """Summarise a trajectory store, a model.ckpt or a teacher/student folder."""
     info = inspect_path(path)
     width = max(map(len, info))
@@ -24,5 +26,5 @@ def inspect_cmd(path, png, num):
     if png:
         if not info["type"].startswith("trajectory store"):
             raise click.UsageError("--png draws trajectories: PATH must be a trajectory store")
-        trajectory_png(path, png, num)
+        trajectory_png(path, png, num, vae or "")
         click.echo(f"{'picture':>{width}}  {png}")

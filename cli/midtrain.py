@@ -18,6 +18,8 @@ from .train import int_list, train_options
 @click.option("--flavour", type=click.Choice(["cm", "mf"]), help="cm: consistency flow map; mf: MeanFlow average velocity.")
 @click.option("--init", type=click.Choice(["teacher", "random"]), help="Start from the teacher's weights or at random.")
 @click.option("--teacher", help="Network to start from (default: the store's teacher).")
+@click.option("--vae", type=click.Path(file_okay=False), help="AutoencoderKL that decodes a latent store's sample "
+              "grids.  [default: the VAE the store recorded]")
 @click.option("--points-per-traj", type=int, help="cm: points drawn per trajectory per step (0 = all K).")
 @click.option("--pairs-per-traj", type=int, help="mf: (t, r) pairs drawn per trajectory per step.")
 @click.option("--distance", type=click.Choice(["l2", "huber"]), help="cm: regression distance.")

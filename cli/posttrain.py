@@ -20,6 +20,8 @@ from .train import int_list, train_options
 @click.option("--gmm-samples", type=int, help="Training-set size drawn from a gmm:<preset>.")
 @click.option("--arch", help="--init random: re-initialise this network's architecture (teacher spec or model.ckpt); "
               "without it --channels/--layers-per-block.")
+@click.option("--vae", type=click.Path(file_okay=False), help="Latent student: the AutoencoderKL folder; --data is "
+              "encoded to its latents once, samples are decoded.  [default: the VAE recorded with --init / --arch]")
 @click.option("--channels", callback=int_list, help="UNet widths for --init random without --arch, e.g. 48,96.")
 @click.option("--layers-per-block", type=int)
 @click.option("--dropout", type=float, help="Dropout of the student (the same masks for prediction and target).")

@@ -21,12 +21,18 @@ from .main import cli
               help="random, or one class index (class-conditional students).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--out", "png", type=click.Path(dir_okay=False), help="PNG grid of the samples.")
-@click.option("--npz", type=click.Path(dir_okay=False), help=".npz with samples, prior, labels (and renoise).")
+@click.option("--npz", type=click.Path(dir_okay=False), help=".npz with samples, prior, labels (and renoise, latents).")
+@click.option("--vae", type=click.Path(file_okay=False), help="Latent student: the AutoencoderKL that decodes its "
+              "samples.  [default: the VAE recorded in the checkpoint, or the folder's vae/]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_labels, batch_size, png, npz, device):
-    """Sample a student in 1 or 2 steps from seeded noise; write a PNG grid and/or an .npz (samples in [-1, 1])."""
+def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_labels, batch_size, png, npz, vae, device):
+    """Sample a student in 1 or 2 steps from seeded noise; write a PNG grid and/or an .npz (samples in [-1, 1]).
+
+    A latent student's samples are decoded by its VAE; the .npz then also holds the raw `latents`.
+    """
     import numpy as np
 
+    from cmt_pipeline.latents import load_vae
     from cmt_pipeline.plotting import save_image_grid
     from cmt_pipeline.sampling import StudentSampler, load_student, sample, student_sigmas
     from cmt_pipeline.utils import CMTError, atomic_write_bytes, resolve_device
@@ -38,12 +44,15 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
                        f"{sigma_mid}, {sigma_max}")
     dev = resolve_device(device)
     sampler = StudentSampler(load_student(ckpt, dev), student_sigmas(steps, sigma_max, sigma_mid))
+    codec = load_vae(vae or "", ckpt, dev, sampler.shape, who="student")
     x, prior, labels, renoise = sample(sampler, num_samples, seed, batch_size, dev, class_labels, progress=True)
+    images = x if codec is None else codec.decode(x, batch_size)
     if png:
-        save_image_grid(x, png)
+        save_image_grid(images, png)
     if npz:
         buf = io.BytesIO()
-        arrays = {"samples": x.numpy(), "prior": prior, "labels": labels}
+        arrays = {"samples": images.numpy(), "prior": prior, "labels": labels,
+                  **({"latents": x.numpy()} if codec is not None else {})}
         np.savez(buf, **arrays, **({"renoise": renoise} if renoise is not None else {}))
         atomic_write_bytes(npz, buf.getvalue())
     click.echo(f"{num_samples} samples in {steps} step(s) from {ckpt}: " + ", ".join(p for p in (png, npz) if p))

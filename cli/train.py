@@ -65,6 +65,8 @@ def train_options(f):
 @click.option("--p-std", type=float)
 @click.option("--sample-solver", type=click.Choice(["euler", "heun", "dpm2", "dpm3"]), help="Solver of the sample grids.")
 @click.option("--sample-steps", type=int)
+@click.option("--vae", type=click.Path(file_okay=False), help="A diffusers AutoencoderKL folder: encode the "
+              "images to its latents once and train the teacher on them; OUT/teacher/vae/ gets a copy.")
 @click.option("--export-dtype", type=click.Choice(["float32", "float16"]),
               help="Weights dtype of the exported teacher folder (float16 halves its size).")
 @train_options

@@ -30,6 +30,7 @@ class GenerateConfig:
     shard_size: int = 1024
     seed: int = 0
     class_labels: str = "random"  # random | none | an integer class for every sample
+    vae: str = ""  # latent teacher: its AutoencoderKL folder; default: the teacher folder's vae/, if any
     device: str = "auto"
 
 
@@ -53,6 +54,7 @@ class EvaluateConfig:
     store_samples: int = 256  # the store's last N samples, mid-train's held-out tail (its --holdout); 0 = all
     inception_weights: str = ""  # local FID Inception-v3 weights (pt_inception-2015-12-05 state dict)
     fid_reference: str = ""  # FID reference: .npz with mu/sigma or .npy images in [-1, 1]; digits by default
+    vae: str = ""  # decode latent samples with this AutoencoderKL; default: the generator's recorded one or vae/
     gmm: str = ""  # gmm:<preset> ground truth for a student; a gmm:<preset> teacher is its own ground truth
     reference_steps: int = 1024  # steps of the float64 dpm3 solve that stands in for the exact flow map
     device: str = "auto"
@@ -115,6 +117,7 @@ class PretrainConfig(TrainConfig):
     sample_grid: str = "logsnr"
     num_grid_samples: int = 64
     export_dtype: str = "float32"  # weights dtype of the exported teacher folder (float16 halves its size)
+    vae: str = ""  # an AutoencoderKL folder: train in its latent space (the images are encoded once)
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + (
         "sample_solver", "sample_steps", "sample_grid", "num_grid_samples", "export_dtype")
@@ -131,6 +134,7 @@ class MidTrainConfig(TrainConfig):
     flavour: str = "cm"  # cm (consistency flow map) | mf (MeanFlow average velocity)
     init: str = "teacher"  # teacher (its EDM network's weights) | random
     teacher: str = ""  # the network to start from; default: the teacher the store was generated with
+    vae: str = ""  # decodes sample grids of a latent store; default: the VAE the store recorded
     batch_size: int = 8  # trajectories per optimizer step (x K points each for cm)
     lr_schedule: str = "linear"
     points_per_traj: int = 0  # cm: points drawn per trajectory per step; 0 = all K
@@ -145,7 +149,8 @@ class MidTrainConfig(TrainConfig):
     eval_samples: int = 256  # held-out trajectories used for that error
     num_grid_samples: int = 64
 
-    runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("eval_every", "eval_samples", "num_grid_samples")
+    runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("eval_every", "eval_samples", "num_grid_samples",
+                                                                "vae")
 
 
 @dataclass
@@ -158,6 +163,7 @@ class PostTrainConfig(TrainConfig):
     data: str = "digits"  # real data: digits | gmm:<preset> | a folder of images | a .npy array
     gmm_samples: int = 8192  # training-set size drawn from a gmm:<preset>
     arch: str = ""  # init=random: re-initialise this network's architecture (teacher spec or model.ckpt); "" = channels
+    vae: str = ""  # latent students: the AutoencoderKL; default: the one recorded with --init (or --arch)
     channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # init=random without --arch
     layers_per_block: int = 2
     dropout: float = 0.0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .latents import load_vae
 from .stores import open_store, read_all
 from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_json
 from .utils import CMTError, disk_usage
@@ -25,6 +26,9 @@ def inspect_store(path: Path) -> dict:
         "sigmas": f"{sig[0]:g} -> {sig[-2]:g} (states), endpoint {sig[-1]:g}",
         "solver": f"{plan['solver']} on the {plan['config']['grid']} grid, {plan['nfe_per_sample']} NFE/sample",
         "teacher": plan["teacher"]["spec"], "teacher fingerprint": plan["teacher"]["fingerprint"][:16],
+        "vae": f"{vae['path']} (scaling factor {vae['scaling_factor']:g}, shift {vae['shift_factor'] or 0:g}), "
+               f"latents {'x'.join(map(str, vae['latent_shape']))} -> images {'x'.join(map(str, vae['image_shape']))}"
+               if (vae := plan.get("vae")) else "none (pixel space)",
         "classes": plan["num_classes"] or "unconditional", "dtype": plan["dtype"], "seed": plan["config"]["seed"],
         "size on disk": disk_usage(path), "bytes per sample": round(disk_usage(path) / plan["num_samples"], 1),
     }
@@ -64,9 +68,10 @@ def inspect_path(path) -> dict:
     return inspect_network_folder(path)
 
 
-def trajectory_png(path, out, num: int = 6) -> None:
+def trajectory_png(path, out, num: int = 6, vae: str = "") -> None:
     """Rows = the first `num` samples; columns = their stored states from sigma_max down, then x0. States are
-    shown as x / sqrt(1 + sigma^2), the variance-preserving scaling, so noisy states stay in display range."""
+    shown as x / sqrt(1 + sigma^2), the variance-preserving scaling, so noisy states stay in display range;
+    a latent store's states are decoded by its VAE (or `vae`), so the columns are images."""
     from .plotting import save_image_grid, save_scatter
 
     reader = open_store(path, require_complete=False)
@@ -82,4 +87,6 @@ def trajectory_png(path, out, num: int = 6) -> None:
     if h * w == 1:  # low-dimensional data (gmm2d): draw the paths in the plane instead
         save_scatter(states.reshape(-1, c), out, title=f"{num} trajectories (VP-scaled states)")
     else:
-        save_image_grid(states.reshape(-1, c, h, w), out, nrow=states.shape[1])
+        codec = load_vae(vae, str(path))
+        flat = states.reshape(-1, c, h, w)
+        save_image_grid(flat if codec is None else codec.decode(flat), out, nrow=states.shape[1])

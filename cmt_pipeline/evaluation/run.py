@@ -2,6 +2,8 @@
 
 Which metrics run is decided by what is known: digits FD for (1, 8, 8) samples, FID when Inception weights are
 given, paired error when a store is given, exact-flow-map error and sliced W2 when the ground truth is a mixture.
+A latent generator's samples are decoded by its VAE (latents.py) before the image metrics and the picture; the
+paired error compares latents, as the store holds them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 
 from .. import __version__
 from ..config import EvaluateConfig, to_dict
+from ..latents import load_vae
 from ..plotting import save_image_grid, save_scatter
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
 from ..stores import open_store
@@ -68,7 +71,7 @@ def fid(cfg: EvaluateConfig, model, samples: torch.Tensor) -> float:
     return frechet_distance(*feature_stats(inception_features(model, samples, cfg.batch_size)), *ref_stats)
 
 
-def check(cfg: EvaluateConfig, sampler) -> None:
+def check(cfg: EvaluateConfig, sampler, image_shape) -> None:
     """Every input problem surfaces here, before any sampling is spent."""
     checks = [
         (cfg.num_samples >= 2, f"--num-samples must be at least 2, got {cfg.num_samples}"),
@@ -87,7 +90,7 @@ def check(cfg: EvaluateConfig, sampler) -> None:
         check_store(open_store(cfg.store).plan, sampler, cfg.store)
     ref = cfg.fid_reference
     if cfg.inception_weights and not (Path(ref).suffix in (".npz", ".npy") and Path(ref).is_file() if ref
-                                      else sampler.shape == DigitsFD.shape):
+                                      else image_shape == DigitsFD.shape):
         raise CMTError(f"FID needs reference statistics: pass --fid-reference as an existing .npz (mu, sigma) or "
                        f".npy of (N, C, H, W) images in [-1, 1] (got {ref or 'nothing'})")
 
@@ -97,7 +100,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     returns what the JSON holds plus `out` and the `samples` themselves (for further analysis)."""
     device = resolve_device(cfg.device)
     sampler = build_sampler(cfg, device)
-    check(cfg, sampler)
+    vae = load_vae(cfg.vae, cfg.student or cfg.teacher, device, sampler.shape, "student" if cfg.student else "teacher")
+    check(cfg, sampler, sampler.shape if vae is None else vae.image_shape(sampler.shape))
     gmm = ground_truth(cfg, sampler.shape)
     inception = load_inception(cfg.inception_weights, device) if cfg.inception_weights else None
     t0 = time.perf_counter()
@@ -105,11 +109,13 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
     if not torch.isfinite(x).all():
         raise CMTError("the generator produced non-finite samples (NaN/inf); check the model and --sigma-max")
-    if sampler.shape == DigitsFD.shape:
+    images = x if vae is None else vae.decode(x, cfg.batch_size)
+    shape = tuple(images.shape[1:])
+    if shape == DigitsFD.shape:
         fd = DigitsFD(device)
-        metrics.update(digits_fd=fd(x), digits_fd_floor=fd.noise_floor())
+        metrics.update(digits_fd=fd(images), digits_fd_floor=fd.noise_floor())
     if inception is not None:
-        metrics["fid"] = fid(cfg, inception, x)
+        metrics["fid"] = fid(cfg, inception, images)
     if cfg.store:
         metrics.update(paired_error(sampler, cfg.store, cfg.store_samples, cfg.batch_size, device, cfg.seed, progress))
     exact = None
@@ -119,14 +125,15 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         exact = gmm.sample(min(len(x), 2000), torch.Generator().manual_seed(cfg.seed))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if len(sampler.shape) == 3 and min(sampler.shape[1:]) >= 4 and sampler.shape[0] in (1, 3):
-        save_image_grid(x[:100], out / SAMPLES_PNG)
+    if len(shape) == 3 and min(shape[1:]) >= 4 and shape[0] in (1, 3):
+        save_image_grid(images[:100], out / SAMPLES_PNG)
     else:
         save_scatter(x[:2000], out / SAMPLES_PNG, reference=exact, title=describe(sampler))
     result = {"generator": describe(sampler), "metrics": {k: _json(v) for k, v in metrics.items()},
-              "sampler": sampler.describe(), "config": to_dict(cfg), "cmt_version": __version__}
+              "sampler": sampler.describe(), "vae": vae.describe(sampler.shape) if vae is not None else None,
+              "config": to_dict(cfg), "cmt_version": __version__}
     atomic_write_json(out / RESULTS, result)
-    return {**result, "out": str(out), "samples": x}
+    return {**result, "out": str(out), "samples": images, **({"latents": x} if vae is not None else {})}
 
 
 def describe(sampler) -> str:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import GenerateConfig, to_dict
+from ..latents import load_vae
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
 from ..stores.layout import claim_plan, finalize, num_shards, read_marker, shard_range, size_problems, write_marker
@@ -88,8 +89,9 @@ def smoke_test(teacher, device) -> None:
                        "the shape (check out_channels equals in_channels)")
 
 
-def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor) -> dict:
-    """Everything that determines the stored bytes: a resumed run must reproduce it exactly."""
+def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor, vae=None) -> dict:
+    """Everything that determines the stored bytes: a resumed run must reproduce it exactly. A latent teacher's
+    VAE (a LatentCodec) changes no stored byte but says what the latents mean, so readers can decode them."""
     config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_ONLY}
     return {
         "format": cfg.format, "num_samples": cfg.num_samples, "shard_size": cfg.shard_size,
@@ -98,6 +100,7 @@ def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor) -> dict:
         "nfe_per_sample": NFE_PER_STEP[cfg.solver] * cfg.steps,
         "num_classes": teacher.num_classes, "config": config,
         "teacher": {"spec": cfg.teacher, "description": teacher.describe(), "fingerprint": teacher.fingerprint()},
+        "vae": vae.describe(teacher.shape) if vae is not None else None,
         "cmt_version": __version__,
     }
 
@@ -129,8 +132,9 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     teacher = load_teacher(cfg.teacher, device)
     validate(cfg, teacher)
     smoke_test(teacher, device)
+    vae = load_vae(cfg.vae, cfg.teacher, shape=teacher.shape)  # on the CPU: only described, never run here
     sigmas = make_grid(cfg.grid, cfg.steps, cfg.sigma_max, cfg.sigma_min)
-    plan = make_plan(cfg, teacher, sigmas)
+    plan = make_plan(cfg, teacher, sigmas, vae)
     out = Path(cfg.out)
     claim_plan(out, plan)
     writer = WRITERS[cfg.format](out, plan)

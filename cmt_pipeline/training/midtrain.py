@@ -14,6 +14,7 @@ import torch
 
 from ..config import MidTrainConfig
 from ..evaluation.metrics import exact_flow_map, mse_psnr
+from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.distances import DISTANCES
@@ -122,6 +123,7 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     if tuple(teacher.shape) != tuple(plan["shape"]):
         raise CMTError(f"--teacher {teacher_spec} works on shape {tuple(teacher.shape)} but the store holds "
                        f"{tuple(plan['shape'])}; pass the teacher the store was made with")
+    vae = load_vae(cfg.vae, cfg.data, shape=plan["shape"])  # a latent store's VAE: decodes the sample grids
     student = build_student(cfg, teacher, tuple(plan["shape"]))
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
     objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c) if cfg.flavour == "cm"
@@ -150,10 +152,11 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
         dev = next(model.parameters()).device
         lab = grid_labels.to(dev) if grid_labels is not None else None
         with torch.no_grad():
-            return as_denoiser(model).eval()(grid_prior.to(dev) * plan["sigmas"][0], plan["sigmas"][0], lab)
+            x = as_denoiser(model).eval()(grid_prior.to(dev) * plan["sigmas"][0], plan["sigmas"][0], lab)
+        return x if vae is None else vae.to(dev).decode(x)
 
     callbacks.append(SampleGrid(one_step, cfg.sample_every))
-    info = {**info, "teacher": teacher_spec}
+    info = {**info, "teacher": teacher_spec, "vae": vae.describe(plan["shape"]) if vae is not None else None}
     t0 = time.perf_counter()
     state = train(student, objective, source, cfg, kind=f"mid-{cfg.flavour}", data_info=info, resume=resume,
                   callbacks=callbacks, progress=progress)
@@ -161,7 +164,7 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
         if cfg.holdout > 0:
             plot_curve(run / "eval.jsonl", run / "eval.png", f"CMT ({cfg.flavour}) on {Path(cfg.data).name}")
         if cfg.flavour == "cm":
-            export_denoiser(state.ema, run / "student")
+            export_denoiser(state.ema, run / "student", vae=vae)
     state.accelerator.wait_for_everyone()
     last = {}
     if (run / "eval.jsonl").exists():

@@ -10,6 +10,8 @@ Writes run/model.ckpt (kind "post-ect" / "post-meanflow"), run/eval.jsonl (1- an
 init, every eval_every steps and at the end), run/metrics.json (the final quality), run/samples-{1,2}step.png.
 Quality: digits FD for digits data; for gmm:<preset> data the 1-step error to the exact flow map and the sliced
 W2 to the true mixture. Every evaluation uses the same seeded noise, so numbers compare across steps and runs.
+A latent student (its VAE from --vae, else the one recorded with --init or --arch) trains on the data encoded
+once to latents; its samples are decoded before they are measured or drawn.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..datasets import load_images
 from ..evaluation.features import DigitsFD
 from ..evaluation.metrics import exact_flow_map, mse_psnr, sliced_wasserstein
 from ..generation.run import draw_priors
+from ..latents import encode_images, load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..objectives.distances import DISTANCES
 from ..objectives.ect import ECTLoss
@@ -153,11 +156,12 @@ def gmm_truth(spec: str, n: int, sigma_max: float) -> tuple[torch.Tensor, torch.
 
 class FewStepEval:
     """1- and 2-step quality of a student on fixed seeded noise: digits FD (digits data); exact flow-map MSE
-    (1 step: a deterministic map of x_T) and sliced W2 to the true mixture (gmm:<preset> data)."""
+    (1 step: a deterministic map of x_T) and sliced W2 to the true mixture (gmm:<preset> data). A latent
+    student's samples are decoded by `vae` (a LatentCodec) first."""
 
-    def __init__(self, cfg: PostTrainConfig, shape, num_classes: int, device):
+    def __init__(self, cfg: PostTrainConfig, shape, num_classes: int, device, vae=None):
         idx = np.arange(cfg.eval_samples)
-        self.device, self.sigma_max = device, cfg.sigma_max
+        self.device, self.sigma_max, self.vae = device, cfg.sigma_max, vae
         self.prior, self.labels = draw_priors(EVAL_SEED, idx, shape, num_classes, "random")
         self.renoise = draw_renoise(EVAL_SEED, idx, shape, 1)
         self.sigmas = {k: student_sigmas(k, cfg.sigma_max, cfg.sigma_mid) for k in (1, 2)}
@@ -170,10 +174,11 @@ class FewStepEval:
         was_training = model.training
         sampler = StudentSampler(as_denoiser(model).eval(), self.sigmas[steps])
         try:
-            return run_sampler(sampler, self.prior[:num], self.labels[:num],
-                               self.renoise[:num] if steps == 2 else None, device=self.device)
+            x = run_sampler(sampler, self.prior[:num], self.labels[:num],
+                            self.renoise[:num] if steps == 2 else None, device=self.device)
         finally:
             model.train(was_training)
+        return x if self.vae is None else self.vae.decode(x)
 
     def __call__(self, model) -> dict:
         """{'1step_<metric>': value, '2step_<metric>': value, ...} for the metrics that apply to the data."""
@@ -212,7 +217,16 @@ class EvalLog:
 def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
     """Run (or resume) post-training; returns a summary with the final 1- and 2-step metrics."""
     cfg = validate(cfg)
+    from accelerate import PartialState
+
+    process = PartialState(cpu=cfg.device == "cpu")  # this process's device and rank, before the loop starts
     data = load_images(cfg.data, cfg.gmm_samples, cfg.seed)
+    vae = load_vae(cfg.vae, cfg.arch if cfg.init == "random" else cfg.init, process.device)
+    if vae is not None:
+        if cfg.data.startswith("gmm:"):
+            raise CMTError(f"--data {cfg.data} is measured against its exact mixture in its own space; a latent "
+                           "student (with a VAE) needs image data: digits, an image folder or a .npy array")
+        data = encode_images(data, vae, cfg.batch_size, progress and process.is_main_process)
     student, origin = build_student(cfg, data.shape)
     if student.num_classes and data.labels is None:
         raise CMTError(f"--init {cfg.init} is class-conditional but --data {cfg.data} has no labels")
@@ -220,11 +234,8 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     source = TensorSource(tensors, cfg.batch_size, cfg.seed)
     info = {**data.description, "fingerprint": source.fingerprint(), "init": cfg.init, "init_origin": origin}
 
-    from accelerate import PartialState
-
     run = Path(cfg.out)
-    process = PartialState(cpu=cfg.device == "cpu")  # this process's device and rank, before the loop starts
-    evaluator = FewStepEval(cfg, data.shape, student.num_classes, process.device)
+    evaluator = FewStepEval(cfg, data.shape, student.num_classes, process.device, vae)
     log = EvalLog(evaluator, run / "eval.jsonl", cfg.eval_every)
     if resume is None and process.is_main_process and not any((run / "checkpoints").glob("step-*")):
         run.mkdir(parents=True, exist_ok=True)
@@ -236,8 +247,9 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     def one_step(model):
         dev = next(model.parameters()).device
         with torch.no_grad():
-            return as_denoiser(model).eval()(grid.to(dev) * cfg.sigma_max, cfg.sigma_max,
-                                             grid_labels.to(dev) if grid_labels is not None else None)
+            x = as_denoiser(model).eval()(grid.to(dev) * cfg.sigma_max, cfg.sigma_max,
+                                          grid_labels.to(dev) if grid_labels is not None else None)
+        return x if vae is None else vae.to(dev).decode(x)
 
     t0 = time.perf_counter()
     state = train(student, build_objective(cfg, student), source, cfg, kind=f"post-{cfg.objective}", data_info=info,

@@ -1,6 +1,8 @@
 """Pre-training stage (`cmt pretrain`): an EDM-preconditioned UNet2DModel trained with the EDM loss on images
 from datasets.py, by the shared loop. Writes run/model.ckpt (kind "pretrain") and run/teacher/, the EMA network
-as a teacher folder for `cmt generate-trajectories --teacher run/teacher`."""
+as a teacher folder for `cmt generate-trajectories --teacher run/teacher`.
+With --vae the images are encoded to latents once, the teacher is trained on the latents, its sample grids are
+decoded, and run/teacher/vae/ holds a copy of the VAE, so the folder is all a latent teacher's users need."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch
 
 from ..config import PretrainConfig
 from ..datasets import load_images
+from ..latents import encode_images, load_vae
 from ..objectives import EDMLoss
 from ..solvers import get_solver, make_grid
 from ..teachers.edm import EDMDenoiser, Precond, build_unet
@@ -32,8 +35,9 @@ def build_teacher(cfg: PretrainConfig, shape, num_classes: int) -> EDMDenoiser:
     return EDMDenoiser(unet, Precond(sigma_data=cfg.sigma_data, num_classes=num_classes))
 
 
-def grid_sampler(cfg: PretrainConfig, shape, num_classes: int):
-    """sample_fn(denoiser) -> images: the teacher's ODE solve from fixed noise, so successive grids compare."""
+def grid_sampler(cfg: PretrainConfig, shape, num_classes: int, vae=None):
+    """sample_fn(denoiser) -> images: the teacher's ODE solve from fixed noise, so successive grids compare
+    (decoded through `vae`, a LatentCodec, for a latent teacher)."""
     try:
         solver, sigmas = get_solver(cfg.sample_solver), make_grid(cfg.sample_grid, cfg.sample_steps)
     except ValueError as e:
@@ -44,17 +48,24 @@ def grid_sampler(cfg: PretrainConfig, shape, num_classes: int):
     def sample(denoiser):
         dev = next(denoiser.parameters()).device
         lab = labels.to(dev) if labels is not None else None
-        return solver(denoiser, noise.to(dev) * float(sigmas[0]), sigmas, lab)[-1]
+        x = solver(denoiser, noise.to(dev) * float(sigmas[0]), sigmas, lab)[-1]
+        return x if vae is None else vae.to(dev).decode(x)
 
     return sample
 
 
 def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = True) -> dict:
+    from accelerate import PartialState
+
     data = load_images(cfg.data, cfg.gmm_samples, cfg.seed)
     if cfg.class_conditional and data.labels is None:
         raise CMTError(f"--class-conditional needs labelled data; {cfg.data} has no labels (digits does)")
     if cfg.export_dtype not in ("float32", "float16"):
         raise CMTError(f"export_dtype must be float32 or float16, got {cfg.export_dtype!r}")
+    process = PartialState(cpu=cfg.device == "cpu")
+    vae = load_vae(cfg.vae, "", process.device)
+    if vae is not None:  # every process encodes the same images the same way (the mean, not a sample)
+        data = encode_images(data, vae, cfg.batch_size, progress and process.is_main_process)
     num_classes = data.num_classes if cfg.class_conditional else 0
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_teacher(cfg, data.shape, num_classes)
@@ -64,10 +75,10 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
     t0 = time.perf_counter()
     state = train(model, EDMLoss(cfg.p_mean, cfg.p_std, cfg.sigma_data), source, cfg, kind="pretrain",
                   data_info=info, resume=resume, progress=progress,
-                  callbacks=[SampleGrid(grid_sampler(cfg, data.shape, num_classes), cfg.sample_every)])
+                  callbacks=[SampleGrid(grid_sampler(cfg, data.shape, num_classes, vae), cfg.sample_every)])
     run = Path(cfg.out)
     if state.accelerator.is_main_process:
-        export_denoiser(state.ema, run / "teacher", cfg.export_dtype)
+        export_denoiser(state.ema, run / "teacher", cfg.export_dtype, vae=vae)
     state.accelerator.wait_for_everyone()
     return {"out": str(run), "step": state.step, "seconds": time.perf_counter() - t0,
             "loss": state.metrics.get("loss"), "checkpoint": str(run / "model.ckpt"),

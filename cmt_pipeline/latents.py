@@ -1,0 +1,189 @@
+"""Latent-space teachers: a diffusers AutoencoderKL between pixels and the space the teacher works in.
+
+Teachers, solvers, stores and trainers only ever see latents; images appear where people look or measure (sample
+grids, `cmt sample`, `cmt evaluate`) and where real images enter (`cmt pretrain` / `cmt post-train --data`).
+Latents are scaled the way diffusers pipelines scale them, so a pipeline's own denoiser fits unchanged:
+
+    z = (mean(E(image)) - shift) * scale          image = D(z / scale + shift)
+
+with scale = scaling_factor and shift = shift_factor (0 if unset), or, for a VAE that configures per-channel
+latents_mean / latents_std, shift = latents_mean and scale = scaling_factor / latents_std.
+
+Which VAE belongs to a model (`vae_source`): an explicit --vae folder, else the one a model.ckpt's data or a
+store's plan recorded (checked against its recorded fingerprint), else a teacher folder's own `vae/` subfolder
+(diffusers' pipeline layout, and what `cmt pretrain --vae` writes), else none (a pixel-space model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .utils import CMTError
+
+VAE_DIR = "vae"
+
+
+class LatentCodec(torch.nn.Module):
+    def __init__(self, vae, path: str | Path):
+        super().__init__()
+        self.vae, self.path = vae.eval().requires_grad_(False), str(Path(path).resolve())
+        cfg = vae.config
+        c = cfg.latent_channels
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        shift = torch.full((c,), float(cfg.shift_factor or 0)) if mean is None else torch.tensor(mean).float()
+        scale = cfg.scaling_factor / (torch.ones(c) if std is None else torch.tensor(std).float())
+        self.register_buffer("shift", shift.reshape(1, c, 1, 1))
+        self.register_buffer("scale", scale.reshape(1, c, 1, 1))
+        self.latent_channels, self.image_channels = c, cfg.out_channels
+        self.factor = 2 ** (len(cfg.block_out_channels) - 1)  # spatial downsampling of the encoder
+        self._fingerprint = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatentCodec:
+        """An AutoencoderKL folder (`vae.save_pretrained(DIR)`), or a pipeline folder holding one in vae/."""
+        from diffusers import AutoencoderKL
+
+        p = Path(path)
+        name = _class_name(p)
+        if name != "AutoencoderKL" and _class_name(p / VAE_DIR) == "AutoencoderKL":
+            p, name = p / VAE_DIR, "AutoencoderKL"
+        fix = "pass a diffusers AutoencoderKL folder (vae.save_pretrained(DIR), or a pipeline's vae/ subfolder)"
+        if name is None:
+            raise CMTError(f"--vae {path} has no readable config.json; {fix}")
+        if name != "AutoencoderKL":
+            raise CMTError(f"--vae {path} holds a {name}, not an AutoencoderKL; {fix}")
+        try:
+            vae = AutoencoderKL.from_pretrained(p)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CMTError(f"could not load the AutoencoderKL in {path}: {str(e).splitlines()[0]}; {fix}") from e
+        return cls(vae, p)
+
+    @property
+    def device(self) -> torch.device:
+        return self.shift.device
+
+    def latent_shape(self, image_shape) -> tuple[int, int, int]:
+        c, h, w = image_shape
+        if c != self.vae.config.in_channels or h % self.factor or w % self.factor:
+            raise CMTError(f"the VAE in {self.path} encodes {self.vae.config.in_channels}-channel images whose sides "
+                           f"are multiples of {self.factor}, got images of shape {tuple(image_shape)}; "
+                           "convert or resize the images, or pass the VAE made for them")
+        return self.latent_channels, h // self.factor, w // self.factor
+
+    def image_shape(self, latent_shape) -> tuple[int, int, int]:
+        _, h, w = latent_shape
+        return self.image_channels, h * self.factor, w * self.factor
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+        """(N, C, H, W) images in [-1, 1] -> scaled latents, on the images' device. Deterministic: the posterior
+        mean, not a sample. Images are encoded once into a fixed, fingerprinted training set, so a sample would only
+        freeze one arbitrary noise draw into it; the mean is what the decoder reconstructs best, and keeps the set
+        reproducible across runs, devices and resumes."""
+        out = []
+        for b in tqdm(range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress):
+            x = images[b:b + batch_size].to(self.device, torch.float32)
+            mean = self.vae.encode(x).latent_dist.mean
+            out.append(((mean - self.shift) * self.scale).to(images.device))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Scaled latents -> float32 images clamped to the data range [-1, 1], on the latents' device."""
+        out = []
+        for b in range(0, len(latents), batch_size):
+            z = latents[b:b + batch_size].to(self.device, torch.float32)
+            out.append(self.vae.decode(z / self.scale + self.shift).sample.clamp(-1, 1).to(latents.device))
+        return torch.cat(out)
+
+    def fingerprint(self) -> str:
+        """sha256 of every weight of the autoencoder: names the exact VAE that data or a model was made with."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name, t in sorted(self.vae.state_dict().items()):
+                h.update(name.encode())
+                h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def describe(self, latent_shape=None) -> dict:
+        """What datasets, checkpoints and evaluations record about their VAE."""
+        cfg = self.vae.config
+        d = {"path": self.path, "class": type(self.vae).__name__, "scaling_factor": cfg.scaling_factor,
+             "shift_factor": cfg.shift_factor, "latents_mean": getattr(cfg, "latents_mean", None),
+             "latents_std": getattr(cfg, "latents_std", None), "latent_channels": self.latent_channels,
+             "downsample": self.factor, "fingerprint": self.fingerprint()}
+        if latent_shape is not None:
+            d.update(latent_shape=list(latent_shape), image_shape=list(self.image_shape(latent_shape)))
+        return d
+
+    def check_fit(self, shape, who: str = "teacher") -> None:
+        """Refuse a model whose channels are not this VAE's latent channels, naming both and the fix."""
+        if shape[0] != self.latent_channels:
+            raise CMTError(f"the VAE in {self.path} has {self.latent_channels} latent channels but the {who} works "
+                           f"on {shape[0]} channels (shape {tuple(shape)}); pass --vae the autoencoder the {who} "
+                           "was trained with, or none for a pixel-space model")
+
+    def save(self, folder: str | Path) -> None:
+        """Write the autoencoder as `folder` (diffusers save_pretrained): makes a model folder self-contained."""
+        self.vae.save_pretrained(folder)
+
+
+def _class_name(folder: Path) -> str | None:
+    """The diffusers class named by folder/config.json, or None when there is no readable one."""
+    try:
+        return json.loads((folder / "config.json").read_text()).get("_class_name", "model without a _class_name")
+    except (OSError, ValueError):
+        return None
+
+
+def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None]:
+    """(VAE folder, fingerprint it must have or None) for a model or store `spec`; (None, None) = pixel space."""
+    if explicit:
+        return explicit, None
+    path = Path(spec) if spec else None
+    recorded = None
+    if path is not None and path.is_file():
+        from .training.checkpoint import load_model
+
+        recorded = load_model(path).get("data", {}).get("vae")
+    elif path is not None and (path / "plan.json").is_file():
+        recorded = json.loads((path / "plan.json").read_text()).get("vae")
+    elif path is not None and (path / VAE_DIR / "config.json").is_file():
+        return str(path / VAE_DIR), None
+    return (recorded["path"], recorded["fingerprint"]) if recorded else (None, None)
+
+
+def load_vae(explicit: str, spec: str, device="cpu", shape=None, who: str = "teacher") -> LatentCodec | None:
+    """The VAE of `spec` (see vae_source) on `device`, checked against its record and against `shape`'s channels."""
+    path, fingerprint = vae_source(explicit, spec)
+    if path is None:
+        return None
+    if not Path(path).exists():
+        raise CMTError(f"--vae {path} does not exist; pass a diffusers AutoencoderKL folder" if explicit else
+                       f"{spec} was made with the VAE in {path}, which no longer exists; "
+                       "pass --vae DIR (that autoencoder)")
+    codec = LatentCodec.load(path)
+    if fingerprint and codec.fingerprint() != fingerprint:
+        raise CMTError(f"the VAE in {path} is not the one {spec} was made with (fingerprint "
+                       f"{codec.fingerprint()[:12]}, recorded {fingerprint[:12]}); pass --vae DIR with the original")
+    if shape is not None:
+        codec.check_fit(shape, who)
+    return codec.to(device)
+
+
+def encode_images(data, codec: LatentCodec, batch_size: int = 64, progress: bool = True):
+    """An ImageData (datasets.py) of images -> the same data as latents, once; its description records the VAE
+    and the latents' standard deviation (compare it with sigma_data, 0.5 by default)."""
+    from .datasets import ImageData
+
+    latent_shape = codec.latent_shape(data.shape)
+    z = codec.encode(data.images, batch_size, progress).cpu()
+    desc = {**data.description, "shape": list(latent_shape), "vae": codec.describe(latent_shape),
+            "latent_std": float(z.std())}
+    return ImageData(z, data.labels, data.num_classes, desc)
