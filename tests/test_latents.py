@@ -190,3 +190,25 @@ def test_bad_vae_is_one_line_error_and_writes_nothing(tmp_path, vae_dir, latent_
         assert not out.exists(), args
     r = cmt("pretrain", "--vae", tmp_path / "empty", "--out", out, "--steps", 1, *TRAIN)
     assert r.exit_code == 2 and "AutoencoderKL" in r.output and not out.exists(), r.output
+
+
+def test_a_dit_pipeline_folder_brings_its_own_vae(tmp_path, vae_dir):
+    """DiTPipeline.save_pretrained's layout (transformer/ + scheduler/ + vae/): found without --vae, decoded when
+    the teacher itself is evaluated."""
+    from diffusers import AutoencoderKL, DDPMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=3)
+    sched = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, variance_type="learned_range")
+    DiTPipeline(dit, AutoencoderKL.from_pretrained(vae_dir), sched).save_pretrained(tmp_path / "dit")
+    r = cmt("generate-trajectories", "--teacher", tmp_path / "dit", "--num-samples", 3, "--steps", 2,
+            "--device", "cpu", "--quiet", "--out", tmp_path / "traj")
+    assert r.exit_code == 0, r.output
+    vae = json.loads((tmp_path / "traj" / "manifest.json").read_text())["vae"]
+    assert vae["path"] == str((tmp_path / "dit" / "vae").resolve()) and vae["image_shape"] == list(IMAGE)
+    r = cmt("evaluate", "--teacher", tmp_path / "dit", "--steps", 2, "--num-samples", 4, "--device", "cpu", "--quiet",
+            "--out", tmp_path / "eval")
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert result["vae"]["fingerprint"] == vae["fingerprint"] and "digits_fd" in result["metrics"]
