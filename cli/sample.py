@@ -46,7 +46,7 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
     sampler = StudentSampler(load_student(ckpt, dev), student_sigmas(steps, sigma_max, sigma_mid))
     codec = load_vae(vae or "", ckpt, dev, sampler.shape, who="student")
     x, prior, labels, renoise = sample(sampler, num_samples, seed, batch_size, dev, class_labels, progress=True)
-    images = x if codec is None else codec.decode(x, batch_size)
+    images = x if codec is None else codec.decode(x)
     if png:
         save_image_grid(images, png)
     if npz:

@@ -47,6 +47,8 @@ def inspect_checkpoint(path: Path) -> dict:
                                                  "init", "data") if k in cfg})
     out.update({f"data.{k}": data[k] for k in ("store", "num_samples", "holdout", "teacher", "fingerprint")
                 if k in data})
+    if data.get("vae"):  # a latent model: the autoencoder its samples are decoded with
+        out["data.vae"] = data["vae"]["path"]
     return out
 
 

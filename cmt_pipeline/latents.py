@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .utils import CMTError
 
 VAE_DIR = "vae"
+BATCH = 16  # images per VAE call: its activations at full image resolution, not the batch, bound memory
 
 
 class LatentCodec(torch.nn.Module):
@@ -80,7 +81,7 @@ class LatentCodec(torch.nn.Module):
         return self.image_channels, h * self.factor, w * self.factor
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor, batch_size: int = 64, progress: bool = False) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, batch_size: int = BATCH, progress: bool = False) -> torch.Tensor:
         """(N, C, H, W) images in [-1, 1] -> scaled latents, on the images' device. Deterministic: the posterior
         mean, not a sample. Images are encoded once into a fixed, fingerprinted training set, so a sample would only
         freeze one arbitrary noise draw into it; the mean is what the decoder reconstructs best, and keeps the set
@@ -93,7 +94,7 @@ class LatentCodec(torch.nn.Module):
         return torch.cat(out)
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, batch_size: int = BATCH) -> torch.Tensor:
         """Scaled latents -> float32 images clamped to the data range [-1, 1], on the latents' device."""
         out = []
         for b in range(0, len(latents), batch_size):
@@ -177,7 +178,7 @@ def load_vae(explicit: str, spec: str, device="cpu", shape=None, who: str = "tea
     return codec.to(device)
 
 
-def encode_images(data, codec: LatentCodec, batch_size: int = 64, progress: bool = True):
+def encode_images(data, codec: LatentCodec, batch_size: int = BATCH, progress: bool = True):
     """An ImageData (datasets.py) of images -> the same data as latents, once; its description records the VAE
     and the latents' standard deviation (compare it with sigma_data, 0.5 by default)."""
     from .datasets import ImageData

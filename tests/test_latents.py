@@ -117,6 +117,8 @@ def test_latent_store_records_its_vae_and_mid_training_sampling_evaluation_decod
     assert grey_grid(run / "samples" / "step-0000002.png")
     assert load_model(run / "model.ckpt")["data"]["vae"]["fingerprint"] == vae["fingerprint"]
     assert (run / "student" / "vae" / "config.json").is_file()
+    r = cmt("inspect", run / "model.ckpt")
+    assert r.exit_code == 0 and str(vae_dir.resolve()) in r.output, r.output
 
     # the student knows its VAE: no --vae needed, from the checkpoint or from the student folder
     codec = LatentCodec.load(vae_dir)

@@ -109,7 +109,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
     if not torch.isfinite(x).all():
         raise CMTError("the generator produced non-finite samples (NaN/inf); check the model and --sigma-max")
-    images = x if vae is None else vae.decode(x, cfg.batch_size)
+    images = x if vae is None else vae.decode(x)
     shape = tuple(images.shape[1:])
     if shape == DigitsFD.shape:
         fd = DigitsFD(device)

@@ -226,7 +226,7 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
         if cfg.data.startswith("gmm:"):
             raise CMTError(f"--data {cfg.data} is measured against its exact mixture in its own space; a latent "
                            "student (with a VAE) needs image data: digits, an image folder or a .npy array")
-        data = encode_images(data, vae, cfg.batch_size, progress and process.is_main_process)
+        data = encode_images(data, vae, progress=progress and process.is_main_process)
     student, origin = build_student(cfg, data.shape)
     if student.num_classes and data.labels is None:
         raise CMTError(f"--init {cfg.init} is class-conditional but --data {cfg.data} has no labels")

@@ -65,7 +65,7 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
     process = PartialState(cpu=cfg.device == "cpu")
     vae = load_vae(cfg.vae, "", process.device)
     if vae is not None:  # every process encodes the same images the same way (the mean, not a sample)
-        data = encode_images(data, vae, cfg.batch_size, progress and process.is_main_process)
+        data = encode_images(data, vae, progress=progress and process.is_main_process)
     num_classes = data.num_classes if cfg.class_conditional else 0
     torch.manual_seed(cfg.seed)  # the initial weights
     model = build_teacher(cfg, data.shape, num_classes)
