@@ -8,6 +8,7 @@ per sample against raw float32 (prior + K states + x0).
 
     python benchmarks/generation.py                       # digits-sized UNet, N=2048, batch 256, dpm3 x 16
     python benchmarks/generation.py --teacher builtin --num-samples 4096 --threads 2
+    python benchmarks/generation.py --teacher dit --num-samples 512 --guidance-scale 2   # a latent-sized DiT
 """
 
 from __future__ import annotations
@@ -31,11 +32,21 @@ from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
 
 
 def teacher_spec(name: str, tmp: Path) -> str:
-    """`unet`: a digits-sized (1x8x8, channels 48/96, ~2 M parameters) EDM UNet with seeded random weights."""
-    if name != "unet":
-        return name
+    """Seeded random-weight stand-ins for a real model: `unet`, a digits-sized (1x8x8, channels 48/96, ~2 M
+    parameters) EDM UNet; `dit`, a class-conditional DiTTransformer2DModel on 4x16x16 latents (patch 2, 4 blocks
+    of width 128, learned variance, 10 classes + the null row) with a DDPMScheduler, in the DiT pipeline layout."""
     torch.manual_seed(0)
-    EDMDenoiser(build_unet((1, 8, 8), channels=(48, 96)), Precond()).save(tmp / "teacher")
+    if name == "unet":
+        EDMDenoiser(build_unet((1, 8, 8), channels=(48, 96)), Precond()).save(tmp / "teacher")
+    elif name == "dit":
+        from diffusers import DDPMScheduler, DiTTransformer2DModel
+
+        DiTTransformer2DModel(num_attention_heads=4, attention_head_dim=32, in_channels=4, out_channels=8,
+                              num_layers=4, sample_size=16, patch_size=2, num_embeds_ada_norm=10,
+                              ).save_pretrained(tmp / "teacher" / "transformer")
+        DDPMScheduler(variance_type="learned_range").save_pretrained(tmp / "teacher" / "scheduler")
+    else:
+        return name
     return str(tmp / "teacher")
 
 
@@ -60,7 +71,8 @@ def emit(report: dict, path: str | None) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", default="unet", help="unet (default), builtin, gmm:..., or a folder")
+    ap.add_argument("--teacher", default="unet", help="unet (default), dit, builtin, gmm:..., or a folder")
+    ap.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
     ap.add_argument("--num-samples", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--shard-size", type=int, default=1024)
@@ -74,7 +86,7 @@ def main():
     tmp = Path(tempfile.mkdtemp(prefix="cmt-bench-"))
     try:
         spec = teacher_spec(args.teacher, tmp)
-        teacher = load_teacher(spec)
+        teacher = load_teacher(spec, guidance_scale=args.guidance_scale)
         nfe = NFE_PER_STEP[args.solver] * args.steps
         bare_forward_seconds(teacher, args.batch_size, args.batch_size, 2)  # warm-up
         gen_t, bare_t, results = [], [], {}
@@ -83,7 +95,7 @@ def main():
                 out = tmp / f"{fmt}-{r}"
                 cfg = GenerateConfig(teacher=spec, out=str(out), num_samples=args.num_samples, solver=args.solver,
                                      steps=args.steps, format=fmt, batch_size=args.batch_size,
-                                     shard_size=args.shard_size, device="cpu")
+                                     shard_size=args.shard_size, guidance_scale=args.guidance_scale, device="cpu")
                 t0 = time.perf_counter()
                 stats = generate(cfg, progress=False)
                 if fmt == "zarr":
@@ -93,7 +105,8 @@ def main():
             bare_t.append(bare_forward_seconds(teacher, args.num_samples, args.batch_size, nfe))
         raw = (args.steps + 2) * math.prod(teacher.shape) * 4
         report = {
-            "teacher": args.teacher, "num_samples": args.num_samples, "batch_size": args.batch_size,
+            "teacher": args.teacher, "parameters": sum(p.numel() for p in teacher.parameters()),
+            "guidance_scale": args.guidance_scale, "num_samples": args.num_samples, "batch_size": args.batch_size,
             "solver": args.solver, "steps": args.steps, "nfe": nfe, "threads": args.threads,
             "generate_s": statistics.median(gen_t), "bare_forward_s": statistics.median(bare_t),
             "ratio": statistics.median(gen_t) / statistics.median(bare_t),

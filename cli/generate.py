@@ -27,6 +27,10 @@ from .main import cli, human_bytes
 @click.option("--shard-size", type=int, help="Samples per shard, the unit of work and of resumption.  [default: 1024]")
 @click.option("--seed", type=int, help="Sample i's noise and label depend only on (seed, i).  [default: 0]")
 @click.option("--class-labels", help="random, none, or one class index for all samples.  [default: random]")
+@click.option("--guidance-scale", type=float, help="Classifier-free guidance scale w of a class-conditional "
+              "teacher: D = D(null) + w (D(label) - D(null)); 1 = no guidance.  [default: 1]")
+@click.option("--null-label", type=int, help="Guidance's 'no class' label.  [default: the model's own null row "
+              "(DiT); others must name it]")
 @click.option("--vae", type=click.Path(file_okay=False), help="Latent teacher: the diffusers "
               "AutoencoderKL folder its latents belong to; recorded, so later stages decode.  [default: the teacher "
               "folder's vae/ if it has one, else none (pixel space)]")

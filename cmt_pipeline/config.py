@@ -30,6 +30,8 @@ class GenerateConfig:
     shard_size: int = 1024
     seed: int = 0
     class_labels: str = "random"  # random | none | an integer class for every sample
+    guidance_scale: float = 1.0  # classifier-free guidance of a class-conditional teacher; 1 = none
+    null_label: int | None = None  # guidance's "no class" label; default: the model's own null row (DiT)
     vae: str = ""  # latent teacher: its AutoencoderKL folder; default: the teacher folder's vae/, if any
     device: str = "auto"
 

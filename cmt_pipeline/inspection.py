@@ -19,6 +19,7 @@ def inspect_store(path: Path) -> dict:
     plan = read_json(path / (MANIFEST if complete else PLAN))
     done = len(done_shards(path))
     sig = plan["sigmas"]
+    desc, guide = plan["teacher"]["description"], plan.get("guidance")
     return {
         "type": f"trajectory store ({plan['format']})", "samples": plan["num_samples"],
         "complete": complete, "shards done": f"{done}/{num_shards(plan)}",
@@ -26,6 +27,8 @@ def inspect_store(path: Path) -> dict:
         "sigmas": f"{sig[0]:g} -> {sig[-2]:g} (states), endpoint {sig[-1]:g}",
         "solver": f"{plan['solver']} on the {plan['config']['grid']} grid, {plan['nfe_per_sample']} NFE/sample",
         "teacher": plan["teacher"]["spec"], "teacher fingerprint": plan["teacher"]["fingerprint"][:16],
+        "teacher network": " ".join(str(desc[k]) for k in ("model", "kind", "parametrisation") if k in desc),
+        "guidance": f"scale {guide['scale']:g}, null label {guide['null_label']}" if guide else "none",
         "vae": f"{vae['path']} (scaling factor {vae['scaling_factor']:g}, shift {vae['shift_factor'] or 0:g}), "
                f"latents {'x'.join(map(str, vae['latent_shape']))} -> images {'x'.join(map(str, vae['image_shape']))}"
                if (vae := plan.get("vae")) else "none (pixel space)",

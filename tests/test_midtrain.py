@@ -169,7 +169,7 @@ def test_bad_mid_training_inputs(gmm_store, tmp_path):
         mid_train(MidTrainConfig(out=str(tmp_path / "x")), progress=False)
     with pytest.raises(CMTError, match="not a trajectory dataset"):
         mid_train(MidTrainConfig(data=str(tmp_path), out=str(tmp_path / "x")), progress=False)
-    with pytest.raises(CMTError, match="EDM format"):
+    with pytest.raises(CMTError, match="needs a network teacher"):
         mid_train(MidTrainConfig(data=str(gmm_store), init="teacher", holdout=64, out=str(tmp_path / "x")),
                   progress=False)
     with pytest.raises(CMTError, match="shape"):

@@ -99,6 +99,7 @@ def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor, vae=None) -> d
         "sigmas": sigmas.tolist(), "solver": cfg.solver,
         "nfe_per_sample": NFE_PER_STEP[cfg.solver] * cfg.steps,
         "num_classes": teacher.num_classes, "config": config,
+        "guidance": teacher.describe().get("guidance"),
         "teacher": {"spec": cfg.teacher, "description": teacher.describe(), "fingerprint": teacher.fingerprint()},
         "vae": vae.describe(teacher.shape) if vae is not None else None,
         "cmt_version": __version__,
@@ -129,7 +130,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     if worker.threads:
         torch.set_num_threads(worker.threads)
     device = worker_device(cfg.device, worker)
-    teacher = load_teacher(cfg.teacher, device)
+    teacher = load_teacher(cfg.teacher, device, cfg.guidance_scale, cfg.null_label)
     validate(cfg, teacher)
     smoke_test(teacher, device)
     vae = load_vae(cfg.vae, cfg.teacher, shape=teacher.shape)  # on the CPU: only described, never run here

@@ -1,10 +1,11 @@
 """Mid-training stage (`cmt mid-train`): a flow-map student regressed onto stored teacher trajectories (CMT),
 by the shared loop. Writes run/model.ckpt (kind "mid-cm" or "mid-mf"), run/eval.jsonl (the held-out 1-step
 error every eval_every steps, step 0 = the initialisation) with its curve run/eval.png, and for the CM flavour
-run/student/, the EMA student in the teacher/student folder format."""
+run/student/ (teachers in the EDM folder format), the EMA student in that format."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -21,7 +22,15 @@ from ..objectives.distances import DISTANCES
 from ..sampling import StudentSampler, run_sampler
 from ..stores import open_store, read_range
 from ..stores.loader import trajectory_source
-from ..teachers import EDMDenoiser, GMMDenoiser, Precond, build_unet, load_teacher
+from ..teachers import (
+    DiffusersDenoiser,
+    EDMDenoiser,
+    GMMDenoiser,
+    GuidedDenoiser,
+    Precond,
+    build_unet,
+    load_teacher,
+)
 from ..utils import CMTError
 from .checkpoint import export_denoiser
 from .loop import SampleGrid, train
@@ -37,27 +46,36 @@ def holdout_arrays(path, holdout: int, num: int) -> dict:
 
 
 def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
-    """The student network: the teacher's EDM network (init=teacher) or the same architecture re-initialised."""
+    """The student network: the teacher's own network (init=teacher; a guided teacher's conditional network, so
+    one call learns the guided flow) or the same architecture re-initialised; a small UNet for a GMM teacher."""
     if cfg.init not in ("teacher", "random"):
         raise CMTError(f"--init must be teacher or random for mid-training, got {cfg.init!r}")
-    if isinstance(teacher, EDMDenoiser):
-        net = EDMDenoiser(teacher.backbone, Precond(**vars(teacher.precond)))
-        if cfg.init == "random":
-            torch.manual_seed(cfg.seed)
-            net = EDMDenoiser(type(teacher.backbone).from_config(teacher.backbone.config), net.precond)
-    elif cfg.init == "teacher":
-        raise CMTError(f"--init teacher needs a teacher in the project's EDM format; {type(teacher).__name__} has "
-                       "no such network (use --init random, or --teacher a folder made by `cmt pretrain`)")
+    net = teacher.inner if isinstance(teacher, GuidedDenoiser) else teacher
+    if cfg.init == "teacher":
+        if isinstance(net, GMMDenoiser):
+            raise CMTError("--init teacher needs a network teacher; a Gaussian-mixture teacher has none "
+                           "(use --init random)")
+        net = copy.deepcopy(net)
     else:
         torch.manual_seed(cfg.seed)
-        net = EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, teacher.num_classes),
-                          Precond(num_classes=teacher.num_classes))
+        if isinstance(net, EDMDenoiser):
+            net = EDMDenoiser(type(net.backbone).from_config(net.backbone.config), Precond(**vars(net.precond)))
+        elif isinstance(net, DiffusersDenoiser):
+            net = DiffusersDenoiser.from_spec(net.spec())
+        else:
+            net = EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
+                              Precond(num_classes=net.num_classes))
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout
+        if hasattr(m, "embedding_table") and hasattr(m, "dropout_prob"):
+            m.dropout_prob = 0.0  # DiT's label dropout would pair a null label with a conditional target
     if cfg.flavour == "cm":
         return consistency_student(net, cfg.sigma_min_shift)
-    return MeanFlowStudent(net).train().requires_grad_(True)
+    try:
+        return MeanFlowStudent(net).train().requires_grad_(True)
+    except ValueError as e:
+        raise CMTError(str(e)) from e
 
 
 class HoldoutError:
@@ -119,7 +137,8 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     source, info = trajectory_source(cfg.data, cfg.batch_size, cfg.seed, cfg.holdout)
     plan = open_store(cfg.data).plan
     teacher_spec = cfg.teacher or plan["teacher"]["spec"]
-    teacher = load_teacher(teacher_spec)
+    guidance = plan.get("guidance") or {}
+    teacher = load_teacher(teacher_spec, guidance_scale=guidance.get("scale", 1.0), null_label=guidance.get("null_label"))
     if tuple(teacher.shape) != tuple(plan["shape"]):
         raise CMTError(f"--teacher {teacher_spec} works on shape {tuple(teacher.shape)} but the store holds "
                        f"{tuple(plan['shape'])}; pass the teacher the store was made with")
@@ -163,7 +182,7 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     if state.accelerator.is_main_process:
         if cfg.holdout > 0:
             plot_curve(run / "eval.jsonl", run / "eval.png", f"CMT ({cfg.flavour}) on {Path(cfg.data).name}")
-        if cfg.flavour == "cm":
+        if cfg.flavour == "cm" and isinstance(state.ema, EDMDenoiser):  # others: model.ckpt only
             export_denoiser(state.ema, run / "student", vae=vae)
     state.accelerator.wait_for_everyone()
     last = {}

@@ -37,7 +37,7 @@ from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
 from ..sampling import StudentSampler, draw_renoise, run_sampler, student_sigmas
-from ..teachers import EDMDenoiser, Precond, build_unet, load_teacher
+from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, sample_seed
 from .checkpoint import load_model, model_from_checkpoint
 from .data import TensorSource
@@ -72,6 +72,8 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
         if kind not in want:
             raise CMTError(f"--init {spec} is a {kind!r} checkpoint{wrong}")
         return net, "cmt"
+    if isinstance(net, DiffusersDenoiser):
+        return net, "diffusion"
     if not isinstance(net, EDMDenoiser):
         raise CMTError(f"--init {spec} is a {type(net).__name__}, which has no network to train{wrong}")
     if net.precond.boundary_sigma > 0:  # a consistency student folder (mid-train's run/student/)
