@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from cmt_pipeline.models import MeanFlowStudent, consistency_student
+from cmt_pipeline.objectives.meanflow import meanflow_target
 from cmt_pipeline.solvers import get_solver, make_grid
 from cmt_pipeline.stores import read_all
 from cmt_pipeline.teachers import DiffusersDenoiser, load_teacher
@@ -126,6 +127,14 @@ def test_dit_and_flow_matching_stores_feed_mid_training(tmp_path, dit_dir, fm_di
                                  "--num-samples", "4", "--npz", str(tmp_path / "s.npz"), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 1, 8, 8)
+    for flavour, objective in (("cm", "ect"), ("mf", "meanflow")):  # post-training continues these students
+        out = tmp_path / f"post-{objective}"
+        r = CliRunner().invoke(cli, ["post-train", "--init", str(tmp_path / f"fm-{flavour}" / "model.ckpt"),
+                                     "--objective", objective, "--data", "digits", "--steps", "2", "--batch-size", "4",
+                                     "--eval-samples", "8", "--out", str(out), "--device", "cpu", "--quiet",
+                                     "--no-tensorboard", "--sample-every", "0"])
+        assert r.exit_code == 0, r.output
+        assert torch.load(out / "model.ckpt", weights_only=True)["network"]["net"]["class"] == "DiffusersDenoiser"
 
 
 def test_students_of_diffusers_teachers_start_as_the_teacher_and_rebuild_from_checkpoints(dit_dir, fm_dir):
@@ -150,6 +159,23 @@ def test_students_of_diffusers_teachers_start_as_the_teacher_and_rebuild_from_ch
         rebuilt.load_state_dict(model.state_dict())
         args = (x, 5.0, labels) if model is cm else (z, 0.2, t, labels)
         assert torch.equal(rebuilt.eval()(*args), model(*args))
+
+
+@pytest.mark.parametrize("kind", ["fm", "dit"])
+def test_meanflow_jvp_runs_through_attention_and_matches_finite_differences(kind, fm_dir, dit_dir):
+    """MeanFlow's du/dt is a forward-mode JVP: the flow-matching UNet (mid-block attention, GroupNorm after it)
+    and the DiT (attention in every block) must both go through it, and agree with central differences."""
+    teacher = load_teacher(str(fm_dir if kind == "fm" else dit_dir))
+    student = MeanFlowStudent(teacher).eval()
+    g = torch.Generator().manual_seed(4)
+    z, v = torch.randn(3, *teacher.shape, generator=g), 5 * torch.randn(3, *teacher.shape, generator=g)
+    t = torch.tensor([0.3, 0.5, 0.8])
+    r, labels = 0.5 * t, torch.arange(3) % NUM_CLASSES if teacher.num_classes else None
+    _, dudt = meanflow_target(student, z, r, t, v, labels)
+    with torch.no_grad():
+        fd = (student(z + 3e-3 * v, r, t, labels) - student(z - 3e-3 * v, r, t, labels)) / 6e-3 \
+            + (student(z, r, t + 1e-5, labels) - student(z, r, t - 1e-5, labels)) / 2e-5
+    assert (dudt - fd).norm() / fd.norm() < 1e-2
 
 
 def test_guided_run_is_recorded_and_reproduces_bit_identically(tmp_path, dit_dir):

@@ -15,17 +15,37 @@ Batch: {"image": (B, C, H, W), optional "labels": (B,)}.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .ect import same_randomness, unwrap
+
+
+def _contiguous(module, args):
+    return (args[0].clone(memory_format=torch.contiguous_format), *args[1:])
+
+
+@contextlib.contextmanager
+def forward_mode_safe(net: torch.nn.Module):
+    """Inside the JVP, avoid kernels whose forward-mode derivative is missing or fragile: fused attention (flash,
+    memory-efficient) gives way to the composite math kernel, and GroupNorm, whose forward-mode formula views
+    its tangent, gets a contiguous input (after an attention block the tangent comes out transposed)."""
+    hooks = [m.register_forward_pre_hook(_contiguous) for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    try:
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def meanflow_target(net, z, r, t, v, labels=None):
     """(u_tgt, du/dt) at (z, r, t) for velocity v; r and t are (B,) tensors. No gradient flows out."""
     col = (-1,) + (1,) * (z.ndim - 1)
-    with torch.no_grad():
+    with torch.no_grad(), forward_mode_safe(net):
         _, dudt = torch.func.jvp(lambda z_, r_, t_: net(z_, r_, t_, labels), (z, r, t),
                                  (v, torch.zeros_like(r), torch.ones_like(t)))
     return v - (t - r).view(col) * dudt, dudt
