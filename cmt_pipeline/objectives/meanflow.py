@@ -33,7 +33,8 @@ def forward_mode_safe(net: torch.nn.Module):
     """Inside the JVP, avoid kernels whose forward-mode derivative is missing or fragile: fused attention (flash,
     memory-efficient) gives way to the composite math kernel, and GroupNorm, whose forward-mode formula views
     its tangent, gets a contiguous input (after an attention block the tangent comes out transposed)."""
-    hooks = [m.register_forward_pre_hook(_contiguous) for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    modules = net.modules() if isinstance(net, torch.nn.Module) else ()  # a plain function in tests
+    hooks = [m.register_forward_pre_hook(_contiguous) for m in modules if isinstance(m, torch.nn.GroupNorm)]
     try:
         with sdpa_kernel(SDPBackend.MATH):
             yield
