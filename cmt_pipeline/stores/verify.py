@@ -89,7 +89,8 @@ def regenerate_command(plan: dict, root) -> str:
     """The generate-trajectories command that (re)makes this dataset, rebuilt from plan.json's config."""
     args = ["cmt", "generate-trajectories"]
     for key, value in plan["config"].items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        if value not in (None, ""):  # unset options (no --null-label, no --vae) keep their defaults
+            args += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join([*args, "--out", str(root)])
 
 
