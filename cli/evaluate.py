@@ -30,6 +30,9 @@ ROWS = {
               "[default: builtin]")
 @click.option("--solver", type=click.Choice(["euler", "heun", "dpm2", "dpm3"]), help="The teacher's solver.  [default: dpm3]")
 @click.option("--grid", type=click.Choice(["logsnr", "karras"]), help="The teacher's sigma grid.  [default: logsnr]")
+@click.option("--guidance-scale", type=float, help="The teacher's classifier-free guidance scale (a class-conditional "
+              "teacher; as in generate-trajectories); 1 = none.  [default: 1]")
+@click.option("--null-label", type=int, help="Guidance's 'no class' label.  [default: the model's own null row (DiT)]")
 @click.option("--student", help="A student model.ckpt (mid-/post-training, either flavour) or student folder (project EDM "
               "format); evaluated at --steps 1 or 2 instead of the teacher.")
 @click.option("--steps", type=int, help="Solver steps for a teacher [default: 16]; 1 or 2 for a student [default: 1].")

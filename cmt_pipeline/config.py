@@ -43,6 +43,8 @@ class EvaluateConfig:
     teacher: str = "builtin"  # generator when no student is given: a model folder, gmm:<preset>, or builtin
     solver: str = "dpm3"  # the teacher's ODE solver: euler | heun | dpm2 | dpm3
     grid: str = "logsnr"  # logsnr | karras
+    guidance_scale: float = 1.0  # the teacher's classifier-free guidance (as in generate-trajectories); 1 = none
+    null_label: int | None = None  # guidance's "no class" label; default: the model's own null row (DiT)
     student: str = ""  # a student model.ckpt or folder; when set it is the generator, sampled in `steps` steps
     steps: int | None = None  # solver steps for a teacher (default 16); 1 or 2 for a student (default 1)
     sigma_max: float = 80.0

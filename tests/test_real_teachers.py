@@ -197,6 +197,11 @@ def test_guided_run_is_recorded_and_reproduces_bit_identically(tmp_path, dit_dir
     assert generate(tmp_path / "c", dit_dir, "--format", "wds").exit_code == 0
     assert not np.array_equal(read_all(tmp_path / "c")["x0"], a["x0"])  # guidance changed the samples
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["guidance"] is None
+    r = CliRunner().invoke(cli, ["evaluate", "--teacher", str(dit_dir), "--guidance-scale", "3", "--steps", "4",
+                                 "--num-samples", "8", "--out", str(tmp_path / "e"), "--device", "cpu", "--quiet"])
+    assert r.exit_code == 0 and "guidance 3" in r.output, r.output
+    report = json.loads((tmp_path / "e" / "evaluation.json").read_text())
+    assert report["sampler"]["denoiser"]["guidance"] == {"scale": 3.0, "null_label": NUM_CLASSES}
 
 
 def test_guidance_and_backbone_misuse_give_clear_errors(tmp_path, vp_teacher_dir, fm_dir):

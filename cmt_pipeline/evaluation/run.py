@@ -38,9 +38,9 @@ def build_sampler(cfg: EvaluateConfig, device):
         if steps not in (1, 2):
             raise CMTError(f"a student is sampled in 1 or 2 steps; got --steps {steps}")
         return StudentSampler(load_student(cfg.student, device), student_sigmas(steps, cfg.sigma_max, cfg.sigma_mid))
+    teacher = load_teacher(cfg.teacher, device, cfg.guidance_scale, cfg.null_label)
     try:
-        return TeacherSampler(load_teacher(cfg.teacher, device), cfg.solver, cfg.steps or 16, cfg.grid,
-                              cfg.sigma_max, cfg.sigma_min)
+        return TeacherSampler(teacher, cfg.solver, cfg.steps or 16, cfg.grid, cfg.sigma_max, cfg.sigma_min)
     except ValueError as e:
         raise CMTError(f"bad solver settings: {e}") from e
 
@@ -140,7 +140,9 @@ def describe(sampler) -> str:
     """One human line naming the generator, e.g. 'teacher dpm3 x 16 (logsnr), 16 NFE'."""
     d = sampler.describe()
     if d["kind"] == "teacher":
-        return f"teacher {d['solver']} x {d['steps']} ({d['grid']}), {d['nfe']} NFE"
+        guide = d["denoiser"].get("guidance")
+        guided = f", guidance {guide['scale']:g} (2 passes per NFE)" if guide else ""
+        return f"teacher {d['solver']} x {d['steps']} ({d['grid']}){guided}, {d['nfe']} NFE"
     return f"student {d['steps']}-step (sigmas {', '.join(f'{s:g}' for s in d['sigmas'])}), {d['nfe']} NFE"
 
 
