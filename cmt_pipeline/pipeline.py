@@ -42,7 +42,8 @@ def load_pipeline(path, out: str | None = None) -> dict:
     midc = load_config(MidTrainConfig, path, "mid_train", out=str(mid), data=str(traj))
     postc = load_config(PostTrainConfig, path, "post_train", out=str(post), init=str(mid / "model.ckpt"))
     evalc = load_config(EvaluateConfig, path, "evaluate", teacher=gen.teacher, store=str(traj),
-                        store_samples=midc.holdout, gmm=gen.teacher if gen.teacher.startswith("gmm:") else None)
+                        store_samples=midc.holdout, gmm=gen.teacher if gen.teacher.startswith("gmm:") else None,
+                        guidance_scale=gen.guidance_scale, null_label=gen.null_label, vae=gen.vae or None)
     return {"run": run, "generate": gen, "mid_train": midc, "post_train": postc, "evaluate": evalc}
 
 

@@ -88,3 +88,12 @@ def test_pipeline_rejects_unknown_tables(tmp_path):
     (tmp_path / "p.toml").write_text("[pretrian]\nsteps = 3\n")
     r = cmt("pipeline", tmp_path / "p.toml")
     assert r.returncode == 2 and "unknown table" in r.stderr and not (tmp_path / "runs").exists()
+
+
+def test_the_teacher_is_evaluated_as_it_generated(tmp_path):
+    """Guidance and the VAE of [generate] reach the evaluation of the teacher row."""
+    from cmt_pipeline.pipeline import load_pipeline
+
+    (tmp_path / "p.toml").write_text('[generate]\nteacher = "t"\nguidance_scale = 2.5\nnull_label = 9\nvae = "v"\n')
+    evalc = load_pipeline(tmp_path / "p.toml")["evaluate"]
+    assert (evalc.teacher, evalc.guidance_scale, evalc.null_label, evalc.vae) == ("t", 2.5, 9, "v")
