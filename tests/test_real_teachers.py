@@ -190,6 +190,8 @@ def test_guided_run_is_recorded_and_reproduces_bit_identically(tmp_path, dit_dir
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["guidance"] == {"scale": 3.0, "null_label": NUM_CLASSES}
     assert manifest["config"]["guidance_scale"] == 3.0
+    r = CliRunner().invoke(cli, ["inspect", str(tmp_path / "a")])
+    assert r.exit_code == 0 and f"scale 3, null label {NUM_CLASSES}" in r.output, r.output
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert files and all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     a = read_all(tmp_path / "a")
