@@ -9,11 +9,12 @@
 set -uo pipefail
 repo=${1:-$(cd "$(dirname "$0")/.." && pwd)}
 work=$(mktemp -d /tmp/cmt-readme-XXXX)
-echo "cloning $repo at $(git -C "$repo" rev-parse --short HEAD) into $work; load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "cloning $repo into $work; load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 fresh() {  # fresh <n>: a new clone and venv in $work/<n>, torch pre-installed; leaves the shell inside both
     git clone -q "$repo" "$work/$1/cmt" && python3 -m venv "$work/$1/venv" && source "$work/$1/venv/bin/activate" \
-        && cd "$work/$1/cmt" && python -m pip install -q "torch==2.13.0" > "$work/$1/torch.log" 2>&1
+        && cd "$work/$1/cmt" && python -m pip install -q "torch==2.13.0" > "$work/$1/torch.log" 2>&1 \
+        && echo "clone $1 at $(git rev-parse --short HEAD)"
 }
 
 fresh 1 || exit 1
