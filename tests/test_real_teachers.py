@@ -178,6 +178,11 @@ def test_meanflow_jvp_runs_through_attention_and_matches_finite_differences(kind
     assert (dudt - fd).norm() / fd.norm() < 1e-2
 
 
+def test_an_old_meanflow_checkpoint_layout_is_refused_clearly():
+    with pytest.raises(CMTError, match="earlier cmt"):
+        build_network({"class": "MeanFlowStudent", "unet": {}, "precond": {}, "gap_scale": 1000.0})
+
+
 def test_guided_run_is_recorded_and_reproduces_bit_identically(tmp_path, dit_dir):
     teacher = load_teacher(str(dit_dir), guidance_scale=3.0)
     plain = load_teacher(str(dit_dir))

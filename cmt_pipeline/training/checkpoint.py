@@ -106,6 +106,9 @@ def build_network(spec: dict | None) -> torch.nn.Module:
         p = spec["precond"]
         return BoundaryDenoiser(build_network(spec["net"]), p["boundary_sigma"], p["sigma_data"])
     if kind == "MeanFlowStudent":
+        if "net" not in spec:  # before students of any denoiser, the EDM network's fields were stored flat
+            raise CMTError("this MeanFlow checkpoint has the layout of an earlier cmt (one gap embedding, flat "
+                           "network fields), which this version no longer reads; re-run its training stage")
         return MeanFlowStudent(build_network(spec["net"]), spec["gap_scale"])
     raise CMTError(f"the checkpoint does not say how to rebuild its network ({kind!r}); "
                    "build the module yourself and load ckpt['ema_state_dict'] into it")
