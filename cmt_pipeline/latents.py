@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .utils import CMTError
+from .utils import CMTError, hash_weights
 
 VAE_DIR = "vae"
 BATCH = 16  # images per VAE call: its activations at full image resolution, not the batch, bound memory
@@ -106,9 +106,7 @@ class LatentCodec(torch.nn.Module):
         """sha256 of every weight of the autoencoder: names the exact VAE that data or a model was made with."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            for name, t in sorted(self.vae.state_dict().items()):
-                h.update(name.encode())
-                h.update(t.detach().cpu().float().contiguous().numpy().tobytes())
+            hash_weights(h, self.vae)
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 

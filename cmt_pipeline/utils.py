@@ -39,6 +39,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def hash_weights(h, module: torch.nn.Module) -> None:
+    """Feed every parameter and buffer of `module`, by sorted name, into the hash `h`: a network's identity."""
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu()
+        h.update(name.encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).contiguous().numpy().tobytes())  # numpy has no bf16
+
+
 def sample_seed(seed: int, index: int) -> int:
     """A well-mixed 63-bit seed for sample `index` of a run seeded `seed` (no collisions across seeds)."""
     return int(np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))

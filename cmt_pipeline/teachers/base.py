@@ -11,6 +11,8 @@ import json
 
 import torch
 
+from ..utils import hash_weights
+
 
 def sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a float, 0-d or (B,) sigma to shape (B, 1, 1, 1) in x's dtype and device."""
@@ -34,9 +36,7 @@ class Denoiser(torch.nn.Module):
     def fingerprint(self) -> str:
         """sha256 of the description and every parameter/buffer: names the exact teacher a dataset came from."""
         h = hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode())
-        for name, t in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        hash_weights(h, self)
         return h.hexdigest()
 
     def check_labels(self, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor | None:
