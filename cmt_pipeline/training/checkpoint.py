@@ -82,7 +82,9 @@ def network_spec(model: torch.nn.Module) -> dict | None:
         return {"class": "EDMDenoiser", "unet": unet, "precond": asdict(model.precond)}
     if isinstance(model, DiffusersDenoiser):
         return model.spec()
-    inner = network_spec(getattr(model, "net", None)) if isinstance(model, (BoundaryDenoiser, MeanFlowStudent)) else None
+    if not isinstance(model, (BoundaryDenoiser, MeanFlowStudent)):
+        return None
+    inner = network_spec(model.net)  # a student wrapper: rebuildable when the network it wraps is
     if inner is None:
         return None
     if isinstance(model, BoundaryDenoiser):

@@ -22,17 +22,9 @@ from ..objectives.distances import DISTANCES
 from ..sampling import StudentSampler, run_sampler
 from ..stores import open_store, read_range
 from ..stores.loader import trajectory_source
-from ..teachers import (
-    DiffusersDenoiser,
-    EDMDenoiser,
-    GMMDenoiser,
-    GuidedDenoiser,
-    Precond,
-    build_unet,
-    load_teacher,
-)
+from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError
-from .checkpoint import export_denoiser
+from .checkpoint import build_network, export_denoiser, network_spec
 from .loop import SampleGrid, train
 
 FLAVOURS = ("cm", "mf")
@@ -58,13 +50,10 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
         net = copy.deepcopy(net)
     else:
         torch.manual_seed(cfg.seed)
-        if isinstance(net, EDMDenoiser):
-            net = EDMDenoiser(type(net.backbone).from_config(net.backbone.config), Precond(**vars(net.precond)))
-        elif isinstance(net, DiffusersDenoiser):
-            net = DiffusersDenoiser.from_spec(net.spec())
-        else:
-            net = EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
-                              Precond(num_classes=net.num_classes))
+        spec = network_spec(net)  # the teacher's architecture, rebuilt with fresh weights
+        net = build_network(spec) if spec else EDMDenoiser(
+            build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
+            Precond(num_classes=net.num_classes))
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout

@@ -39,7 +39,7 @@ from ..plotting import save_image_grid
 from ..sampling import StudentSampler, draw_renoise, run_sampler, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, sample_seed
-from .checkpoint import load_model, model_from_checkpoint
+from .checkpoint import build_network, load_model, model_from_checkpoint, network_spec
 from .data import TensorSource
 from .loop import SampleGrid, train
 
@@ -95,8 +95,9 @@ def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser:
         raise CMTError(f"--arch {cfg.arch} is a {type(template).__name__}, which has no network architecture; "
                        "pass a model.ckpt, a network folder or builtin, or use --channels")
     torch.manual_seed(cfg.seed)
-    backbone = type(template.backbone).from_config(template.backbone.config)
-    return EDMDenoiser(backbone, Precond(**{**vars(template.precond), "boundary_sigma": 0.0}))
+    net = build_network(network_spec(template))  # the architecture, fresh weights
+    net.precond.boundary_sigma = 0.0
+    return net
 
 
 def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
