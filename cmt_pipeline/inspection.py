@@ -20,6 +20,7 @@ def inspect_store(path: Path) -> dict:
     done = len(done_shards(path))
     sig = plan["sigmas"]
     desc, guide = plan["teacher"]["description"], plan.get("guidance")
+    size = disk_usage(path)
     return {
         "type": f"trajectory store ({plan['format']})", "samples": plan["num_samples"],
         "complete": complete, "shards done": f"{done}/{num_shards(plan)}",
@@ -33,7 +34,7 @@ def inspect_store(path: Path) -> dict:
                f"latents {'x'.join(map(str, vae['latent_shape']))} -> images {'x'.join(map(str, vae['image_shape']))}"
                if (vae := plan.get("vae")) else "none (pixel space)",
         "classes": plan["num_classes"] or "unconditional", "dtype": plan["dtype"], "seed": plan["config"]["seed"],
-        "size on disk": disk_usage(path), "bytes per sample": round(disk_usage(path) / plan["num_samples"], 1),
+        "size on disk": size, "bytes per sample": round(size / plan["num_samples"], 1),
     }
 
 

@@ -93,14 +93,15 @@ def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor, vae=None) -> d
     """Everything that determines the stored bytes: a resumed run must reproduce it exactly. A latent teacher's
     VAE (a LatentCodec) changes no stored byte but says what the latents mean, so readers can decode them."""
     config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_ONLY}
+    description = teacher.describe()
     return {
         "format": cfg.format, "num_samples": cfg.num_samples, "shard_size": cfg.shard_size,
         "shape": list(teacher.shape), "num_states": len(sigmas) - 1, "dtype": cfg.dtype,
         "sigmas": sigmas.tolist(), "solver": cfg.solver,
         "nfe_per_sample": NFE_PER_STEP[cfg.solver] * cfg.steps,
         "num_classes": teacher.num_classes, "config": config,
-        "guidance": teacher.describe().get("guidance"),
-        "teacher": {"spec": cfg.teacher, "description": teacher.describe(), "fingerprint": teacher.fingerprint()},
+        "guidance": description.get("guidance"),
+        "teacher": {"spec": cfg.teacher, "description": description, "fingerprint": teacher.fingerprint()},
         "vae": vae.describe(teacher.shape) if vae is not None else None,
         "cmt_version": __version__,
     }
