@@ -10,8 +10,8 @@ from .main import cli
 
 
 @cli.command("sample")
-@click.option("--ckpt", required=True, help="A student: model.ckpt from cmt post-train / mid-train, or a student "
-              "folder (any teacher spec also works, as a one-jump baseline).")
+@click.option("--ckpt", required=True, help="A student: model.ckpt from cmt post-train / mid-train, a folder written "
+              "by cmt export, or a student folder (any teacher spec also works, as a one-jump baseline).")
 @click.option("--steps", type=click.IntRange(1, 2), default=1, show_default=True, help="Network evaluations.")
 @click.option("--sigma-max", type=float, default=80.0, show_default=True, help="x_T = sigma_max * noise.")
 @click.option("--sigma-mid", type=float, default=0.821, show_default=True, help="2 steps: the re-noise level.")
