@@ -55,7 +55,8 @@ class ExportedStudent(Denoiser):
         return self.pipe.denoise(x, sigma, class_labels)
 
     def describe(self) -> dict:
-        cfg = {k: v for k, v in self.pipe.config.items() if not k.startswith("_")}
+        cfg = {k: v for k, v in self.pipe.config.items()
+               if not k.startswith("_") and k not in self.pipe.components}  # the settings, not the modules
         return {**super().describe(), "kind": "FewStepPipeline", **cfg,
                 "parameters": sum(p.numel() for p in self.parameters())}
 
@@ -102,6 +103,7 @@ def to_pipeline(model: torch.nn.Module, vae=None, sigma_max: float = 80.0, sigma
 def model_card(pipe, ckpt: dict, ckpt_path, command: str) -> str:
     """README.md: the Hub metadata diffusers folders carry, what the student was made from, and what it measured."""
     c, data = pipe.config, ckpt.get("data") or {}
+    decoder = "vae/ (AutoencoderKL)" if pipe.vae is not None else "none (pixel space)"
     tags = ["cmt", "consistency-mid-training", "few-step", c.parametrisation,
             *(["class-conditional"] if c.num_classes else []), *(["latent"] if pipe.vae is not None else [])]
     lines = ["---", "library_name: diffusers", "pipeline_tag: unconditional-image-generation", "tags:",
@@ -113,7 +115,7 @@ def model_card(pipe, ckpt: dict, ckpt_path, command: str) -> str:
              + (", class_labels=0" if c.num_classes else "") + ").images", "```", "",
              f"Needs only torch and diffusers; the pipeline's code is `{PIPELINE_FILE.name}` in this folder. "
              f"Sampling: sigma_max {c.sigma_max:g}, sigma_mid {c.sigma_mid:g} (2 steps); classes: "
-             f"{c.num_classes or 'unconditional'}; decoder: {'vae/ (AutoencoderKL)' if pipe.vae is not None else 'none (pixel space)'}.",
+             f"{c.num_classes or 'unconditional'}; decoder: {decoder}.",
              "", "## Provenance", "",
              f"- base teacher: {data.get('teacher') or data.get('init_origin') or 'not recorded'}",
              f"- teacher fingerprint: {data.get('teacher_fingerprint', 'not recorded')}",
@@ -137,7 +139,8 @@ def check_out(out_dir: Path, overwrite: bool) -> None:
         raise CMTError(f"--out {out_dir} is not empty and is not a previous export (cmt export never replaces "
                        "other folders); choose another --out, or pass --overwrite to replace a previous export")
     if not overwrite:
-        raise CMTError(f"--out {out_dir} holds a previous export; pass --overwrite to replace it, or choose another --out")
+        raise CMTError(f"--out {out_dir} holds a previous export; pass --overwrite to replace it, "
+                       "or choose another --out")
 
 
 def export_pipeline(pipe, out_dir, card: str = "", overwrite: bool = False) -> Path:

@@ -10,7 +10,8 @@ Noise convention EDM / VE: x_sigma = x0 + sigma * eps. The UNet is EDM-precondit
 time_scale, boundary_sigma):
 
     D(x, sigma) = c_skip x + c_out F(c_in x, time_scale * log(sigma) / 4)
-    c_in = 1 / sqrt(sigma^2 + sd^2), c_skip = sd^2 / ((sigma - s)^2 + sd^2), c_out = (sigma - s) sd / sqrt(sigma^2 + sd^2)
+    c_in = 1 / sqrt(sigma^2 + sd^2), c_skip = sd^2 / ((sigma - s)^2 + sd^2),
+    c_out = (sigma - s) sd / sqrt(sigma^2 + sd^2)
 
 A consistency student (parametrisation "consistency") is D itself, a jump to the data from any sigma. A MeanFlow
 student predicts the average velocity u(z, r, t) in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)):
@@ -39,7 +40,8 @@ def column(sigma, x: torch.Tensor) -> torch.Tensor:
 
 
 def latent_scale_shift(vae_config) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (1, C, 1, 1): latents = (mean(E(image)) - shift) * scale, image = D(latents / scale + shift)."""
+    """(scale, shift), each (1, C, 1, 1): latents = (mean(E(image)) - shift) * scale and
+    image = D(latents / scale + shift)."""
     c = vae_config.latent_channels
     mean, std = getattr(vae_config, "latents_mean", None), getattr(vae_config, "latents_std", None)
     shift = torch.full((c,), float(vae_config.shift_factor or 0)) if mean is None else torch.tensor(mean).float()
