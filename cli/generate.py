@@ -38,8 +38,10 @@ from .main import cli, human_bytes
 @click.option("--out", type=click.Path(file_okay=False), help="Output folder.  [default: runs/trajectories]")
 @click.option("--worker-index", type=int, help="This worker's index (else from RANK/SLURM env).")
 @click.option("--num-workers", type=int, help="Total workers (else from WORLD_SIZE/SLURM env).")
-@click.option("--num-threads", type=int, help="Torch CPU threads of this worker.  [default: its share of the CPUs "
-              "under torchrun/accelerate (cores / LOCAL_WORLD_SIZE) or Slurm (SLURM_CPUS_PER_TASK), else torch's]")
+@click.option("--num-threads", type=click.IntRange(min=1), help="CPU threads of this worker: on a CPU it solves "
+              "that many batches at once, one thread each, so the bytes do not depend on it.  [default: this "
+              "process's share of the CPUs: OMP_NUM_THREADS, else the cores it may use (affinity, cgroup quota), "
+              "divided among a launcher's local processes]")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate_trajectories(config_path, format_, worker_index, num_workers, num_threads, quiet, **opts):
     """Run the teacher's ODE solver from seeded noise and store (prior, trajectory, x0) per sample.

@@ -11,8 +11,25 @@ from cmt_pipeline import __version__
 from cmt_pipeline.utils import CMTError
 
 
+def _use_threads(ctx, param, value):
+    from cmt_pipeline.threads import use_threads  # imports torch: only once a command runs, so `cmt -h` stays fast
+
+    use_threads(value)
+
+
+THREADS_HELP = ("CPU threads for torch.  [default: this process's share of the CPUs: OMP_NUM_THREADS, else the cores "
+                "it may use (affinity, cgroup quota), divided among a launcher's local processes]")
+
+
 class CMTGroup(click.Group):
-    """Turns library errors (CMTError) and a full disk into a one-line message and exit status 2, not a traceback."""
+    """Turns library errors (CMTError) and a full disk into a one-line message and exit status 2, not a traceback.
+    Every command gets --num-threads (a command that declares its own, like generate-trajectories, uses that)."""
+
+    def add_command(self, cmd, name=None):
+        if not any(p.name == "num_threads" for p in cmd.params):
+            cmd.params.append(click.Option(["--num-threads"], type=click.IntRange(min=1), expose_value=False,
+                                           callback=_use_threads, help=THREADS_HELP))
+        super().add_command(cmd, name)
 
     def invoke(self, ctx):
         try:
