@@ -1,4 +1,4 @@
-"""Small shared helpers: errors the CLI turns into one-line messages, atomic writes, hashing, seeding."""
+"""Small shared helpers: CMTError (from errors.py), atomic writes, hashing, seeding."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class CMTError(Exception):
-    """A user-facing error: the message names the problem and the fix; the CLI prints it on one line."""
+from .errors import CMTError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
