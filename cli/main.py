@@ -2,17 +2,62 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import importlib
 import sys
 
 import click
 
 from cmt_pipeline import __version__
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
+
+# command -> (its module under cli/, the first sentence of its help). The commands import torch (seconds), so the
+# group imports a command's module only when that command runs, and `cmt --help` lists these sentences instead;
+# tests/test_docs.py checks each against its command's own help.
+COMMANDS = {
+    "evaluate": ("evaluate", "Sample a generator from seeded noise and measure it: digits FD (8x8 generators), FID "
+                 "(with local Inception weights), paired error against a store, and exact errors for "
+                 "Gaussian-mixture ground truth."),
+    "export": ("sample", "Write a student as a diffusers folder: a UNet2DModel plus a FewStepPipeline that holds "
+               "the preconditioning."),
+    "generate-trajectories": ("generate", "Run the teacher's ODE solver from seeded noise and store (prior, "
+                              "trajectory, x0) per sample."),
+    "inspect": ("inspect", "Summarise a trajectory store, a model.ckpt or a teacher/student folder."),
+    "mid-train": ("midtrain", "Consistency Mid-Training: teach a flow-map student to jump from any stored "
+                  "trajectory point to that trajectory's endpoint (plain regression: no stop-gradient, no target "
+                  "network, no curriculum)."),
+    "pipeline": ("pipeline", "Generate -> mid-train -> post-train -> evaluate from one config (e.g. "
+                 "configs/digits.toml)."),
+    "post-train": ("posttrain", "ECT or MeanFlow post-training of a flow-map student from a mid-training "
+                   "checkpoint (CMT), a diffusion teacher or random weights, on the real data; then its 1- and "
+                   "2-step quality."),
+    "pretrain": ("train", "EDM diffusion pre-training of a teacher (EMA, checkpoints, resume, sample grids)."),
+    "sample": ("sample", "Sample a student in 1 or 2 steps from seeded noise; write a PNG grid and/or an .npz "
+               "(samples in [-1, 1])."),
+    "train-classifier": ("evaluate", "Train the digits feature classifier behind the digits FD (how the shipped "
+                         "one was made)."),
+    "verify": ("verify", "Check every shard of the dataset in DIRECTORY against its done marker and plan.json."),
+}
 
 
 class CMTGroup(click.Group):
-    """Turns library errors (CMTError) and a full disk into a one-line message and exit status 2, not a traceback."""
+    """Loads each command's module on demand (click's lazy-group pattern), and turns library errors (CMTError)
+    and a full disk into a one-line message and exit status 2, not a traceback."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx, name):
+        if name in COMMANDS:
+            importlib.import_module(f"cli.{COMMANDS[name][0]}")  # its @cli.command registers it
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        limit = formatter.width - 6 - max(map(len, COMMANDS))
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, click.Command(name, help=COMMANDS[name][1]).get_short_help_str(limit))
+                                for name in self.list_commands(ctx)])
 
     def invoke(self, ctx):
         try:
@@ -35,15 +80,35 @@ def cli():
     """Consistency Mid-Training: teacher trajectories -> mid-training -> post-training -> 1/2-step generators."""
 
 
+def config_defaults(cls):
+    """Decorator over a command: appends '[default: X]' to the help of each option named after a field of the
+    config dataclass `cls`, X being that field's default, so --help shows what applies when neither the option
+    nor --config sets it and cannot drift from config.py. Fields without a value of their own (None, "") are
+    left to the option's help, which says what stands in for them."""
+
+    def show(cmd):
+        for p in cmd.params:
+            f = next((f for f in dataclasses.fields(cls) if f.name == p.name), None)
+            if f is None:
+                continue
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if value in (None, ""):
+                continue
+            if isinstance(value, bool):
+                text = (p.opts if value else p.secondary_opts)[0]
+            elif isinstance(value, list):
+                text = ",".join(map(str, value))
+            else:
+                text = f"{value:g}" if isinstance(value, float) else str(value)
+            p.help = f"{p.help or ''}  [default: {text}]".lstrip()
+        return cmd
+
+    return show
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     return f"{n:.1f} TiB"
-
-
-from cli import generate as _generate, verify as _verify  # noqa: E402,F401  (registers commands)
-from cli import train as _train, midtrain as _midtrain, inspect as _inspect, pipeline as _pipeline  # noqa: E402,F401
-from cli import evaluate as _evaluate  # noqa: E402,F401
-from cli import posttrain as _posttrain, sample as _sample  # noqa: E402,F401
