@@ -176,7 +176,7 @@ def test_init_of_the_wrong_flavour_is_refused_with_one_line(tmp_path):
                                                         "a mid-mf checkpoint"),
                                       (mf, "ect", "'mid-mf' checkpoint; ect post-training starts from a mid-cm"),
                                       ("gmm:gmm8x8", "ect", "GMMDenoiser, which has no network"),
-                                      (str(tmp_path / "no.ckpt"), "ect", "no.ckpt: teacher path")):
+                                      (str(tmp_path / "no.ckpt"), "ect", "no.ckpt does not exist")):
         r = CliRunner().invoke(cli, ["post-train", "--init", init, "--objective", objective, "--data", "gmm:gmm8x8",
                                      "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"])
         assert r.exit_code == 2 and expected in r.output and len(r.output.strip().splitlines()) == 1, r.output

@@ -39,7 +39,7 @@ from ..plotting import save_image_grid
 from ..sampling import StudentSampler, draw_renoise, run_sampler, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, sample_seed
-from .checkpoint import build_network, load_model, model_from_checkpoint, network_spec
+from .checkpoint import build_network, is_checkpoint, load_model, model_from_checkpoint, network_spec
 from .data import TensorSource
 from .loop import SampleGrid, train
 
@@ -52,7 +52,7 @@ EVAL_SEED = 1  # not the training seed's default 0: students are scored on noise
 
 def read_network(spec: str, option: str) -> tuple[torch.nn.Module, str | None]:
     """The network behind a model.ckpt (with the checkpoint's kind) or a teacher spec (kind None)."""
-    if Path(spec).is_file():
+    if is_checkpoint(spec):
         ckpt = load_model(spec)
         return model_from_checkpoint(ckpt), ckpt["kind"]
     try:
