@@ -34,7 +34,7 @@ COMMANDS = {
                    "2-step quality."),
     "pretrain": ("train", "EDM diffusion pre-training of a teacher (EMA, checkpoints, resume, sample grids)."),
     "sample": ("sample", "Sample a student in 1 or 2 steps from seeded noise; write a PNG grid and/or an .npz "
-               "(samples in [-1, 1])."),
+               "of the raw samples."),
     "train-classifier": ("evaluate", "Train the digits feature classifier behind the digits FD (how the shipped "
                          "one was made)."),
     "verify": ("verify", "Check every shard of the dataset in DIRECTORY against its done marker and plan.json."),

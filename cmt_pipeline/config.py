@@ -50,7 +50,7 @@ class EvaluateConfig:
     sigma_max: float = 80.0
     sigma_min: float = 0.002
     sigma_mid: float = 0.821  # a student's second-step noise level
-    num_samples: int = 2000
+    num_samples: int = 1000  # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
     seed: int = 1  # not generate-trajectories' default 0, so a student is not scored on its training priors
     class_labels: str = "random"  # random | an integer class (class-conditional generators)
     batch_size: int = 256

@@ -65,3 +65,17 @@ def test_top_level_help_answers_fast_without_torch():
         best = min(best, time.perf_counter() - t0)
         assert r.returncode == 0 and "generate-trajectories" in r.stdout
     assert best < 1.0, f"cmt --help took {best:.2f} s"
+
+
+README = DOC.parent.parent / "README.md"
+
+
+def test_readme_paired_error_comes_with_a_store():
+    """The paired error needs the store the student's teacher wrote; without --store none is printed."""
+    lines = [line for line in README.read_text().splitlines() if "cmt evaluate" in line and "paired" in line]
+    assert lines and all("--store" in line for line in lines)
+
+
+def test_readme_run_time_names_the_machine_and_the_slowdown_when_busy():
+    head = README.read_text().split("pip install -e . && cmt pipeline")[0]
+    assert "idle x86_64" in head and "docs/performance.md" in head and "busy" in head
