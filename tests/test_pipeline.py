@@ -82,6 +82,7 @@ def test_pipeline_end_to_end_then_skips(tmp_path):
     r = cmt("pipeline", tmp_path / "p.toml", "--quiet")
     assert r.returncode == 0 and r.stdout.count("complete, skipped") == 8 and "running" not in r.stdout
     assert (run / "post" / "model.ckpt").read_bytes() == before
+    assert (run / "report.md").read_text() == report and "mid_train " in report  # the stage times are kept
 
 
 def test_pipeline_rejects_unknown_tables(tmp_path):

@@ -256,7 +256,7 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
 
     t0 = time.perf_counter()
     state = train(student, build_objective(cfg, student), source, cfg, kind=f"post-{cfg.objective}", data_info=info,
-                  resume=resume, progress=progress, callbacks=[log, SampleGrid(one_step, cfg.sample_every),
+                  resume=resume, progress=progress, callbacks=[log, SampleGrid(one_step, cfg.sample_every, at_end=False),
                                                                *callbacks])
     metrics = {"step": state.step, "init": cfg.init, "init_origin": origin, "objective": cfg.objective,
                "sigma_max": cfg.sigma_max, "sigma_mid": cfg.sigma_mid, "eval_samples": cfg.eval_samples,
