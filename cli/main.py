@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import errno
 import importlib
+import shlex
+import signal
 import sys
 
 import click
@@ -41,9 +43,23 @@ COMMANDS = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: nothing half-written is renamed into
+    place (every output is written under a temporary name first) and the same one-line hint is printed."""
+
+
+def raise_terminated(signum, frame):
+    raise Terminated
+
+
 class CMTGroup(click.Group):
     """Loads each command's module on demand (click's lazy-group pattern), and turns library errors (CMTError)
-    and a full disk into a one-line message and exit status 2, not a traceback."""
+    and a full disk into a one-line message and exit status 2, not a traceback; Ctrl-C (exit 130) and SIGTERM
+    (exit 143) into one line naming the command that resumes."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["argv"] = list(args)  # for the resume hint
+        return super().parse_args(ctx, args)
 
     def list_commands(self, ctx):
         return sorted(COMMANDS)
@@ -60,8 +76,13 @@ class CMTGroup(click.Group):
                                 for name in self.list_commands(ctx)])
 
     def invoke(self, ctx):
+        previous = signal.signal(signal.SIGTERM, raise_terminated)
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            click.echo(f"\n{'terminated' if isinstance(e, Terminated) else 'interrupted'}; "
+                       f"{self.resume_hint(ctx)}", err=True)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
         except CMTError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
@@ -72,6 +93,17 @@ class CMTGroup(click.Group):
                        "--out, then rerun the same command (finished parts are kept; nothing partial was published)",
                        err=True)
             sys.exit(2)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def resume_hint(self, ctx) -> str:
+        """Training commands continue only with --resume latest (a plain rerun refuses a folder with
+        checkpoints); the others resume, or start over, by running again as they were."""
+        argv = ctx.meta["argv"]
+        cmd = self.get_command(ctx, argv[0])
+        if any(p.name == "resume" for p in cmd.params) and "--resume" not in argv:
+            return f"continue from the last checkpoint with: {shlex.join(['cmt', *argv, '--resume', 'latest'])}"
+        return f"rerun the same command to resume (finished parts are kept): {shlex.join(['cmt', *argv])}"
 
 
 @click.group(cls=CMTGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
