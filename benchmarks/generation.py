@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from cmt_pipeline.config import GenerateConfig
-from cmt_pipeline.generation import generate
+from cmt_pipeline.generation import Worker, generate
 from cmt_pipeline.solvers import NFE_PER_STEP
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
 
@@ -97,7 +97,7 @@ def main():
                                      steps=args.steps, format=fmt, batch_size=args.batch_size,
                                      shard_size=args.shard_size, guidance_scale=args.guidance_scale, device="cpu")
                 t0 = time.perf_counter()
-                stats = generate(cfg, progress=False)
+                stats = generate(cfg, Worker(threads=args.threads), progress=False)
                 if fmt == "zarr":
                     gen_t.append(time.perf_counter() - t0)
                 results[fmt] = stats["bytes_on_disk"] / args.num_samples

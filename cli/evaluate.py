@@ -33,8 +33,8 @@ ROWS = {
 @click.option("--guidance-scale", type=float, help="The teacher's classifier-free guidance scale (a class-conditional "
               "teacher; as in generate-trajectories); 1 = none.")
 @click.option("--null-label", type=int, help="Guidance's 'no class' label.  [default: the model's own null row (DiT)]")
-@click.option("--student", help="A student model.ckpt (mid-/post-training, either flavour) or student folder (project EDM "
-              "format); evaluated at --steps 1 or 2 instead of the teacher.")
+@click.option("--student", help="A student model.ckpt (mid-/post-training, either flavour), a folder written by cmt "
+              "export, or a student folder (project EDM format); evaluated at --steps 1 or 2 instead of the teacher.")
 @click.option("--steps", type=int, help="Solver steps for a teacher [default: 16]; 1 or 2 for a student [default: 1].")
 @click.option("--sigma-max", type=float, help="x_T = sigma_max * noise.")
 @click.option("--sigma-min", type=float, help="The teacher solve's last sigma.")

@@ -21,8 +21,9 @@ COMMANDS = {
     "evaluate": ("evaluate", "Sample a generator from seeded noise and measure it: digits FD (8x8 generators), FID "
                  "(with local Inception weights), paired error against a store, and exact errors for "
                  "Gaussian-mixture ground truth."),
-    "export": ("sample", "Write a student as a diffusers folder: a UNet2DModel plus a FewStepPipeline that holds "
-               "the preconditioning."),
+    "export": ("sample", "Write a student as a diffusers folder that needs only torch and diffusers: the pipeline's "
+               "code (few_step_pipeline.py), unet/, a MeanFlow student's gap_embedding/, a latent student's vae/, and "
+               "a model card."),
     "generate-trajectories": ("generate", "Run the teacher's ODE solver from seeded noise and store (prior, "
                               "trajectory, x0) per sample."),
     "inspect": ("inspect", "Summarise a trajectory store, a model.ckpt or a teacher/student folder."),

@@ -10,8 +10,8 @@ from .main import cli
 
 
 @cli.command("sample")
-@click.option("--ckpt", required=True, help="A student: model.ckpt from cmt post-train / mid-train, or a student "
-              "folder (any teacher spec also works, as a one-jump baseline).")
+@click.option("--ckpt", required=True, help="A student: model.ckpt from cmt post-train / mid-train, a folder written "
+              "by cmt export, or a student folder (any teacher spec also works, as a one-jump baseline).")
 @click.option("--steps", type=click.IntRange(1, 2), default=1, show_default=True, help="Network evaluations.")
 @click.option("--sigma-max", type=float, default=80.0, show_default=True, help="x_T = sigma_max * noise.")
 @click.option("--sigma-mid", type=float, default=0.821, show_default=True, help="2 steps: the re-noise level.")
@@ -63,19 +63,35 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
 @cli.command("export")
 @click.option("--ckpt", required=True, type=click.Path(exists=True, dir_okay=False),
               help="A student model.ckpt (cmt post-train or mid-train).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder to write (replaced if present).")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder to write: new, empty, or a previous export (with --overwrite).")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it holds a previous export (never other folders).")
 @click.option("--raw", is_flag=True, help="Export the raw weights instead of the EMA weights.")
+@click.option("--vae", type=click.Path(file_okay=False), help="Latent student: the AutoencoderKL saved as OUT/vae.  "
+              "[default: the VAE recorded in the checkpoint]")
 @click.option("--sigma-max", type=float, default=80.0, show_default=True, help="Recorded as the pipeline's default.")
 @click.option("--sigma-mid", type=float, default=0.821, show_default=True, help="Recorded as the pipeline's default.")
-def export_cmd(ckpt, out, raw, sigma_max, sigma_mid):
-    """Write a student as a diffusers folder: a UNet2DModel plus a FewStepPipeline that holds the preconditioning.
+def export_cmd(ckpt, out, overwrite, raw, vae, sigma_max, sigma_mid):
+    """Write a student as a diffusers folder that needs only torch and diffusers: the pipeline's code
+    (few_step_pipeline.py), unet/, a MeanFlow student's gap_embedding/, a latent student's vae/, and a model card.
 
-    Load it with `from cmt_pipeline.export import FewStepPipeline; FewStepPipeline.from_pretrained(OUT)`,
-    then `pipe(batch_size=16, steps=2).images`.
+    Load it with `DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)`, then
+    `pipe(batch_size=16, steps=2).images` (class-conditional students: `class_labels=`). cmt accepts OUT
+    wherever it takes a student (`cmt sample --ckpt`, `cmt evaluate --student`, `cmt inspect`).
     """
-    from cmt_pipeline.export import export_pipeline
+    import shlex
+
+    from cmt_pipeline.export import export_pipeline, model_card, to_pipeline
+    from cmt_pipeline.latents import load_vae
     from cmt_pipeline.training.checkpoint import load_model, model_from_checkpoint
 
-    model = model_from_checkpoint(load_model(ckpt), ema=not raw)
-    export_pipeline(model, out, sigma_max, sigma_mid)
+    loaded = load_model(ckpt)
+    model = model_from_checkpoint(loaded, ema=not raw)
+    codec = load_vae(vae or "", ckpt, shape=model.shape, who="student")
+    pipe = to_pipeline(model, codec and codec.vae, sigma_max, sigma_mid)
+    command = ["cmt", "export"]  # for the model card
+    for name, value in click.get_current_context().params.items():
+        if value is not None and value is not False:
+            command += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
+    export_pipeline(pipe, out, model_card(pipe, loaded, ckpt, shlex.join(command)), overwrite)
     click.echo(f"wrote {out} (FewStepPipeline, {type(model).__name__} student, {'raw' if raw else 'EMA'} weights)")

@@ -31,16 +31,15 @@ BATCH = 16  # images per VAE call: its activations at full image resolution, not
 
 class LatentCodec(torch.nn.Module):
     def __init__(self, vae, path: str | Path):
+        from .few_step_pipeline import latent_scale_shift
+
         super().__init__()
         self.vae, self.path = vae.eval().requires_grad_(False), str(Path(path).resolve())
         cfg = vae.config
-        c = cfg.latent_channels
-        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-        shift = torch.full((c,), float(cfg.shift_factor or 0)) if mean is None else torch.tensor(mean).float()
-        scale = cfg.scaling_factor / (torch.ones(c) if std is None else torch.tensor(std).float())
-        self.register_buffer("shift", shift.reshape(1, c, 1, 1))
-        self.register_buffer("scale", scale.reshape(1, c, 1, 1))
-        self.latent_channels, self.image_channels = c, cfg.out_channels
+        scale, shift = latent_scale_shift(cfg)  # the exported pipeline's own scaling, so both decode alike
+        self.register_buffer("shift", shift)
+        self.register_buffer("scale", scale)
+        self.latent_channels, self.image_channels = cfg.latent_channels, cfg.out_channels
         self.factor = 2 ** (len(cfg.block_out_channels) - 1)  # spatial downsampling of the encoder
         self._fingerprint = None
 

@@ -68,9 +68,10 @@ def student_sigmas(steps: int, sigma_max: float = 80.0, sigma_mid: float = 0.821
 
 def load_student(spec: str, device="cpu") -> Denoiser:
     """The one place a student checkpoint is opened: a model.ckpt of any kind (a post-/mid-trained consistency or
-    MeanFlow student, through the denoiser seam as its one-step map), or a folder in the project's EDM format (a
-    consistency student has boundary_sigma > 0 in its cmt_precond.json); any teacher spec also works, which
-    evaluates a diffusion denoiser used as a one-jump map, the baseline a student must beat."""
+    MeanFlow student, through the denoiser seam as its one-step map), a folder written by `cmt export`, or a folder in
+    the project's EDM format (a consistency student has boundary_sigma > 0 in its cmt_precond.json); folders are told
+    apart by load_teacher, so any teacher spec also works, which evaluates a diffusion denoiser used as a one-jump
+    map, the baseline a student must beat."""
     from .training.checkpoint import is_checkpoint, load_model, model_from_checkpoint
 
     if is_checkpoint(spec):

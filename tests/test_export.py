@@ -1,9 +1,12 @@
-"""`cmt sample` and `cmt export`: an exported diffusers folder reproduces the in-process student bit for bit,
-in a fresh Python process that imports only the pipeline class."""
+"""`cmt sample` and `cmt export`: an exported folder loads with diffusers alone (a fresh virtual environment holding
+only torch, diffusers and safetensors) and reproduces `cmt sample`'s 1- and 2-step samples bit for bit, for every
+kind of student; cmt accepts the folder wherever it takes a student; export never replaces a folder it did not write."""
 
 import json
+import os
+import re
 import subprocess
-import sys
+import venv
 
 import numpy as np
 import pytest
@@ -11,31 +14,59 @@ import torch
 from click.testing import CliRunner
 
 from cli.main import cli
+from cmt_pipeline.latents import LatentCodec
 from cmt_pipeline.models import MeanFlowStudent, consistency_student
 from cmt_pipeline.sampling import StudentSampler, load_student, sample, student_sigmas
-from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
+from cmt_pipeline.teachers import EDMDenoiser, GMMDenoiser, Precond, build_unet
 from cmt_pipeline.training.checkpoint import save_model
+from cmt_pipeline.utils import CMTError
 
+KINDS = ("cm", "cm-classes", "mf", "mf-classes", "cm-latent")
+
+# Runs in the diffusers-only environment: argv = folder, then student names; writes folder/fresh.npz.
 FRESH = """
 import sys, numpy as np, torch
 torch.set_num_threads(1)
-from cmt_pipeline.export import FewStepPipeline
+try:
+    import cmt_pipeline
+    sys.exit("cmt_pipeline is importable in the diffusers-only environment")
+except ImportError:
+    pass
+from diffusers import DiffusionPipeline
 out = {}
 for name in sys.argv[2:]:
-    pipe = FewStepPipeline.from_pretrained(sys.argv[1] + "/" + name)
-    ref = np.load(sys.argv[1] + f"/{name}.npz")
+    pipe = DiffusionPipeline.from_pretrained(sys.argv[1] + "/" + name, trust_remote_code=True)
     for steps in (1, 2):
-        images = pipe(noise=torch.from_numpy(ref["prior"]), renoise=torch.from_numpy(ref["renoise"]), steps=steps,
-                      output_type="pt").images
-        out[f"{name}_{steps}"] = images.numpy()
+        ref = np.load(sys.argv[1] + f"/{name}-{steps}.npz")
+        labels = torch.from_numpy(ref["labels"]) if pipe.config.num_classes else None
+        renoise = torch.from_numpy(ref["renoise"]) if steps == 2 else None
+        out[f"{name}-{steps}"] = pipe(noise=torch.from_numpy(ref["prior"]), renoise=renoise, class_labels=labels,
+                                      steps=steps, output_type="pt").images.numpy()
 np.savez(sys.argv[1] + "/fresh.npz", **out)
 """
 
 
-def student(kind, seed=0):
-    torch.manual_seed(seed)
-    net = EDMDenoiser(build_unet((1, 8, 8), channels=(8, 16), layers_per_block=1), Precond())
-    if kind == "post-ect":
+def cmt(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def diffusers_only(tmp_path_factory):
+    """The python of a new virtual environment with torch, diffusers and safetensors only (about 45 s to make)."""
+    root = tmp_path_factory.mktemp("venv") / "env"
+    venv.create(root, with_pip=True)
+    py = root / "bin" / "python"
+    subprocess.run([py, "-m", "pip", "install", "-q", "torch==2.13.0", "diffusers", "safetensors"], check=True,
+                   timeout=600, capture_output=True)
+    return py
+
+
+def student(kind, shape=(1, 8, 8)):
+    torch.manual_seed(0)
+    classes = 3 if kind.endswith("classes") else 0
+    net = EDMDenoiser(build_unet(shape, channels=(8, 16), layers_per_block=1, num_classes=classes),
+                      Precond(num_classes=classes))
+    if kind.startswith("cm"):
         return consistency_student(net)
     mf = MeanFlowStudent(net)
     torch.nn.init.normal_(mf.gap_embeddings[0].linear_2.weight, std=0.2)  # so a dropped gap would show
@@ -44,76 +75,117 @@ def student(kind, seed=0):
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):
+    """A model.ckpt of each kind; the latent one records a tiny per-channel-scaled AutoencoderKL."""
+    from diffusers import AutoencoderKL
+
     root = tmp_path_factory.mktemp("students")
+    torch.manual_seed(1)
+    AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=4, sample_size=8, scaling_factor=0.5,
+                  latents_mean=(0.1, -0.2, 0.0, 0.3), latents_std=(1.5, 0.7, 1.0, 2.0)).save_pretrained(root / "vae")
     paths = {}
-    for kind in ("post-ect", "post-meanflow"):
-        m = student(kind).eval()
-        paths[kind] = root / f"{kind}.ckpt"
-        save_model(paths[kind], kind=kind, model=m, ema_model=m, step=0, config={}, data={})
+    for kind in KINDS:
+        latent = kind.endswith("latent")
+        m = student(kind, (4, 4, 4) if latent else (1, 8, 8)).eval()
+        data = {"teacher": "builtin", "teacher_fingerprint": "ab" * 32, "store": "runs/traj", "fingerprint": "cd" * 32,
+                **({"vae": LatentCodec.load(root / "vae").describe((4, 4, 4))} if latent else {})}
+        paths[kind] = root / kind / "model.ckpt"
+        paths[kind].parent.mkdir()
+        save_model(paths[kind], kind=f"mid-{kind[:2]}", model=m, ema_model=m, step=7, config={"steps": 7}, data=data)
+    (root / "cm" / "metrics.json").write_text(json.dumps({"fd_1step": 1.5, "eval_samples": 100, "eval_seed": 0}))
     return paths
 
 
-def test_exported_folder_reproduces_the_samples_bitwise_in_a_fresh_process(ckpts, tmp_path):
+@pytest.fixture(scope="module")
+def exported(ckpts, tmp_path_factory):
+    root = tmp_path_factory.mktemp("exported")
     for kind, ckpt in ckpts.items():
-        r = CliRunner().invoke(cli, ["export", "--ckpt", str(ckpt), "--out", str(tmp_path / kind)])
+        r = cmt("export", "--ckpt", ckpt, "--out", root / kind)
         assert r.exit_code == 0, r.output
-        assert json.loads((tmp_path / kind / "model_index.json").read_text())["parametrisation"] == \
-            ("consistency" if kind == "post-ect" else "meanflow")
-        ref = {}
+    return root
+
+
+def test_exported_folders_sample_with_diffusers_alone_bit_for_bit(ckpts, exported, diffusers_only):
+    for kind, ckpt in ckpts.items():
         for steps in (1, 2):
-            sampler = StudentSampler(load_student(str(ckpt)), student_sigmas(steps))
-            x, prior, _, renoise = sample(sampler, 12, seed=3)
-            ref[f"x{steps}"], ref["prior"] = x.numpy(), prior
-            ref["renoise"] = renoise if renoise is not None else ref.get("renoise")
-        np.savez(tmp_path / f"{kind}.npz", **ref)
-    subprocess.run([sys.executable, "-c", FRESH, str(tmp_path), *ckpts], check=True, timeout=300)
-    fresh = np.load(tmp_path / "fresh.npz")
-    for kind in ckpts:
-        ref = np.load(tmp_path / f"{kind}.npz")
-        for steps in (1, 2):
-            assert np.array_equal(fresh[f"{kind}_{steps}"], ref[f"x{steps}"]), (kind, steps)
-        assert not np.array_equal(ref["x1"], ref["x2"])
+            r = cmt("sample", "--ckpt", ckpt, "--steps", steps, "--num-samples", 12, "--seed", 3, "--device", "cpu",
+                    "--npz", exported / f"{kind}-{steps}.npz")
+            assert r.exit_code == 0, r.output
+    env = {**os.environ, "HF_HOME": str(exported / "hf"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    subprocess.run([diffusers_only, "-c", FRESH, exported, *KINDS], check=True, timeout=300, env=env,
+                   cwd=exported)  # not the repository root, whose cmt_pipeline/ would be importable from there
+    fresh = np.load(exported / "fresh.npz")
+    for kind in KINDS:
+        refs = [np.load(exported / f"{kind}-{steps}.npz")["samples"] for steps in (1, 2)]
+        for steps, ref in zip((1, 2), refs):
+            assert np.array_equal(fresh[f"{kind}-{steps}"], ref), (kind, steps)
+        assert not np.array_equal(*refs)
+    assert fresh["cm-latent-1"].shape == (12, 1, 8, 8)  # decoded by the folder's vae/
 
 
-def test_the_meanflow_gap_reaches_the_exported_unet(ckpts, tmp_path):
-    """The gap t - r enters the UNet as its class label: zeroing that embedding changes the samples."""
-    from cmt_pipeline.export import FewStepPipeline, export_pipeline
-    from diffusers import UNet2DModel
-
-    mf = student("post-meanflow").eval()
-    export_pipeline(mf, tmp_path / "mf")
-    unet = UNet2DModel.from_pretrained(tmp_path / "mf" / "unet")  # a plain diffusers model directory
-    assert unet.config.class_embed_type == "timestep"
-    pipe = FewStepPipeline.from_pretrained(tmp_path / "mf")
-    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    with_gap = pipe(noise=noise, output_type="pt").images
-    torch.nn.init.zeros_(pipe.unet.class_embedding.linear_2.weight)
-    assert not torch.allclose(pipe(noise=noise, output_type="pt").images, with_gap)
-    images = FewStepPipeline.from_pretrained(tmp_path / "mf")(batch_size=3, steps=2,
-                                                              generator=torch.Generator().manual_seed(1)).images
-    assert len(images) == 3 and images[0].size == (8, 8)  # PIL images by default
+def test_exported_folder_layout_and_model_card(exported):
+    index = json.loads((exported / "mf-classes" / "model_index.json").read_text())
+    assert index["_class_name"] == ["few_step_pipeline", "FewStepPipeline"]
+    assert index["gap_embedding"] == ["few_step_pipeline", "GapEmbedding"] and index["num_classes"] == 3
+    assert index["parametrisation"] == "meanflow" and index["sigma_max"] == 80.0
+    assert index["vae"] == [None, None] and (exported / "cm-latent" / "vae" / "config.json").is_file()
+    code = (exported / "cm" / "few_step_pipeline.py").read_text()
+    assert set(re.findall(r"^(?:from|import) (\w+)", code, re.M)) == {"__future__", "torch", "diffusers"}
+    card = (exported / "cm" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\npipeline_tag: unconditional-image-generation\ntags:\n")
+    assert "ab" * 32 in card and "cd" * 32 in card and '"fd_1step": 1.5' in card and "cmt export --ckpt" in card
 
 
-def test_class_conditional_meanflow_students_are_refused():
+def test_inspect_sample_and_evaluate_accept_an_exported_folder(ckpts, exported, tmp_path):
+    r = cmt("inspect", exported / "mf-classes")
+    assert r.exit_code == 0 and "FewStepPipeline" in r.output and "meanflow" in r.output, r.output
+    for kind in ("mf-classes", "cm-latent"):
+        a, b = tmp_path / f"{kind}-ckpt.npz", tmp_path / f"{kind}-folder.npz"
+        for src, npz in ((ckpts[kind], a), (exported / kind, b)):
+            r = cmt("sample", "--ckpt", src, "--steps", 2, "--num-samples", 5, "--device", "cpu", "--npz", npz)
+            assert r.exit_code == 0, r.output
+        assert np.array_equal(np.load(a)["samples"], np.load(b)["samples"])
+    r = cmt("evaluate", "--student", exported / "cm-latent", "--num-samples", 8, "--device", "cpu", "--quiet",
+            "--out", tmp_path / "eval")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["vae"]["latent_channels"] == 4
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(ckpts, tmp_path):
+    run = ckpts["cm"].parent
+    before = sorted(p.name for p in run.iterdir())
+    for extra in ([], ["--overwrite"]):
+        r = cmt("export", "--ckpt", ckpts["cm"], "--out", run, *extra)
+        assert r.exit_code == 2 and "not a previous export" in r.output and "choose another --out" in r.output
+        assert sorted(p.name for p in run.iterdir()) == before
+    out = tmp_path / "out"
+    assert cmt("export", "--ckpt", ckpts["cm"], "--out", out).exit_code == 0
+    r = cmt("export", "--ckpt", ckpts["mf"], "--out", out)
+    assert r.exit_code == 2 and "--overwrite" in r.output
+    assert cmt("export", "--ckpt", ckpts["mf"], "--out", out, "--overwrite").exit_code == 0
+    assert json.loads((out / "model_index.json").read_text())["parametrisation"] == "meanflow"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # nothing left aside
+
+
+def test_students_of_other_networks_are_refused_in_one_line():
     from cmt_pipeline.export import to_pipeline
-    from cmt_pipeline.utils import CMTError
 
-    net = EDMDenoiser(build_unet((1, 8, 8), channels=(8, 16), layers_per_block=1, num_classes=10),
-                      Precond(num_classes=10))
-    with pytest.raises(CMTError, match="class-conditional MeanFlow"):
-        to_pipeline(MeanFlowStudent(net))
+    with pytest.raises(CMTError, match="EDM networks only"):
+        to_pipeline(consistency_student(GMMDenoiser(torch.zeros(2, 2), torch.ones(2), torch.ones(2) / 2, (2, 1, 1))))
 
 
 def test_sample_writes_a_grid_and_an_npz(ckpts, tmp_path):
-    for kind, ckpt in ckpts.items():
+    for kind in ("cm", "mf"):
+        ckpt = ckpts[kind]
         png, npz = tmp_path / f"{kind}.png", tmp_path / f"{kind}.npz"
-        r = CliRunner().invoke(cli, ["sample", "--ckpt", str(ckpt), "--steps", "2", "--num-samples", "9",
-                                     "--out", str(png), "--npz", str(npz), "--device", "cpu"])
+        r = cmt("sample", "--ckpt", ckpt, "--steps", 2, "--num-samples", 9, "--out", png, "--npz", npz,
+                "--device", "cpu")
         assert r.exit_code == 0, r.output
         data = np.load(npz)
         assert data["samples"].shape == (9, 1, 8, 8) and data["renoise"].shape == (9, 1, 1, 8, 8)
         assert png.read_bytes()[:4] == b"\x89PNG"
         sampler = StudentSampler(load_student(str(ckpt)), student_sigmas(2))
         assert np.array_equal(sample(sampler, 9, seed=1)[0].numpy(), data["samples"])  # --seed default 1
-    r = CliRunner().invoke(cli, ["sample", "--ckpt", str(ckpts["post-ect"])])
+    r = cmt("sample", "--ckpt", ckpts["cm"])
     assert r.exit_code == 2 and "nothing to write" in r.output

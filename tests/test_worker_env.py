@@ -1,13 +1,12 @@
 """Worker identity and CPU share from the launchers' environments: torchrun/accelerate, Slurm arrays, Slurm tasks."""
 
-import os
-
 import pytest
 
 from cmt_pipeline.generation import Worker, worker_from_env
+from cmt_pipeline.threads import available_cpus
 from cmt_pipeline.utils import CMTError
 
-CPUS = len(os.sched_getaffinity(0))
+CPUS = available_cpus()
 
 
 def ident(env, index=None, count=None):
@@ -17,7 +16,8 @@ def ident(env, index=None, count=None):
 
 def test_single_process_without_a_launcher():
     assert ident({}) == (0, 1, 0, "single")
-    assert worker_from_env(env={}).threads == 0  # torch's own default, untouched
+    assert worker_from_env(env={}).threads == CPUS  # every CPU this process may use
+    assert worker_from_env(env={"OMP_NUM_THREADS": "3"}).threads == 3
 
 
 def test_torchrun_and_accelerate():

@@ -24,6 +24,7 @@ from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
 from ..stores.layout import claim_plan, finalize, num_shards, read_marker, shard_range, size_problems, write_marker
 from ..teachers import load_teacher
+from ..threads import one_thread_per_call, resolve_threads
 from ..utils import CMTError, disk_usage, resolve_device, sample_seed
 from .worker import Worker
 
@@ -107,19 +108,26 @@ def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor, vae=None) -> d
     }
 
 
-def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int, device, progress=None) -> dict:
+def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int, device, run_batches=map,
+                progress=None) -> dict:
+    """Shard k's arrays. `run_batches` maps the solve over the shard's batches (threads.one_thread_per_call on a
+    CPU): batches are fixed by the config, so the bytes are the same however many run at once."""
     start, stop = shard_range(plan, k)
     indices = np.arange(start, stop, dtype=np.int64)
     noise, labels = draw_priors(cfg.seed, indices, tuple(plan["shape"]), teacher.num_classes, cfg.class_labels)
-    traj, x0 = [], []
-    for b in range(0, len(indices), cfg.batch_size):
+
+    def solve(b: int):
         x = torch.from_numpy(noise[b:b + cfg.batch_size]).to(device) * float(sigmas[0])
         lab = torch.from_numpy(labels[b:b + cfg.batch_size]).to(device) if teacher.num_classes else None
         states = solver(teacher, x, sigmas, lab)  # (K+1, n, C, H, W)
-        traj.append(states[:-1].transpose(0, 1).cpu().numpy())
-        x0.append(states[-1].cpu().numpy())
+        return states[:-1].transpose(0, 1).cpu().numpy(), states[-1].cpu().numpy()
+
+    traj, x0 = [], []
+    for t, x in run_batches(solve, range(0, len(indices), cfg.batch_size)):
+        traj.append(t)
+        x0.append(x)
         if progress is not None:
-            progress.update(x.shape[0])
+            progress.update(len(x))
     dt = DTYPES[plan["dtype"]]
     return {"prior": noise, "traj": np.concatenate(traj).astype(dt), "x0": np.concatenate(x0).astype(dt),
             "labels": labels, "index": indices}
@@ -128,8 +136,7 @@ def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int
 def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True) -> dict:
     """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete."""
     worker = worker or Worker()
-    if worker.threads:
-        torch.set_num_threads(worker.threads)
+    threads = resolve_threads(worker.threads or None)
     device = worker_device(cfg.device, worker)
     teacher = load_teacher(cfg.teacher, device, cfg.guidance_scale, cfg.null_label)
     validate(cfg, teacher)
@@ -157,12 +164,14 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
 
     # Shard k is compressed and written on a second thread while the teacher solves shard k + 1: the
     # accelerator (or the main thread's cores) never waits for the disk. At most one write is in flight.
-    with ThreadPoolExecutor(max_workers=1) as io:
+    # On a CPU the worker's threads solve that many batches at once, each with one intra-op thread: the bytes
+    # then cannot depend on the thread count (threads.py). A GPU runs one batch at a time.
+    with ThreadPoolExecutor(max_workers=1) as io, one_thread_per_call(threads if device.type == "cpu" else 1) as run:
         pending = None
         for k in todo:
             if shard_done(out, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
                 continue
-            arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, bar)
+            arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, run, bar)
             if pending is not None:
                 pending.result()  # re-raises a failed write here
             pending = io.submit(publish, k, arrays)

@@ -10,9 +10,8 @@ Identity (index, count), the shards this worker owns being those with shard % co
     single tasks, an array of multi-task or torchrun jobs, and one big srun/torchrun job all split the shards
     without overlap.
 Device: LOCAL_RANK (torchrun, accelerate) or SLURM_LOCALID picks the GPU.
-Threads: each worker's torch thread pool is sized to its share of the CPUs it may run on, so workers sharing a
-node do not oversubscribe it: --num-threads if given, else CPUs / LOCAL_WORLD_SIZE under torchrun/accelerate,
-else SLURM_CPUS_PER_TASK under Slurm, else torch's default (OMP_NUM_THREADS, or every core).
+Threads: each worker uses its share of the CPUs it may run on (cmt_pipeline/threads.py), so workers sharing a
+node do not oversubscribe it.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..threads import resolve_threads
 from ..utils import CMTError
 
 
@@ -29,7 +29,7 @@ class Worker:
     count: int = 1
     local_rank: int = 0
     source: str = "single"
-    threads: int = 0  # torch intra-op threads for this worker; 0 = leave torch's default
+    threads: int = 0  # CPU threads of this worker; 0 = this process's share (threads.default_threads)
 
     def __post_init__(self):
         if self.count < 1 or not 0 <= self.index < self.count:
@@ -72,22 +72,10 @@ def _array(env) -> tuple[int, int] | None:
     return pos, count
 
 
-def cpu_share(env) -> int:
-    """Threads for one worker: its share of this process's CPUs under a launcher, else 0 (torch's default)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if "LOCAL_WORLD_SIZE" in env:
-        return max(1, cpus // max(1, _int(env, "LOCAL_WORLD_SIZE")))
-    if "SLURM_CPUS_PER_TASK" in env:
-        return max(1, min(cpus, _int(env, "SLURM_CPUS_PER_TASK")))
-    return 0
-
-
 def worker_from_env(index: int | None = None, count: int | None = None, env=None,
                     num_threads: int | None = None) -> Worker:
     env = os.environ if env is None else env
-    if num_threads is not None and num_threads < 1:
-        raise CMTError(f"--num-threads must be positive, got {num_threads}")
-    threads = num_threads or cpu_share(env)
+    threads = resolve_threads(num_threads, env)
     local = _int(env, "LOCAL_RANK", _int(env, "SLURM_LOCALID", 0))
     if (index is None) != (count is None):
         raise CMTError("--worker-index and --num-workers go together; pass both or neither")

@@ -1,8 +1,10 @@
 """Teachers: everything behind the denoiser seam D(x, sigma, class_labels) -> x0_hat (EDM form).
 
-`load_teacher(spec)` accepts a directory (the project's EDM format, or a diffusers backbone + scheduler: VP or
-flow-matching, UNet or DiT), `gmm:<preset>` for the closed-form mixtures, or `builtin`/`digits` for the shipped
-digits teacher; optionally wrapped in classifier-free guidance.
+`load_teacher(spec)` accepts a directory (the project's EDM format, a diffusers backbone + scheduler: VP or
+flow-matching, UNet or DiT, or a student folder written by `cmt export`), `gmm:<preset>` for the closed-form
+mixtures, or `builtin`/`digits` for the shipped digits teacher; optionally wrapped in classifier-free guidance.
+It is the one place folders are told apart, so `cmt inspect`, `cmt sample --ckpt` and `cmt evaluate --student`
+accept whatever it accepts.
 """
 
 from __future__ import annotations
@@ -43,16 +45,20 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
         path = Path(spec)
         if not path.exists():
             raise CMTError(f"teacher path {spec} does not exist; pass a model folder, gmm:<preset> or builtin")
+        from ..export import is_export, load_export
+
         if (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
+        elif is_export(path):  # a student folder written by `cmt export`
+            teacher = _load_or_explain(load_export, path)
         elif find_layout(path) is not None:
             teacher = _load_or_explain(DiffusersDenoiser.load, path)
         elif reason := not_a_model(path):
             raise CMTError(reason)
         else:
             raise CMTError(f"{spec} is not a teacher folder: expected {PRECOND_FILE} beside a diffusers model "
-                           "(the project's format), or a diffusers unet/ or transformer/ + scheduler/ pair "
-                           "(see docs/teachers.md)")
+                           "(the project's format), a diffusers unet/ or transformer/ + scheduler/ pair "
+                           "(see docs/teachers.md), or a folder written by `cmt export`")
     try:
         teacher = guided(teacher, guidance_scale, null_label)
     except ValueError as e:

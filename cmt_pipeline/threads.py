@@ -1,0 +1,107 @@
+"""CPU threads: how many this process may use, and running a model so that its bytes do not depend on that number.
+
+How many: --num-threads when given; else OMP_NUM_THREADS when set; else the CPUs this process may run on (its
+affinity mask, capped by a cgroup CPU quota, which is what a container's `--cpus` sets), shared among the local
+processes of a launcher (LOCAL_WORLD_SIZE under torchrun/accelerate, SLURM_CPUS_PER_TASK under Slurm). Torch's own
+default (every core of the machine) oversubscribes a container or a node shared by several workers, and its spinning
+threads then burn CPU time while they wait for a core.
+
+Bit-identical results: a CPU kernel may pick another blocking, hence another summation order, for another thread
+count (MKL's sgemm does for a 6 x 10 @ 10 x 64 product with 2 threads), so the same batch can round differently on a
+worker with more cores. `parallel_map` therefore runs every call with one intra-op thread and uses the cores by
+running independent calls at once: each result depends only on its input, never on how many threads there were.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from .utils import CMTError
+
+CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
+CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
+
+
+def _env_int(env, name: str) -> int | None:
+    if not env.get(name):
+        return None
+    try:
+        value = int(env[name])
+    except ValueError:
+        raise CMTError(f"environment variable {name}={env[name]!r} is not an integer; fix or unset it") from None
+    if value < 1:
+        raise CMTError(f"environment variable {name}={value} must be at least 1; fix or unset it")
+    return value
+
+
+def cgroup_cpu_limit(v2: Path = CGROUP_V2, v1: tuple[Path, Path] = CGROUP_V1) -> int | None:
+    """The CPU quota of this process's cgroup rounded up to whole CPUs, or None when there is none."""
+    try:
+        quota, period = v2.read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota, period = v1[0].read_text().strip(), v1[1].read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or int(period) <= 0:
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by the cgroup quota."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return min(cpus, limit) if limit else cpus
+
+
+def default_threads(env=None) -> int:
+    """This process's share of the CPUs (see the module docstring for the order of the sources)."""
+    env = os.environ if env is None else env
+    if (omp := _env_int(env, "OMP_NUM_THREADS")) is not None:
+        return omp
+    cpus = available_cpus()
+    if (local := _env_int(env, "LOCAL_WORLD_SIZE")) is not None:
+        return max(1, cpus // local)
+    if (slurm := _env_int(env, "SLURM_CPUS_PER_TASK")) is not None:
+        return max(1, min(cpus, slurm))
+    return cpus
+
+
+def resolve_threads(requested: int | None = None, env=None) -> int:
+    """--num-threads if given (checked), else default_threads()."""
+    if requested is None:
+        return default_threads(env)
+    if requested < 1:
+        raise CMTError(f"--num-threads must be positive, got {requested}")
+    return requested
+
+
+def use_threads(requested: int | None = None) -> int:
+    """Size torch's intra-op pool for this command; returns the number used."""
+    n = resolve_threads(requested)
+    torch.set_num_threads(n)
+    return n
+
+
+@contextmanager
+def one_thread_per_call(threads: int):
+    """Yield a `map(fn, items)` that runs fn on `threads` items at once, each call with one intra-op thread, results
+    in order. Torch's thread count is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if threads <= 1:
+            yield map
+        else:
+            with ThreadPoolExecutor(threads, thread_name_prefix="cmt-solve", initializer=torch.set_num_threads,
+                                    initargs=(1,)) as pool:
+                yield pool.map
+    finally:
+        torch.set_num_threads(before)

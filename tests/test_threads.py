@@ -1,0 +1,74 @@
+"""CPU threads: each command's share of the CPUs, and results that do not depend on the thread count."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from cmt_pipeline.config import GenerateConfig
+from cmt_pipeline.generation import Worker, generate
+from cmt_pipeline.stores import read_all
+from cmt_pipeline.threads import cgroup_cpu_limit, default_threads, one_thread_per_call, resolve_threads
+from cmt_pipeline.utils import CMTError
+
+
+def test_cgroup_quota_is_read_from_v2_then_v1(tmp_path):
+    v2, quota, period = tmp_path / "cpu.max", tmp_path / "quota", tmp_path / "period"
+    v2.write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2, (quota, period)) == 2  # 1.5 CPUs rounds up
+    v2.write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2, (quota, period)) is None
+    v2.unlink()
+    quota.write_text("300000\n")
+    period.write_text("100000\n")
+    assert cgroup_cpu_limit(v2, (quota, period)) == 3
+    quota.write_text("-1\n")
+    assert cgroup_cpu_limit(v2, (quota, period)) is None
+    assert cgroup_cpu_limit(tmp_path / "none", (tmp_path / "a", tmp_path / "b")) is None
+
+
+def test_default_threads_follow_omp_then_the_launcher(monkeypatch):
+    monkeypatch.setattr("cmt_pipeline.threads.available_cpus", lambda: 16)
+    assert default_threads({}) == 16
+    assert default_threads({"OMP_NUM_THREADS": "3", "LOCAL_WORLD_SIZE": "8"}) == 3
+    assert default_threads({"LOCAL_WORLD_SIZE": "8"}) == 2
+    assert default_threads({"LOCAL_WORLD_SIZE": "32"}) == 1
+    assert default_threads({"SLURM_CPUS_PER_TASK": "4"}) == 4
+    assert default_threads({"SLURM_CPUS_PER_TASK": "64"}) == 16
+    assert resolve_threads(5, {}) == 5
+    with pytest.raises(CMTError, match="--num-threads must be positive"):
+        resolve_threads(-2, {})
+    with pytest.raises(CMTError, match="OMP_NUM_THREADS='two' is not an integer"):
+        default_threads({"OMP_NUM_THREADS": "two"})
+
+
+def test_one_thread_per_call_runs_calls_at_once_with_one_intra_op_thread_each():
+    seen, barrier = [], threading.Barrier(2, timeout=30)
+
+    def call(i):
+        barrier.wait()  # both calls are in flight together, or this times out
+        seen.append(torch.get_num_threads())
+        return i * i
+
+    before = torch.get_num_threads()
+    with one_thread_per_call(2) as run:
+        assert list(run(call, range(4))) == [0, 1, 4, 9]  # in order
+    assert seen == [1, 1, 1, 1] and torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("teacher", ["gmm:gmm8x8", "builtin"])
+def test_generated_bytes_do_not_depend_on_the_thread_count(tmp_path, teacher):
+    """A 6-sample batch is where MKL's sgemm rounds differently with 2 threads than with 1 on some processors
+    (AMD EPYC): the gmm teacher's (6 x 10) @ (10 x 64) product. The builtin UNet adds convolutions."""
+    arrays = []
+    for threads in (1, 2, 3):  # gmm: one batch of 8, then one of 6; builtin: 2 + 2 batches of 4, one of 2
+        cfg = GenerateConfig(teacher=teacher, num_samples=14, shard_size=8, batch_size=8 if teacher == "gmm:gmm8x8"
+                             else 4, steps=4, dtype="float32", device="cpu", format="wds", out=str(tmp_path / f"t{threads}"))
+        generate(cfg, Worker(threads=threads), progress=False)
+        arrays.append(read_all(cfg.out))
+    for other in arrays[1:]:
+        for name in ("prior", "traj", "x0"):
+            assert np.array_equal(arrays[0][name], other[name]), name
+    for t in (2, 3):
+        assert (tmp_path / "t1/manifest.json").read_bytes() == (tmp_path / f"t{t}/manifest.json").read_bytes()
