@@ -42,9 +42,9 @@ x = p(batch_size=8, steps=2, output_type='pt', generator=torch.Generator('$dev')
 print(type(p).__name__, tuple(x.shape), x.device, float(x.abs().max()))"
 step pipeline-small cmt pipeline benchmarks/pipeline-small.toml --out "$w/pipe" --quiet
 cp "$w/pipe/report.md" "$out/pipeline-small-report.md" 2>/dev/null
-step overhead-unet python3 benchmarks/generation.py --device "$dev" --num-samples "$(n 16384 512)" --batch-size 1024 \
-  --shard-size 4096 --repeats "$(n 3 1)" --json "$out/overhead-unet.json"
+step overhead-unet python3 benchmarks/generation.py --device "$dev" --num-samples "$(n 8192 512)" --batch-size 1024 \
+  --shard-size 4096 --repeats "$(n 2 1)" --json "$out/overhead-unet.json"
 step overhead-dit python3 benchmarks/generation.py --device "$dev" --teacher dit --num-samples "$(n 4096 64)" \
-  --batch-size 512 --shard-size 1024 --repeats "$(n 3 1)" --json "$out/overhead-dit.json"
+  --batch-size 512 --shard-size 1024 --repeats "$(n 2 1)" --json "$out/overhead-dit.json"
 echo "$failed stage(s) failed"
 rm -rf "$w"
