@@ -65,7 +65,7 @@ def test_generated_bytes_do_not_depend_on_the_thread_count(tmp_path, teacher):
     for threads in (1, 2, 3):  # gmm: one batch of 8, then one of 6; builtin: 2 + 2 batches of 4, one of 2
         cfg = GenerateConfig(teacher=teacher, num_samples=14, shard_size=8, batch_size=8 if teacher == "gmm:gmm8x8"
                              else 4, steps=4, dtype="float32", device="cpu", format="wds", out=str(tmp_path / f"t{threads}"))
-        generate(cfg, Worker(threads=threads), progress=False, writers=threads)  # >1 writer: a GPU's default
+        generate(cfg, Worker(threads=threads), progress=False)
         arrays.append(read_all(cfg.out))
     for other in arrays[1:]:
         for name in ("prior", "traj", "x0"):

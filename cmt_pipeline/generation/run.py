@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -134,10 +133,8 @@ def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int
             "labels": labels, "index": indices}
 
 
-def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True, writers: int | None = None
-             ) -> dict:
-    """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete.
-    `writers`: shards written at once (default: 1 on a CPU, else up to 4 of the worker's spare cores)."""
+def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True) -> dict:
+    """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete."""
     worker = worker or Worker()
     threads = resolve_threads(worker.threads or None)
     device = worker_device(cfg.device, worker)
@@ -165,25 +162,21 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
             if not shard_done(out, k):
                 raise
 
-    # Shard k is compressed and written on other threads while the teacher solves shard k + 1: the accelerator
-    # (or the main thread's cores) never waits for the disk. On a CPU one write is in flight (the solver has the
-    # cores); a GPU out-solves one compressing thread, so there up to 4 of the worker's spare cores write shards at once
-    # (each holding one shard in memory).
-    # The CPU solver's threads solve that many batches at once, each with one intra-op thread: the bytes then
-    # cannot depend on the thread count (threads.py).
-    on_cpu = device.type == "cpu"
-    writers = writers or (1 if on_cpu else max(1, min(4, threads - 1)))
-    with ThreadPoolExecutor(max_workers=writers) as io, one_thread_per_call(threads if on_cpu else 1) as run:
-        pending = deque()
+    # Shard k is compressed and written on a second thread while the teacher solves shard k + 1: the
+    # accelerator (or the main thread's cores) never waits for the disk. At most one write is in flight.
+    # On a CPU the worker's threads solve that many batches at once, each with one intra-op thread: the bytes
+    # then cannot depend on the thread count (threads.py). A GPU runs one batch at a time.
+    with ThreadPoolExecutor(max_workers=1) as io, one_thread_per_call(threads if device.type == "cpu" else 1) as run:
+        pending = None
         for k in todo:
             if shard_done(out, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
                 continue
             arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, run, bar)
-            while len(pending) >= writers:
-                pending.popleft().result()  # re-raises a failed write here
-            pending.append(io.submit(publish, k, arrays))
-        for write in pending:
-            write.result()
+            if pending is not None:
+                pending.result()  # re-raises a failed write here
+            pending = io.submit(publish, k, arrays)
+        if pending is not None:
+            pending.result()
     bar.close()
     elapsed = time.perf_counter() - t0
     manifest = finalize(out, strict=False)
