@@ -176,13 +176,13 @@ class PostTrainConfig(TrainConfig):
     lr_schedule: str = "linear"
     p_mean: float | None = None  # noise levels ~ LogNormal(p_mean, p_std); unset: ECT -1.1/2.0, MeanFlow -0.4/1.0
     p_std: float | None = None
-    q: float = 256.0  # ect: r = t (1 - (1 + 8 sigmoid(-t)) / q)
-    q_double_every: int = 0  # ect: > 0 doubles q every this many steps (vanilla ECT curriculum); 0 = fixed q
-    distance: str = "l2"  # ect: l2 | huber
-    huber_c: float = 0.06
+    q: float = 4096.0  # ect: r = t (1 - (1 + 8 sigmoid(-t)) / q); 4096 = the reference after CMT (CIFAR-10)
+    q_double_every: int = 0  # ect: > 0 uses q^(stage + 1), stage = (step - 1) // this (vanilla ECT, q = 2); 0 = fixed q
+    distance: str = "norm"  # ect: norm (the reference's: sqrt(sum sq + c^2) - c) | l2 (mean sq) | huber
+    huber_c: float = 0.0  # ect: c of norm / huber; the reference's 0 makes norm the plain L2 norm
     edm_weighting: bool = False  # ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2
     r_fraction: float = 0.25  # meanflow: share of samples with r != t
-    adaptive_p: float = 1.0  # meanflow: adaptive loss weight 1 / (err + adaptive_c)^p
+    adaptive_p: float = 1.0  # meanflow: loss L^2 / (L^2 + adaptive_c)^p, L = summed squared error (sony/mf-rae)
     adaptive_c: float = 1e-3
     sigma_max: float = 80.0  # sampling: x_T = sigma_max * noise
     sigma_mid: float = 0.821  # sampling: the 2-step re-noise level
