@@ -12,6 +12,7 @@ from .main import cli
 ROWS = {
     "digits_fd": ("digits FD (vs all 1797 real)", "{:.3f}"),
     "digits_fd_floor": ("  noise floor (real half vs half)", "{:.3f}"),
+    "digits_kid": ("digits KID (vs all 1797 real)", "{:.4g}"),
     "fid": ("FID (Inception-v3)", "{:.3f}"),
     "paired_mse": ("paired MSE vs store x0", "{:.3e}"),
     "paired_psnr": ("paired PSNR (dB)", "{:.2f}"),
@@ -41,6 +42,8 @@ ROWS = {
 @click.option("--sigma-mid", type=float, help="A 2-step student's intermediate sigma.  [default: 0.821]")
 @click.option("--num-samples", type=int, help="Generated samples.  [default: 2000]")
 @click.option("--seed", type=int, help="Sample i's noise depends only on (seed, i).  [default: 1]")
+@click.option("--seeds", help="Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric "
+              "as mean ± std over them, each seed's values in evaluation.json.  [default: --seed alone]")
 @click.option("--class-labels", help="random, or one class index for all samples (conditional generators).  [default: random]")
 @click.option("--batch-size", type=int, help="[default: 256]")
 @click.option("--store", type=click.Path(exists=True, file_okay=False),
@@ -60,20 +63,23 @@ ROWS = {
               "[default: runs/evaluate]")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_cmd(config_path, quiet, **opts):
-    """Sample a generator from seeded noise and measure it: digits FD (8x8 generators), FID (with local
+    """Sample a generator from seeded noise and measure it: digits FD and KID (8x8 generators), FID (with local
     Inception weights), paired error against a store, and exact errors for Gaussian-mixture ground truth.
 
     Prints a table, writes OUT/evaluation.json and a sample picture OUT/samples.png.
     """
     from cmt_pipeline.evaluation import evaluate
+    from cmt_pipeline.evaluation.run import with_spread
 
     cfg = load_config(EvaluateConfig, config_path, "evaluate", **opts)
     result = evaluate(cfg, progress=not quiet)
     m = result["metrics"]
-    click.echo(f"{result['generator']}, {m['num_samples']} samples, seed {cfg.seed}")
+    seeds = result["seeds"]
+    click.echo(f"{result['generator']}, {m['num_samples']} samples, seed{'s' * (len(seeds) > 1)} "
+               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else ""))
     for key, (label, fmt) in ROWS.items():
         if key in m:
-            click.echo(f"  {label:<36} {'inf' if m[key] is None else fmt.format(m[key])}")
+            click.echo(f"  {label:<36} {'inf' if m[key] is None else with_spread(m, key, fmt)}")
     click.echo(f"wrote {result['out']}/evaluation.json and samples.png")
 
 

@@ -52,6 +52,8 @@ class EvaluateConfig:
     sigma_mid: float = 0.821  # a student's second-step noise level
     num_samples: int = 2000
     seed: int = 1  # not generate-trajectories' default 0, so a student is not scored on its training priors
+    seeds: str | int | list = ""  # "1,2,3" / [1, 2, 3], or a count n (seed .. seed + n - 1); "" = seed alone
+    teacher_seeds: str | int | list = ""  # pipeline only: seeds of the teacher-solve row; "" = seeds (evaluation.md)
     class_labels: str = "random"  # random | an integer class (class-conditional generators)
     batch_size: int = 256
     store: str = ""  # a held-out trajectory store: paired error of the generator vs its stored solver samples
