@@ -138,7 +138,7 @@ def with_spread(metrics: dict, key: str, fmt: str) -> str:
 
 
 def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int, progress: bool) -> dict:
-    """Sample cfg.num_samples from `seed` and compute the applicable metrics: {metrics, x, prior, images}."""
+    """Sample cfg.num_samples from `seed` and compute the applicable metrics: {metrics, x, images}."""
     t0 = time.perf_counter()
     x, prior, _, _ = sample(sampler, cfg.num_samples, seed, cfg.batch_size, device, cfg.class_labels, progress)
     metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
@@ -168,8 +168,10 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     check(cfg, sampler, sampler.shape if vae is None else vae.image_shape(sampler.shape))
     gmm = ground_truth(cfg, sampler.shape)
     inception = load_inception(cfg.inception_weights, device) if cfg.inception_weights else None
-    runs = [measure(cfg, sampler, vae, gmm, inception, device, s, progress) for s in seeds]
-    x, images = runs[0]["x"], runs[0]["images"]
+    first = measure(cfg, sampler, vae, gmm, inception, device, seeds[0], progress)  # its samples are kept
+    runs = [first["metrics"]] + [measure(cfg, sampler, vae, gmm, inception, device, s, progress)["metrics"]
+                                 for s in seeds[1:]]
+    x, images = first["x"], first["images"]
     shape = tuple(images.shape[1:])
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,9 +180,9 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     else:
         exact = gmm.sample(min(len(x), 2000), torch.Generator().manual_seed(seeds[0])) if gmm is not None else None
         save_scatter(x[:2000], out / SAMPLES_PNG, reference=exact, title=describe(sampler))
-    per_seed = [{"seed": s, **{k: _json(v) for k, v in r["metrics"].items()}} for s, r in zip(seeds, runs)]
+    per_seed = [{"seed": s, **{k: _json(v) for k, v in r.items()}} for s, r in zip(seeds, runs)]
     result = {"generator": describe(sampler), "seeds": seeds,
-              "metrics": {k: _json(v) for k, v in summarise([r["metrics"] for r in runs]).items()},
+              "metrics": {k: _json(v) for k, v in summarise(runs).items()},
               "per_seed": per_seed, "sampler": sampler.describe(),
               "vae": vae.describe(sampler.shape) if vae is not None else None,
               "config": to_dict(cfg), "cmt_version": __version__}
