@@ -51,14 +51,17 @@ def teacher_spec(name: str, tmp: Path) -> str:
 
 
 @torch.no_grad()
-def bare_forward_seconds(teacher, n: int, batch: int, nfe: int) -> float:
-    x = torch.randn(batch, *teacher.shape)
-    labels = torch.zeros(batch, dtype=torch.long) if teacher.num_classes else None
+def bare_forward_seconds(teacher, n: int, batch: int, nfe: int, device: str = "cpu") -> float:
+    x = torch.randn(batch, *teacher.shape, device=device)
+    labels = torch.zeros(batch, dtype=torch.long, device=device) if teacher.num_classes else None
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
     t0 = time.perf_counter()
     for b in range(math.ceil(n / batch)):
         xb = x[: min(batch, n - b * batch)]
         for i in range(nfe):
             teacher(xb, 80.0 * 0.6 ** i, None if labels is None else labels[: len(xb)])
+    sync()
     return time.perf_counter() - t0
 
 
@@ -80,34 +83,37 @@ def main():
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: where both sides run")
     ap.add_argument("--json", help="write the results here as JSON")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="cmt-bench-"))
     try:
         spec = teacher_spec(args.teacher, tmp)
-        teacher = load_teacher(spec, guidance_scale=args.guidance_scale)
+        teacher = load_teacher(spec, torch.device(args.device), guidance_scale=args.guidance_scale)
         nfe = NFE_PER_STEP[args.solver] * args.steps
-        bare_forward_seconds(teacher, args.batch_size, args.batch_size, 2)  # warm-up
+        bare_forward_seconds(teacher, args.batch_size, args.batch_size, 2, args.device)  # warm-up
         gen_t, bare_t, results = [], [], {}
         for r in range(args.repeats):
             for fmt in ("zarr", "wds"):
                 out = tmp / f"{fmt}-{r}"
                 cfg = GenerateConfig(teacher=spec, out=str(out), num_samples=args.num_samples, solver=args.solver,
                                      steps=args.steps, format=fmt, batch_size=args.batch_size,
-                                     shard_size=args.shard_size, guidance_scale=args.guidance_scale, device="cpu")
+                                     shard_size=args.shard_size, guidance_scale=args.guidance_scale,
+                                     device=args.device)
                 t0 = time.perf_counter()
                 stats = generate(cfg, Worker(threads=args.threads), progress=False)
                 if fmt == "zarr":
                     gen_t.append(time.perf_counter() - t0)
                 results[fmt] = stats["bytes_on_disk"] / args.num_samples
                 shutil.rmtree(out)
-            bare_t.append(bare_forward_seconds(teacher, args.num_samples, args.batch_size, nfe))
+            bare_t.append(bare_forward_seconds(teacher, args.num_samples, args.batch_size, nfe, args.device))
         raw = (args.steps + 2) * math.prod(teacher.shape) * 4
         report = {
             "teacher": args.teacher, "parameters": sum(p.numel() for p in teacher.parameters()),
             "guidance_scale": args.guidance_scale, "num_samples": args.num_samples, "batch_size": args.batch_size,
             "solver": args.solver, "steps": args.steps, "nfe": nfe, "threads": args.threads,
+            "device": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu",
             "generate_s": statistics.median(gen_t), "bare_forward_s": statistics.median(bare_t),
             "ratio": statistics.median(gen_t) / statistics.median(bare_t),
             "bytes_per_sample_raw_fp32": raw,

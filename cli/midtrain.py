@@ -6,10 +6,11 @@ import click
 
 from cmt_pipeline.config import MidTrainConfig, load_config
 
-from .main import cli
+from .main import cli, config_defaults
 from .train import int_list, train_options
 
 
+@config_defaults(MidTrainConfig)
 @cli.command("mid-train")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML file whose [mid_train] table sets defaults (e.g. configs/digits-mid.toml).")

@@ -18,7 +18,7 @@ def reference() -> str:
              cli.get_help(ctx), "```"]
     for name in cli.list_commands(ctx):
         cmd = cli.get_command(ctx, name)
-        sub = click.Context(cmd, info_name=f"cmt {name}", parent=ctx)
+        sub = click.Context(cmd, info_name=name, parent=ctx)  # its usage line: the parent's "cmt" + name
         parts += ["", f"## cmt {name}", "", "```text", cmd.get_help(sub), "```"]
     return "\n".join(parts) + "\n"
 

@@ -26,9 +26,11 @@ from .main import cli
               "samples.  [default: the VAE recorded in the checkpoint, or the folder's vae/]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_labels, batch_size, png, npz, vae, device):
-    """Sample a student in 1 or 2 steps from seeded noise; write a PNG grid and/or an .npz (samples in [-1, 1]).
+    """Sample a student in 1 or 2 steps from seeded noise; write a PNG grid and/or an .npz of the raw samples.
 
-    A latent student's samples are decoded by its VAE; the .npz then also holds the raw `latents`.
+    The .npz keeps the network's output unclamped (it strays a little outside [-1, 1]), so the samples can be
+    reproduced and compared exactly; clip to [-1, 1] for images, as the PNG does. A latent student's samples are
+    decoded by its VAE; the .npz then also holds the raw `latents`.
     """
     import numpy as np
 

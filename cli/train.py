@@ -6,7 +6,7 @@ import click
 
 from cmt_pipeline.config import PretrainConfig, load_config
 
-from .main import cli
+from .main import cli, config_defaults
 
 
 def int_list(ctx, param, value):
@@ -50,6 +50,7 @@ def train_options(f):
     return f
 
 
+@config_defaults(PretrainConfig)
 @cli.command("pretrain")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML file whose [pretrain] table sets defaults (e.g. configs/digits-pretrain.toml); "

@@ -6,10 +6,10 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, get_type_hints
 from pathlib import Path
 
-from .utils import CMTError
+from .errors import CMTError
 
 
 @dataclass
@@ -50,10 +50,10 @@ class EvaluateConfig:
     sigma_max: float = 80.0
     sigma_min: float = 0.002
     sigma_mid: float = 0.821  # a student's second-step noise level
-    num_samples: int = 2000
+    num_samples: int = 1000  # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
     seed: int = 1  # not generate-trajectories' default 0, so a student is not scored on its training priors
-    seeds: str | int | list = ""  # "1,2,3" / [1, 2, 3], or a count n (seed .. seed + n - 1); "" = seed alone
-    teacher_seeds: str | int | list = ""  # pipeline only: seeds of the teacher-solve row; "" = seeds (evaluation.md)
+    seeds: int | list = 1  # evaluation seeds: a count n (seed .. seed + n - 1) or a list [1, 2, 3]
+    teacher_seeds: int | list | None = None  # pipeline only: the teacher-solve row's seeds; None = seeds (evaluation.md)
     class_labels: str = "random"  # random | an integer class (class-conditional generators)
     batch_size: int = 256
     store: str = ""  # a held-out trajectory store: paired error of the generator vs its stored solver samples
@@ -211,7 +211,30 @@ def load_config(cls, path: str | Path | None = None, section: str | None = None,
     if unknown:
         raise CMTError(f"unknown {cls.__name__} option(s) {unknown} in {path or 'overrides'}; "
                        f"known: {sorted(names)}")
+    hints = get_type_hints(cls)
+    wrong = [f"{k} = {v!r} ({why})" for k, v in values.items() if (why := type_error(v, hints[k]))]
+    if wrong:
+        raise CMTError(f"wrong type in {f'[{section}] of ' if section else ''}{path or 'overrides'}: "
+                       f"{'; '.join(wrong)}")
     return cls(**values)
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}
+
+
+def type_error(value, hint) -> str | None:
+    """Why `value` does not fit the field annotation `hint` (None when it does), so that a TOML value of the
+    wrong type is refused when the config is read, before any stage starts, instead of failing mid-run.
+    bool is not an int here (TOML `true` for a step count is a mistake); an int is fine for a float."""
+    allowed = getattr(hint, "__args__", None) or (hint,)  # `int | None` -> (int, NoneType)
+    if isinstance(value, bool):  # bool subclasses int, so it is checked first
+        fits = bool in allowed
+    else:
+        fits = isinstance(value, allowed) or (float in allowed and isinstance(value, int))
+    if fits:
+        return None
+    expected = " or ".join(TYPE_NAMES[t] for t in allowed if t is not type(None))
+    return f"expected {expected}, got {TYPE_NAMES.get(type(value), type(value).__name__)}"
 
 
 def to_dict(cfg) -> dict:

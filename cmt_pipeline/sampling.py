@@ -12,8 +12,6 @@ noises per sample; they are drawn per sample index like the prior, so samples ne
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -74,9 +72,10 @@ def load_student(spec: str, device="cpu") -> Denoiser:
     the project's EDM format (a consistency student has boundary_sigma > 0 in its cmt_precond.json); folders are told
     apart by load_teacher, so any teacher spec also works, which evaluates a diffusion denoiser used as a one-jump
     map, the baseline a student must beat."""
-    if Path(spec).is_file():
+    from .training.checkpoint import is_checkpoint, load_model, model_from_checkpoint
+
+    if is_checkpoint(spec):
         from .models import as_denoiser
-        from .training.checkpoint import load_model, model_from_checkpoint
 
         return as_denoiser(model_from_checkpoint(load_model(spec))).to(device).eval().requires_grad_(False)
     return load_teacher(spec, device)

@@ -1,4 +1,4 @@
-"""Small shared helpers: errors the CLI turns into one-line messages, atomic writes, hashing, seeding."""
+"""Small shared helpers: CMTError (from errors.py), atomic writes, hashing, seeding."""
 
 from __future__ import annotations
 
@@ -11,20 +11,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-class CMTError(Exception):
-    """A user-facing error: the message names the problem and the fix; the CLI prints it on one line."""
+from .errors import CMTError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write via a unique temporary name and rename, so readers never see a half-written file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # Ctrl-C, SIGTERM or a full disk: leave no temporary file behind either
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:

@@ -1,10 +1,81 @@
-"""Docs that must match the code: the CLI reference is the commands' own --help."""
+"""Docs that must match the code: the CLI reference is the commands' own --help, and `cmt --help` stays fast."""
 
+import dataclasses
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import click
+import pytest
+from click.testing import CliRunner
+
+from cli.main import COMMANDS, cli
 from cli.reference import reference
+from cmt_pipeline.config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
 
 
 def test_cli_reference_is_current():
-    doc = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
-    assert doc.read_text() == reference(), "docs/cli.md is stale: run `python -m cli.reference > docs/cli.md`"
+    assert DOC.read_text() == reference(), "docs/cli.md is stale: run `python -m cli.reference > docs/cli.md`"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_cli_reference_shows_what_the_terminal_shows(name):
+    """Each section is `cmt NAME --help` as run, usage line included (it once read `cmt cmt NAME`)."""
+    r = CliRunner().invoke(cli, [name, "--help"], prog_name="cmt", terminal_width=100)
+    assert r.exit_code == 0 and r.output.startswith(f"Usage: cmt {name} ")
+    assert f"## cmt {name}\n\n```text\n{r.output}```" in DOC.read_text()
+
+
+def test_top_level_help_lists_each_commands_own_first_sentence():
+    ctx = click.Context(cli, info_name="cmt")
+    for name, (_, sentence) in COMMANDS.items():
+        assert cli.get_command(ctx, name).get_short_help_str(1000) == sentence, name
+
+
+@pytest.mark.parametrize("name, cls", [("generate-trajectories", GenerateConfig), ("evaluate", EvaluateConfig),
+                                       ("pretrain", PretrainConfig), ("mid-train", MidTrainConfig),
+                                       ("post-train", PostTrainConfig)])
+def test_help_shows_the_config_dataclass_defaults(name, cls):
+    options = {p.name: p for p in cli.get_command(click.Context(cli), name).params}
+    for f in dataclasses.fields(cls):
+        value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name in options and value not in (None, ""):  # those name what stands in for them in words
+            assert options[f.name].help.endswith("]") and "[default: " in options[f.name].help, f.name
+
+
+def test_mid_and_post_train_help_show_steps_and_lr_defaults():
+    for name, lr in (("mid-train", "0.0002"), ("post-train", "0.0001")):
+        out = " ".join(CliRunner().invoke(cli, [name, "--help"]).output.split())
+        assert "--steps INTEGER Optimizer steps (the linear LR schedule ends here). [default: 1000]" in out
+        assert f"--lr FLOAT Peak learning rate. [default: {lr}]" in out
+
+
+def test_top_level_help_answers_fast_without_torch():
+    code = ("import sys, click.testing; from cli.main import cli; r = click.testing.CliRunner(); "
+            "assert r.invoke(cli, ['--help']).exit_code == 0 and r.invoke(cli, ['--version']).exit_code == 0; "
+            "print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True)
+        best = min(best, time.perf_counter() - t0)
+        assert r.returncode == 0 and "generate-trajectories" in r.stdout
+    assert best < 1.0, f"cmt --help took {best:.2f} s"
+
+
+README = DOC.parent.parent / "README.md"
+
+
+def test_readme_paired_error_comes_with_a_store():
+    """The paired error needs the store the student's teacher wrote; without --store none is printed."""
+    lines = [line for line in README.read_text().splitlines() if "cmt evaluate" in line and "paired" in line]
+    assert lines and all("--store" in line for line in lines)
+
+
+def test_readme_run_time_names_the_machine_and_the_slowdown_when_busy():
+    head = README.read_text().split("pip install -e . && cmt pipeline")[0]
+    assert "idle x86_64" in head and "docs/performance.md" in head and "busy" in head

@@ -2,6 +2,7 @@
 errors, the generator seam (teacher + solver, student at 1 or 2 steps) and `cmt evaluate`'s ranking."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from cmt_pipeline.evaluation.features import CARD, CLASSIFIER_DIR, heldout_accur
 from cmt_pipeline.evaluation.inception import resize_tf1
 from cmt_pipeline.evaluation.metrics import read_tail
 from cmt_pipeline.generation import generate
-from cmt_pipeline.sampling import StudentSampler, TeacherSampler, sample
+from cmt_pipeline.sampling import StudentSampler, TeacherSampler, load_student, sample
 from cmt_pipeline.teachers import Denoiser, EDMDenoiser, Precond, build_unet
 from cmt_pipeline.teachers.gmm import gmm2d, gmm8x8
 from cmt_pipeline.utils import CMTError
@@ -270,3 +271,32 @@ def test_cmt_evaluate_ranks_solvers_on_the_builtin_digits_teacher(tmp_path):
     # 200 samples bias FD upwards (dpm3 x 16 measured 19.3 here, 7.2 at 500; see docs/results.md for 4000)
     assert fd["euler"]["digits_fd"] > 4 * fd["dpm3"]["digits_fd"]
     assert fd["dpm3"]["digits_fd"] < 5 * fd["dpm3"]["digits_fd_floor"]
+    # the floor says what it compares, so a row below it is not a puzzle
+    assert "noise floor (898 vs 899 real digits)" in res.output and "200 samples vs all 1797" in res.output
+
+
+def test_evaluate_defaults_to_the_pipeline_reports_sample_count():
+    """FD depends on the sample count: `cmt evaluate` and the report must agree on it by default."""
+    from cmt_pipeline.config import EvaluateConfig, PostTrainConfig
+    from cmt_pipeline.pipeline import load_pipeline
+
+    digits = Path(__file__).resolve().parent.parent / "configs" / "digits.toml"
+    assert EvaluateConfig().num_samples == load_pipeline(digits)["evaluate"].num_samples == 1000
+    assert PostTrainConfig().eval_samples == 1000
+
+
+def test_sample_npz_holds_the_raw_unclamped_samples(tmp_path):
+    """Documented choice (cmt sample --help, docs/training.md): the .npz is the sampler's exact output; only the
+    PNG clips to [-1, 1]."""
+    torch.manual_seed(0)
+    student = EDMDenoiser(build_unet((1, 8, 8), channels=(8, 16), layers_per_block=1), Precond(boundary_sigma=0.002))
+    student.backbone.conv_out.weight.data *= 10  # outputs well beyond [-1, 1]
+    student.save(tmp_path / "student")
+    res = run_cli("sample", "--ckpt", tmp_path / "student", "--num-samples", 16, "--npz", tmp_path / "s.npz",
+                  "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    raw, *_ = sample(StudentSampler(load_student(str(tmp_path / "student"))), 16, seed=1)
+    npz = np.load(tmp_path / "s.npz")["samples"]
+    assert np.array_equal(npz, raw.numpy()) and np.abs(npz).max() > 1
+    help_text = " ".join(run_cli("sample", "--help").output.split())
+    assert "unclamped" in help_text and "samples in [-1, 1]" not in help_text

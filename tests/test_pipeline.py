@@ -86,6 +86,7 @@ def test_pipeline_end_to_end_then_skips(tmp_path):
     r = cmt("pipeline", tmp_path / "p.toml", "--quiet")
     assert r.returncode == 0 and r.stdout.count("complete, skipped") == 10 and "running" not in r.stdout
     assert (run / "post" / "model.ckpt").read_bytes() == before
+    assert (run / "report.md").read_text() == report and "mid_train " in report  # the stage times are kept
 
 
 def test_pipeline_rejects_unknown_tables(tmp_path):
@@ -101,3 +102,11 @@ def test_the_teacher_is_evaluated_as_it_generated(tmp_path):
     (tmp_path / "p.toml").write_text('[generate]\nteacher = "t"\nguidance_scale = 2.5\nnull_label = 9\nvae = "v"\n')
     evalc = load_pipeline(tmp_path / "p.toml")["evaluate"]
     assert (evalc.teacher, evalc.guidance_scale, evalc.null_label, evalc.vae) == ("t", 2.5, 9, "v")
+
+
+def test_pipeline_refuses_a_wrong_typed_value_before_generation(tmp_path):
+    run = tmp_path / "run"
+    (tmp_path / "p.toml").write_text(TINY.format(out=run).replace("steps = 6", 'steps = "6"'))
+    r = cmt("pipeline", tmp_path / "p.toml")
+    assert r.returncode == 2 and "[mid_train]" in r.stderr and "steps = '6'" in r.stderr, r.stderr
+    assert not run.exists()

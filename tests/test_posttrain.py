@@ -180,7 +180,7 @@ def test_init_of_the_wrong_flavour_is_refused_with_one_line(tmp_path):
                                                         "a mid-mf checkpoint"),
                                       (mf, "ect", "'mid-mf' checkpoint; ect post-training starts from a mid-cm"),
                                       ("gmm:gmm8x8", "ect", "GMMDenoiser, which has no network"),
-                                      (str(tmp_path / "no.ckpt"), "ect", "no.ckpt: teacher path")):
+                                      (str(tmp_path / "no.ckpt"), "ect", "no.ckpt does not exist")):
         r = CliRunner().invoke(cli, ["post-train", "--init", init, "--objective", objective, "--data", "gmm:gmm8x8",
                                      "--out", str(tmp_path / "run"), "--device", "cpu", "--quiet"])
         assert r.exit_code == 2 and expected in r.output and len(r.output.strip().splitlines()) == 1, r.output
@@ -220,8 +220,9 @@ def test_short_post_training_on_gmm_improves_the_one_step_error(objective, tmp_p
                                  "--gmm-samples", "1024", "--channels", "8,16", "--layers-per-block", "1",
                                  "--steps", "40", "--batch-size", "32", "--lr", "5e-3", "--ema-decay", "0",
                                  "--q", "4", "--eval-samples", "64", "--out", str(out), "--device", "cpu",
-                                 "--quiet", "--no-tensorboard", "--sample-every", "0", "--log-every", "10"])
+                                 "--quiet", "--no-tensorboard", "--sample-every", "20", "--log-every", "10"])
     assert r.exit_code == 0, r.output
+    assert [p.name for p in (out / "samples").iterdir()] == ["step-0000020.png"]  # the end is samples-1step.png
     rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [0, 40]
     assert rows[-1]["1step_flow_map_mse"] < 0.85 * rows[0]["1step_flow_map_mse"], rows

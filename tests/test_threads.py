@@ -72,3 +72,26 @@ def test_generated_bytes_do_not_depend_on_the_thread_count(tmp_path, teacher):
             assert np.array_equal(arrays[0][name], other[name]), name
     for t in (2, 3):
         assert (tmp_path / "t1/manifest.json").read_bytes() == (tmp_path / f"t{t}/manifest.json").read_bytes()
+
+
+def test_every_command_takes_num_threads_and_sizes_torch_with_it(tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    ctx = click.Context(cli)
+    names = cli.list_commands(ctx)
+    assert len(names) >= 10
+    for name in names:
+        params = {p.name: p for p in cli.get_command(ctx, name).params}
+        assert "num_threads" in params, name
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 3):  # the command itself runs (and refuses the missing path) with torch sized first
+            result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "nope"), "--num-threads", str(n)])
+            assert "does not exist" in result.output and torch.get_num_threads() == n
+        result = CliRunner().invoke(cli, ["inspect", str(tmp_path / "nope"), "--num-threads", "0"])
+        assert result.exit_code == 2 and "--num-threads" in result.output and "does not exist" not in result.output
+    finally:
+        torch.set_num_threads(before)

@@ -97,23 +97,15 @@ def check(cfg: EvaluateConfig, sampler, image_shape) -> None:
                        f".npy of (N, C, H, W) images in [-1, 1] (got {ref or 'nothing'})")
 
 
-def seed_list(seeds, seed: int) -> list[int]:
-    """The evaluation seeds: `seeds` as a list or a comma list ("1,2,3"), or a count n ("3": seed .. seed + n - 1);
-    empty: [seed]."""
-    text = ",".join(map(str, seeds)) if isinstance(seeds, list) else str(seeds).strip()
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise CMTError(f"--seeds must be a count or a comma list of integers, got {seeds!r}") from None
-    if not values:
-        return [seed]
-    if "," not in text:
-        if values[0] < 1:
-            raise CMTError(f"--seeds as a count must be at least 1, got {values[0]}")
-        return list(range(seed, seed + values[0]))
-    if len(set(values)) != len(values):
-        raise CMTError(f"--seeds lists a seed twice: {seeds!r}")
-    return values
+def seed_list(seeds: int | list, seed: int) -> list[int]:
+    """The evaluation seeds: a list of distinct integers as given, or a count n: seed .. seed + n - 1."""
+    if isinstance(seeds, list):
+        if not seeds or len(set(seeds)) != len(seeds) or not all(type(s) is int for s in seeds):
+            raise CMTError(f"--seeds must list distinct integer seeds, got {seeds}")
+        return seeds
+    if seeds < 1:
+        raise CMTError(f"--seeds as a count must be at least 1, got {seeds}")
+    return list(range(seed, seed + seeds))
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..paths import not_a_model
 from ..utils import CMTError
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
@@ -52,6 +53,8 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
             teacher = _load_or_explain(load_export, path)
         elif find_layout(path) is not None:
             teacher = _load_or_explain(DiffusersDenoiser.load, path)
+        elif reason := not_a_model(path):
+            raise CMTError(reason)
         else:
             raise CMTError(f"{spec} is not a teacher folder: expected {PRECOND_FILE} beside a diffusers model "
                            "(the project's format), a diffusers unet/ or transformer/ + scheduler/ pair "

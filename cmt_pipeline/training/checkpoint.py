@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..teachers.edm import EDMDenoiser, Precond
+from ..paths import not_a_model
 from ..utils import CMTError, atomic_write_bytes
 
 FORMAT = "cmt-model-checkpoint/1"
@@ -130,6 +131,8 @@ def save_model(path, *, kind: str, model, ema_model, step: int, config: dict, da
 def load_model(path, kind: str | tuple[str, ...] | None = None) -> dict:
     """Read model.ckpt; CMTError when it is missing, unreadable, not a cmt checkpoint or of another kind."""
     path = Path(path)
+    if reason := not_a_model(path):
+        raise CMTError(reason)
     if not path.is_file():
         raise CMTError(f"checkpoint {path} does not exist; pass the model.ckpt a training run wrote")
     try:
@@ -144,6 +147,12 @@ def load_model(path, kind: str | tuple[str, ...] | None = None) -> dict:
     if kinds and ckpt["kind"] not in kinds:
         raise CMTError(f"{path} is a {ckpt['kind']!r} checkpoint, but {' or '.join(map(repr, kinds))} is needed here")
     return ckpt
+
+
+def is_checkpoint(spec) -> bool:
+    """Whether a model spec names a model.ckpt (so a missing one is reported as a missing checkpoint) rather
+    than a folder or a teacher spec."""
+    return Path(spec).is_file() or str(spec).endswith(".ckpt")
 
 
 def model_from_checkpoint(ckpt: dict, ema: bool = True) -> torch.nn.Module:

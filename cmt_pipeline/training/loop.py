@@ -49,13 +49,15 @@ class LoopState:
 
 
 class SampleGrid:
-    """Callback: every `every` steps (and at the last) write sample_fn(ema) as run/samples/step-NNNNNNN.png."""
+    """Callback: every `every` steps (and at the last, unless at_end is False: post-training draws its end as
+    samples-{1,2}step.png, which a last grid would duplicate) write sample_fn(ema) as run/samples/step-NNNNNNN.png."""
 
-    def __init__(self, sample_fn, every: int):
-        self.sample_fn, self.every = sample_fn, every
+    def __init__(self, sample_fn, every: int, at_end: bool = True):
+        self.sample_fn, self.every, self.at_end = sample_fn, every, at_end
 
     def __call__(self, s: LoopState):
-        if s.accelerator.is_main_process and (s.step == s.steps or self.every and s.step % self.every == 0):
+        due = self.at_end if s.step == s.steps else self.every and s.step % self.every == 0
+        if s.accelerator.is_main_process and due:
             (s.run_dir / "samples").mkdir(exist_ok=True)
             save_image_grid(self.sample_fn(s.ema), s.run_dir / "samples" / f"step-{s.step:07d}.png")
 

@@ -39,7 +39,7 @@ from ..plotting import save_image_grid
 from ..sampling import StudentSampler, draw_renoise, run_sampler, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, sample_seed
-from .checkpoint import build_network, load_model, model_from_checkpoint, network_spec
+from .checkpoint import build_network, is_checkpoint, load_model, model_from_checkpoint, network_spec
 from .data import TensorSource
 from .loop import SampleGrid, train
 
@@ -52,7 +52,7 @@ EVAL_SEED = 1  # not the training seed's default 0: students are scored on noise
 
 def read_network(spec: str, option: str) -> tuple[torch.nn.Module, str | None]:
     """The network behind a model.ckpt (with the checkpoint's kind) or a teacher spec (kind None)."""
-    if Path(spec).is_file():
+    if is_checkpoint(spec):
         ckpt = load_model(spec)
         return model_from_checkpoint(ckpt), ckpt["kind"]
     try:
@@ -256,7 +256,7 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
 
     t0 = time.perf_counter()
     state = train(student, build_objective(cfg, student), source, cfg, kind=f"post-{cfg.objective}", data_info=info,
-                  resume=resume, progress=progress, callbacks=[log, SampleGrid(one_step, cfg.sample_every),
+                  resume=resume, progress=progress, callbacks=[log, SampleGrid(one_step, cfg.sample_every, at_end=False),
                                                                *callbacks])
     metrics = {"step": state.step, "init": cfg.init, "init_origin": origin, "objective": cfg.objective,
                "sigma_max": cfg.sigma_max, "sigma_mid": cfg.sigma_mid, "eval_samples": cfg.eval_samples,

@@ -1,0 +1,49 @@
+"""Config files are type-checked when read, for every table, so a wrong-typed value stops a run before it starts."""
+
+import dataclasses
+
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from cmt_pipeline.config import (EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig,
+                                 load_config)
+from cmt_pipeline.errors import CMTError
+
+TABLES = {"generate": GenerateConfig, "evaluate": EvaluateConfig, "pretrain": PretrainConfig,
+          "mid_train": MidTrainConfig, "post_train": PostTrainConfig}
+
+
+def toml_value(value) -> str:
+    return {True: "true", False: "false"}.get(value, repr(value)) if isinstance(value, bool) else repr(value)
+
+
+@pytest.mark.parametrize("section", TABLES)
+def test_every_field_of_every_table_refuses_a_wrong_type(tmp_path, section):
+    cls, path = TABLES[section], tmp_path / "c.toml"
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        wrong = 7 if isinstance(default, str) else '"7"'  # a string where none belongs, a number for a string
+        path.write_text(f"[{section}]\n{f.name} = {wrong}\n")
+        with pytest.raises(CMTError, match=f"wrong type in \\[{section}\\].*{f.name} = "):
+            load_config(cls, path, section)
+
+
+def test_types_that_fit(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[mid_train]\nlr = 1\nsteps = 900\ntensorboard = false\nchannels = [8, 16]\n')
+    cfg = load_config(MidTrainConfig, path, "mid_train")
+    assert (cfg.lr, cfg.steps, cfg.tensorboard, cfg.channels) == (1, 900, False, [8, 16])  # an int is a fine float
+    path.write_text('[evaluate]\nsteps = 2\nnull_label = 3\n')
+    assert load_config(EvaluateConfig, path, "evaluate").null_label == 3
+    path.write_text('[mid_train]\nsteps = true\n')  # bool is not an int
+    with pytest.raises(CMTError, match="steps = True \\(expected an integer, got true or false\\)"):
+        load_config(MidTrainConfig, path, "mid_train")
+
+
+def test_mid_train_config_with_a_string_step_count_fails_in_one_line_and_writes_nothing(tmp_path):
+    (tmp_path / "c.toml").write_text('[mid_train]\ndata = "nowhere"\nsteps = "900"\n')
+    r = CliRunner().invoke(cli, ["mid-train", "--config", str(tmp_path / "c.toml"), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and r.output.strip().count("\n") == 0, r.output
+    assert "steps = '900' (expected an integer, got a string)" in r.output
+    assert not (tmp_path / "run").exists()
