@@ -50,7 +50,7 @@ class EvaluateConfig:
     sigma_max: float = 80.0
     sigma_min: float = 0.002
     sigma_mid: float = 0.821  # a student's second-step noise level
-    num_samples: int = 1000  # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
+    num_samples: int = 5000  # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
     seed: int = 1  # not generate-trajectories' default 0, so a student is not scored on its training priors
     seeds: int | list = 1  # evaluation seeds: a count n (seed .. seed + n - 1) or a list [1, 2, 3]
     teacher_seeds: int | list | None = None  # pipeline only: the teacher-solve row's seeds; None = seeds (evaluation.md)
@@ -189,7 +189,7 @@ class PostTrainConfig(TrainConfig):
     sigma_max: float = 80.0  # sampling: x_T = sigma_max * noise
     sigma_mid: float = 0.821  # sampling: the 2-step re-noise level
     eval_every: int = 0  # steps between 1/2-step evaluations (eval.jsonl); 0 = only the init and the end
-    eval_samples: int = 1000
+    eval_samples: int = 5000  # as cmt evaluate's num_samples: FD depends on it
     num_grid_samples: int = 64
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("sigma_mid", "eval_every", "eval_samples",
