@@ -107,7 +107,9 @@ def build_network(spec: dict | None) -> torch.nn.Module:
         return DiffusersDenoiser.from_spec(spec)
     if kind == "BoundaryDenoiser":
         p = spec["precond"]
-        return BoundaryDenoiser(build_network(spec["net"]), p["boundary_sigma"], p["sigma_data"])
+        student = BoundaryDenoiser(build_network(spec["net"]), p["boundary_sigma"], p["sigma_data"])
+        student.precond.shift_in_training = p.get("shift_in_training", False)
+        return student
     if kind == "MeanFlowStudent":
         if "net" not in spec:  # before students of any denoiser, the EDM network's fields were stored flat
             raise CMTError("this MeanFlow checkpoint has the layout of an earlier cmt (one gap embedding, flat "
