@@ -26,8 +26,6 @@ from .train import int_list, train_options
 @click.option("--distance", type=click.Choice(["l2", "huber"]), help="cm: regression distance.")
 @click.option("--huber-c", type=float, help="Pseudo-Huber constant (data units).")
 @click.option("--sigma-min-shift", type=float, help="cm: boundary sigma where f(x, s) = x.")
-@click.option("--shift-in-training/--no-shift-in-training", default=None,
-              help="cm: apply the boundary shift in training too (the reference: at evaluation only).")
 @click.option("--dropout", type=float)
 @click.option("--channels", callback=int_list, help="UNet widths for --init random without a network teacher.")
 @click.option("--layers-per-block", type=int)

@@ -27,8 +27,6 @@ from .train import int_list, train_options
 @click.option("--layers-per-block", type=int)
 @click.option("--dropout", type=float, help="Dropout of the student (the same masks for prediction and target).")
 @click.option("--sigma-min-shift", type=float, help="ect: boundary sigma of a student made from a diffusion/random net.")
-@click.option("--shift-in-training/--no-shift-in-training", default=None,
-              help="ect: apply the boundary shift in training too (the reference: at evaluation only).")
 @click.option("--p-mean", type=float, help="Noise levels ~ LogNormal(p_mean, p_std).  [default: ect -1.1, meanflow -0.4]")
 @click.option("--p-std", type=float, help="[default: ect 2.0, meanflow 1.0]")
 @click.option("--q", type=float, help="ect: r = t (1 - (1 + 8 sigmoid(-t)) / q).")

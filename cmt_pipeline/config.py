@@ -148,7 +148,6 @@ class MidTrainConfig(TrainConfig):
     distance: str = "l2"  # cm: l2 | huber
     huber_c: float = 0.03
     sigma_min_shift: float = 0.003  # cm: the boundary f(x, s) = x holds at s = sigma_min_shift
-    shift_in_training: bool = False  # cm: shift in training too (earlier default); the reference: evaluation only
     dropout: float = 0.0
     channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # init=random without a network teacher
     layers_per_block: int = 2
@@ -175,7 +174,6 @@ class PostTrainConfig(TrainConfig):
     layers_per_block: int = 2
     dropout: float = 0.0
     sigma_min_shift: float = 0.003  # ect: the boundary f(x, s) = x of a student made from a diffusion/random net
-    shift_in_training: bool = False  # ect: shift in training too (earlier default); the reference: evaluation only
     lr: float = 1e-4
     lr_schedule: str = "linear"
     p_mean: float | None = None  # noise levels ~ LogNormal(p_mean, p_std); unset: ECT -1.1/2.0, MeanFlow -0.4/1.0

@@ -90,6 +90,3 @@ def test_boundary_shift_applies_at_evaluation_only():
     expected_eval = sd**2 / ((col - s) ** 2 + sd**2) * xd + (col - s) * sd / (col**2 + sd**2).sqrt() * raw
     assert torch.allclose(train, expected_train, atol=1e-5) and torch.allclose(evaluated, expected_eval, atol=1e-5)
     assert torch.allclose(net.eval()(x, torch.full((3,), s)), x, atol=1e-6)  # the boundary condition, at evaluation
-    net.precond.shift_in_training = True  # the earlier choice, kept as an option: shifted in training as well
-    with torch.no_grad():
-        assert torch.allclose(net.train()(x, sigma).double(), expected_eval, atol=1e-5)

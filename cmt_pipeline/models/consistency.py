@@ -28,8 +28,7 @@ class BoundaryDenoiser(Denoiser):
 
     def forward(self, x, sigma, class_labels=None):
         sig = sigma_column(sigma, x).float()
-        p = self.precond
-        sd, s = p.sigma_data, p.boundary_sigma if p.shift_in_training or not self.training else 0.0
+        sd, s = self.precond.sigma_data, 0.0 if self.training else self.precond.boundary_sigma
         xf = x.float()
         d = self.net(x, sigma, class_labels).float()
         c_skip_s = sd**2 / ((sig - s) ** 2 + sd**2)

@@ -6,7 +6,7 @@
 with s = 0 for a diffusion denoiser and s = sigma_min_shift for a consistency student at evaluation,
 which makes f(x, s) = x exactly (the boundary condition). In training mode s = 0, as the reference's ECMPrecond
 (sony/cmt) does: training sees plain EDM coefficients, the shift applies only to the eval-mode network that
-samples (unless shift_in_training). diffusers' sinusoidal timestep embedding
+samples. diffusers' sinusoidal timestep embedding
 expects timesteps in the hundreds, so the backbone receives c_noise * time_scale.
 
 On disk: a diffusers model directory (config.json + weights, loadable with UNet2DModel.from_pretrained)
@@ -31,7 +31,6 @@ class Precond:
     sigma_data: float = 0.5
     time_scale: float = 1000.0
     boundary_sigma: float = 0.0  # s above: 0 = plain EDM denoiser
-    shift_in_training: bool = False  # also shift in training mode (this project's earlier choice; see training.md)
     num_classes: int = 0
 
 
@@ -62,8 +61,7 @@ class EDMDenoiser(Denoiser):
         self.num_classes = self.precond.num_classes
 
     def coefficients(self, sigma: torch.Tensor):
-        p = self.precond
-        sd, s = p.sigma_data, p.boundary_sigma if p.shift_in_training or not self.training else 0.0
+        sd, s = self.precond.sigma_data, 0.0 if self.training else self.precond.boundary_sigma
         c_in = 1 / (sigma**2 + sd**2).sqrt()
         c_skip = sd**2 / ((sigma - s) ** 2 + sd**2)
         c_out = (sigma - s) * sd / (sigma**2 + sd**2).sqrt()

@@ -107,9 +107,7 @@ def build_network(spec: dict | None) -> torch.nn.Module:
         return DiffusersDenoiser.from_spec(spec)
     if kind == "BoundaryDenoiser":
         p = spec["precond"]
-        student = BoundaryDenoiser(build_network(spec["net"]), p["boundary_sigma"], p["sigma_data"])
-        student.precond.shift_in_training = p.get("shift_in_training", False)
-        return student
+        return BoundaryDenoiser(build_network(spec["net"]), p["boundary_sigma"], p["sigma_data"])
     if kind == "MeanFlowStudent":
         if "net" not in spec:  # before students of any denoiser, the EDM network's fields were stored flat
             raise CMTError("this MeanFlow checkpoint has the layout of an earlier cmt (one gap embedding, flat "

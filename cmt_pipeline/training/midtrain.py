@@ -60,9 +60,7 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
         if hasattr(m, "embedding_table") and hasattr(m, "dropout_prob"):
             m.dropout_prob = 0.0  # DiT's label dropout would pair a null label with a conditional target
     if cfg.flavour == "cm":
-        student = consistency_student(net, cfg.sigma_min_shift)
-        student.precond.shift_in_training = cfg.shift_in_training
-        return student
+        return consistency_student(net, cfg.sigma_min_shift)
     try:
         return MeanFlowStudent(net).train().requires_grad_(True)
     except ValueError as e:

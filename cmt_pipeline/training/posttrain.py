@@ -109,8 +109,6 @@ def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
     torch.manual_seed(cfg.seed)  # a new MeanFlow gap embedding's first layer
     if origin != "cmt":
         net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
-    if cfg.objective == "ect":
-        net.precond.shift_in_training = cfg.shift_in_training
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout
