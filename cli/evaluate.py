@@ -12,6 +12,7 @@ from .main import cli, config_defaults
 ROWS = {
     "digits_fd": ("digits FD (vs all 1797 real)", "{:.3f}"),
     "digits_fd_floor": ("  noise floor (898 vs 899 real digits)", "{:.3f}"),
+    "digits_kid": ("digits KID (vs all 1797 real)", "{:.4g}"),
     "fid": ("FID (Inception-v3)", "{:.3f}"),
     "paired_mse": ("paired MSE vs store x0", "{:.3e}"),
     "paired_psnr": ("paired PSNR (dB)", "{:.2f}"),
@@ -21,6 +22,16 @@ ROWS = {
     "sliced_w2_floor": ("  noise floor (exact vs exact)", "{:.4f}"),
     "sample_seconds": ("sampling time (s)", "{:.1f}"),
 }
+
+
+def count_or_list(value: str | None):
+    """--seeds: '1,2,3' is a list of seeds, '3' a count."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] if "," in value else int(value)
+    except ValueError:
+        raise click.BadParameter(f"a count or a comma list of integers, got {value!r}", param_hint="'--seeds'")
 
 
 @config_defaults(EvaluateConfig)
@@ -41,6 +52,9 @@ ROWS = {
 @click.option("--sigma-mid", type=float, help="A 2-step student's intermediate sigma.")
 @click.option("--num-samples", type=int, help="Generated samples.")
 @click.option("--seed", type=int, help="Sample i's noise depends only on (seed, i).")
+@click.option("--seeds", callback=lambda ctx, param, value: count_or_list(value),
+              help="Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric as mean ± std "
+              "over them, each seed's values in evaluation.json.")
 @click.option("--class-labels", help="random, or one class index for all samples (conditional generators).")
 @click.option("--batch-size", type=int)
 @click.option("--store", type=click.Path(exists=True, file_okay=False),
@@ -59,20 +73,23 @@ ROWS = {
 @click.option("--out", type=click.Path(file_okay=False), help="Folder for evaluation.json and samples.png.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_cmd(config_path, quiet, **opts):
-    """Sample a generator from seeded noise and measure it: digits FD (8x8 generators), FID (with local
+    """Sample a generator from seeded noise and measure it: digits FD and KID (8x8 generators), FID (with local
     Inception weights), paired error against a store, and exact errors for Gaussian-mixture ground truth.
 
     Prints a table, writes OUT/evaluation.json and a sample picture OUT/samples.png.
     """
     from cmt_pipeline.evaluation import evaluate
+    from cmt_pipeline.evaluation.run import with_spread
 
     cfg = load_config(EvaluateConfig, config_path, "evaluate", **opts)
     result = evaluate(cfg, progress=not quiet)
     m = result["metrics"]
-    click.echo(f"{result['generator']}, {m['num_samples']} samples, seed {cfg.seed}")
+    seeds = result["seeds"]
+    click.echo(f"{result['generator']}, {m['num_samples']} samples, seed{'s' * (len(seeds) > 1)} "
+               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else ""))
     for key, (label, fmt) in ROWS.items():
         if key in m:
-            click.echo(f"  {label:<36} {'inf' if m[key] is None else fmt.format(m[key])}")
+            click.echo(f"  {label:<36} {'inf' if m[key] is None else with_spread(m, key, fmt)}")
     if "digits_fd_floor" in m:
         click.echo(f"  (FD shrinks as samples grow: the floor compares 898 vs 899 real digits, the generator "
                    f"{m['num_samples']} samples vs all 1797, so it can read below the floor; docs/evaluation.md)")

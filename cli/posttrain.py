@@ -30,13 +30,14 @@ from .train import int_list, train_options
 @click.option("--p-mean", type=float, help="Noise levels ~ LogNormal(p_mean, p_std).  [default: ect -1.1, meanflow -0.4]")
 @click.option("--p-std", type=float, help="[default: ect 2.0, meanflow 1.0]")
 @click.option("--q", type=float, help="ect: r = t (1 - (1 + 8 sigmoid(-t)) / q).")
-@click.option("--q-double-every", type=int, help="ect: double q every N steps (0 = fixed q).")
-@click.option("--distance", type=click.Choice(["l2", "huber"]), help="ect: distance between prediction and target.")
-@click.option("--huber-c", type=float, help="Pseudo-Huber constant (data units).")
+@click.option("--q-double-every", type=int, help="ect: q^(stage + 1) with a new stage every N steps (0 = fixed q).")
+@click.option("--distance", type=click.Choice(["norm", "l2", "huber"]), help="ect: distance between prediction and "
+              "target: norm = sqrt(sum sq + c^2) - c (the reference's), l2 = mean sq, huber = sqrt(mean sq + c^2) - c.")
+@click.option("--huber-c", type=float, help="ect: c of --distance norm / huber.")
 @click.option("--edm-weighting/--no-edm-weighting", default=None,
               help="ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2.")
 @click.option("--r-fraction", type=float, help="meanflow: share of samples with r != t.")
-@click.option("--adaptive-p", type=float, help="meanflow: adaptive weight 1 / (err + c)^p.")
+@click.option("--adaptive-p", type=float, help="meanflow: adaptive weight 1 / (L^2 + c)^p, L the summed squared error.")
 @click.option("--adaptive-c", type=float)
 @click.option("--sigma-max", type=float, help="Sampling: x_T = sigma_max * noise.")
 @click.option("--sigma-mid", type=float, help="Sampling: 2-step re-noise level.")

@@ -50,8 +50,10 @@ class EvaluateConfig:
     sigma_max: float = 80.0
     sigma_min: float = 0.002
     sigma_mid: float = 0.821  # a student's second-step noise level
-    num_samples: int = 1000  # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
+    num_samples: int = 5000  # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
     seed: int = 1  # not generate-trajectories' default 0, so a student is not scored on its training priors
+    seeds: int | list = 1  # evaluation seeds: a count n (seed .. seed + n - 1) or a list [1, 2, 3]
+    teacher_seeds: int | list | None = None  # pipeline only: the teacher-solve row's seeds; None = seeds (evaluation.md)
     class_labels: str = "random"  # random | an integer class (class-conditional generators)
     batch_size: int = 256
     store: str = ""  # a held-out trajectory store: paired error of the generator vs its stored solver samples
@@ -176,18 +178,18 @@ class PostTrainConfig(TrainConfig):
     lr_schedule: str = "linear"
     p_mean: float | None = None  # noise levels ~ LogNormal(p_mean, p_std); unset: ECT -1.1/2.0, MeanFlow -0.4/1.0
     p_std: float | None = None
-    q: float = 256.0  # ect: r = t (1 - (1 + 8 sigmoid(-t)) / q)
-    q_double_every: int = 0  # ect: > 0 doubles q every this many steps (vanilla ECT curriculum); 0 = fixed q
-    distance: str = "l2"  # ect: l2 | huber
-    huber_c: float = 0.06
+    q: float = 4096.0  # ect: r = t (1 - (1 + 8 sigmoid(-t)) / q); 4096 = the reference after CMT (CIFAR-10)
+    q_double_every: int = 0  # ect: > 0 uses q^(stage + 1), stage = (step - 1) // this (vanilla ECT, q = 2); 0 = fixed q
+    distance: str = "norm"  # ect: norm (the reference's: sqrt(sum sq + c^2) - c) | l2 (mean sq) | huber
+    huber_c: float = 0.0  # ect: c of norm / huber; the reference's 0 makes norm the plain L2 norm
     edm_weighting: bool = False  # ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2
     r_fraction: float = 0.25  # meanflow: share of samples with r != t
-    adaptive_p: float = 1.0  # meanflow: adaptive loss weight 1 / (err + adaptive_c)^p
+    adaptive_p: float = 1.0  # meanflow: loss L^2 / (L^2 + adaptive_c)^p, L = summed squared error (sony/mf-rae)
     adaptive_c: float = 1e-3
     sigma_max: float = 80.0  # sampling: x_T = sigma_max * noise
     sigma_mid: float = 0.821  # sampling: the 2-step re-noise level
     eval_every: int = 0  # steps between 1/2-step evaluations (eval.jsonl); 0 = only the init and the end
-    eval_samples: int = 1000
+    eval_samples: int = 5000  # as cmt evaluate's num_samples: FD depends on it
     num_grid_samples: int = 64
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("sigma_mid", "eval_every", "eval_samples",

@@ -124,6 +124,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     validate(cfg, world)
     prepare_run_dir(acc, cfg, kind, resume, data_info or {})
 
+    model.train()  # dropout and the training-mode coefficients, even after a step-0 evaluation put it in eval mode
     ema = EMA(model).to(acc.device)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                     weight_decay=cfg.weight_decay)
