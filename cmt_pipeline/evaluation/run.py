@@ -22,7 +22,7 @@ from ..plotting import save_image_grid, save_scatter
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
 from ..stores import open_store
 from ..teachers import GMMDenoiser, load_teacher
-from ..utils import CMTError, atomic_write_json, resolve_device
+from ..utils import CMTError, atomic_write_json, full_fp32, resolve_device
 from .features import DigitsFD, real_digits
 from .frechet import feature_stats, frechet_distance
 from .inception import inception_features, load_inception
@@ -95,6 +95,7 @@ def check(cfg: EvaluateConfig, sampler, image_shape) -> None:
                        f".npy of (N, C, H, W) images in [-1, 1] (got {ref or 'nothing'})")
 
 
+@full_fp32()
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     """Sample cfg.num_samples from the generator, compute the applicable metrics, write JSON + PNG to cfg.out;
     returns what the JSON holds plus `out` and the `samples` themselves (for further analysis)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..coordinates import fm_state, fm_time
 from .distances import distance
 
 
@@ -58,14 +59,14 @@ class CMTMeanFlowLoss:
         b, k = traj.shape[:2]
         points = torch.cat([traj, x0[:, None]], 1)  # (B, K + 1, ...): the endpoint is the last point
         sig = self.sigmas[: k + 1].to(traj.device, torch.float32)
-        t_all = sig / (1 + sig)
+        t_all = fm_time(sig)
         # i uniform over the K states, then j uniform over the later points (the endpoint included)
         i = torch.randint(0, k, (b, self.pairs_per_traj), device=traj.device)
         j = i + 1 + (torch.rand(b, self.pairs_per_traj, device=traj.device) * (k - i)).long()
         rows = torch.arange(b, device=traj.device)[:, None]
         shape = (-1, 1, 1, 1)
-        z_i = (points[rows, i] / (1 + sig[i]).view(b, -1, 1, 1, 1)).flatten(0, 1)
-        z_j = (points[rows, j] / (1 + sig[j]).view(b, -1, 1, 1, 1)).flatten(0, 1)
+        z_i = fm_state(points[rows, i], sig[i].view(b, -1, 1, 1, 1)).flatten(0, 1)
+        z_j = fm_state(points[rows, j], sig[j].view(b, -1, 1, 1, 1)).flatten(0, 1)
         t_i, t_j = t_all[i].flatten(), t_all[j].flatten()
         target = (z_i - z_j) / (t_i - t_j).view(shape)
         u = model(z_i, t_j, t_i, _labels(batch, self.pairs_per_traj))
