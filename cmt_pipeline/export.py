@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .models import BoundaryDenoiser, MeanFlowStudent
+from .teachers.edm import EDMDenoiser
 from .teachers.exported import GAP_DIR, INDEX, MODULE, is_export
 from .utils import CMTError, atomic_folder
 
@@ -32,9 +34,7 @@ def to_pipeline(model: torch.nn.Module, vae=None, sigma_max: float = 80.0, sigma
     """The FewStepPipeline of a student (a consistency EDMDenoiser or a MeanFlowStudent of one) and its VAE, if any."""
     from diffusers import UNet2DModel
 
-    from .few_step_pipeline import FewStepPipeline, GapEmbedding
-    from .models import BoundaryDenoiser, MeanFlowStudent
-    from .teachers.edm import EDMDenoiser
+    from .few_step_pipeline import FewStepPipeline, GapEmbedding  # imports diffusers: only when exporting
 
     net = model.net if isinstance(model, (MeanFlowStudent, BoundaryDenoiser)) else model
     if not isinstance(net, EDMDenoiser):
