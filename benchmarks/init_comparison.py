@@ -42,7 +42,7 @@ from cmt_pipeline.config import GenerateConfig, MidTrainConfig, PostTrainConfig,
 from cmt_pipeline.evaluation.features import DigitsFD
 from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
 from cmt_pipeline.generation import generate
-from cmt_pipeline.generation.run import draw_priors
+from cmt_pipeline.priors import draw_priors
 from cmt_pipeline.sampling import TeacherSampler, run_sampler
 from cmt_pipeline.stores import open_store
 from cmt_pipeline.teachers import load_teacher

@@ -22,6 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config, to_dict
+from .evaluation.run import evaluate
+from .generation import generate
+from .models.io import load_model
+from .stores import open_store
+from .training.midtrain import mid_train
+from .training.posttrain import post_train
 from .utils import CMTError, atomic_write_bytes, atomic_write_json
 
 SECTIONS = {"pipeline", "generate", "mid_train", "post_train", "evaluate"}
@@ -49,8 +55,6 @@ def load_pipeline(path, out: str | None = None) -> dict:
 
 
 def store_done(path: Path) -> bool:
-    from .stores import open_store
-
     try:
         open_store(path)  # complete, and every file the size its marker recorded
         return True
@@ -59,8 +63,6 @@ def store_done(path: Path) -> bool:
 
 
 def training_done(run_dir: Path, steps: int) -> bool:
-    from .training.checkpoint import load_model
-
     ckpt = run_dir / "model.ckpt"
     if not ckpt.exists():
         return False
@@ -92,11 +94,6 @@ def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
 
 
 def run_pipeline(config_path, out: str | None = None, progress: bool = True, echo=print) -> dict:
-    from .evaluation.run import evaluate
-    from .generation import generate
-    from .training.midtrain import mid_train
-    from .training.posttrain import post_train
-
     cfgs = load_pipeline(config_path, out)
     run = cfgs["run"]
     run.mkdir(parents=True, exist_ok=True)
@@ -134,12 +131,10 @@ def run_pipeline(config_path, out: str | None = None, progress: bool = True, ech
 
 
 def save_loss_curves(logs: dict, out: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # heavy; only when the curves are drawn
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(logs), figsize=(4.5 * len(logs), 3.2), dpi=110)
+    fig = Figure(figsize=(4.5 * len(logs), 3.2), dpi=110)  # not pyplot: no backend switch, no figure registry
+    axes = fig.subplots(1, len(logs))
     for ax, (title, path) in zip(axes, logs.items()):
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
@@ -150,7 +145,6 @@ def save_loss_curves(logs: dict, out: Path) -> None:
     axes[0].set_ylabel("training loss")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
 
 
 METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("digits_kid", "digits KID", "{:.3g}"),

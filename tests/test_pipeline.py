@@ -66,7 +66,7 @@ def test_pipeline_end_to_end_then_skips(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (run / "trajectories" / "manifest.json").exists()
     for stage, kind in (("mid", "mid-cm"), ("post", "post-ect")):
-        from cmt_pipeline.training.checkpoint import load_model
+        from cmt_pipeline.models.io import load_model
 
         assert load_model(run / stage / "model.ckpt", kind=kind)["step"] == (6 if stage == "mid" else 4)
         assert (run / stage / "config.json").exists() and (run / stage / "log.jsonl").exists()

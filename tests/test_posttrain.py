@@ -19,7 +19,7 @@ from cmt_pipeline.objectives import ect as ect_module
 from cmt_pipeline.objectives.ect import ECTLoss, ect_r
 from cmt_pipeline.objectives.meanflow import MeanFlowLoss, meanflow_target
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
-from cmt_pipeline.training.checkpoint import load_model, model_from_checkpoint, save_model
+from cmt_pipeline.models.io import load_model, model_from_checkpoint, save_model
 from cmt_pipeline.training.posttrain import post_train
 from cmt_pipeline.utils import CMTError
 
@@ -266,7 +266,7 @@ def test_meanflow_post_training_under_two_process_ddp(tmp_path):
 def test_post_training_from_a_teacher_folder_writes_a_loadable_checkpoint(tmp_path):
     """A folder-loaded network (diffusers from_pretrained records a Path in its config) still gives a
     model.ckpt that load_model reads with weights_only=True."""
-    from cmt_pipeline.training.checkpoint import export_denoiser
+    from cmt_pipeline.models.io import export_denoiser
 
     export_denoiser(tiny_net(), tmp_path / "teacher")
     r = post_train(PostTrainConfig(init=str(tmp_path / "teacher"), data="gmm:gmm8x8", gmm_samples=64, steps=2,

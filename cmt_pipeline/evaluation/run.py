@@ -24,7 +24,7 @@ from ..plotting import save_image_grid, save_scatter
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
 from ..stores import open_store
 from ..teachers import GMMDenoiser, load_teacher
-from ..utils import CMTError, atomic_write_json, resolve_device
+from ..utils import CMTError, atomic_write_json, full_fp32, resolve_device
 from .features import DigitsFD, real_digits
 from .frechet import feature_stats, frechet_distance
 from .inception import inception_features, load_inception
@@ -149,6 +149,7 @@ def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int
     return {"metrics": metrics, "x": x, "images": images}
 
 
+@full_fp32()
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     """Sample cfg.num_samples from the generator for each evaluation seed, compute the applicable metrics, write
     JSON (mean and std over seeds, and each seed's values) + PNG (the first seed's samples) to cfg.out; returns

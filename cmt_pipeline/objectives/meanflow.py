@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..coordinates import fm_time
 from .ect import same_randomness, unwrap
 
 
@@ -71,7 +72,7 @@ class MeanFlowLoss:
         b, col = x0.shape[0], (-1,) + (1,) * (x0.ndim - 1)
         sigma = (torch.randn(b, 2, device=x0.device) * self.p_std + self.p_mean).exp().clamp(self.sigma_min,
                                                                                            self.sigma_max)
-        tt = sigma / (1 + sigma)
+        tt = fm_time(sigma)
         t, r = tt.max(1).values, tt.min(1).values
         apart = torch.rand(b, device=x0.device) < self.r_fraction
         r = torch.where(apart, r, t)

@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import TrainConfig
+from ..models.io import save_model
 from ..plotting import save_image_grid
 from ..utils import CMTError, atomic_write_bytes, atomic_write_json, sample_seed
-from .checkpoint import resolve_resume, save_model, save_training_state
+from .checkpoint import resolve_resume, save_training_state
 from .data import batch_stream
 from .ema import EMA, ema_decay
 
