@@ -42,6 +42,7 @@ from cmt_pipeline.config import GenerateConfig, MidTrainConfig, PostTrainConfig,
 from cmt_pipeline.evaluation.features import DigitsFD
 from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
 from cmt_pipeline.generation import generate
+from cmt_pipeline.plotting import save_curves
 from cmt_pipeline.priors import draw_priors
 from cmt_pipeline.sampling import TeacherSampler, run_sampler
 from cmt_pipeline.stores import open_store
@@ -162,30 +163,14 @@ def reading(summary: dict, metric: str) -> str:
 
 
 def plot_curves(summary: dict, metric: str, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    """Each init's mean curve over seeds, shaded from the lowest to the highest seed, with the target line."""
+    series = {}
     for name, t in summary["table"].items():
-        steps = t["steps"]
-        mean = np.array([statistics.mean(t[metric][s]) for s in steps])
-        lo = np.array([min(t[metric][s]) for s in steps])
-        hi = np.array([max(t[metric][s]) for s in steps])
-        ax.plot(steps, mean, marker="o", ms=3, label=name)
-        ax.fill_between(steps, lo, hi, alpha=0.2)
-    ax.axhline(summary["target"]["value"], color="0.5", ls=":", lw=1, label="target")
-    ax.set_yscale("log")
-    ax.set_xlabel("post-training step (ECT)")
-    ax.set_ylabel(LABELS[metric] + " (EMA)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        per_step = [t[metric][s] for s in t["steps"]]
+        series[name] = (t["steps"], [statistics.mean(v) for v in per_step], [min(v) for v in per_step],
+                        [max(v) for v in per_step])
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    save_curves(path, {title: series}, "post-training step (ECT)", LABELS[metric] + " (EMA)", summary["target"]["value"])
 
 
 def write_section(doc: Path, part: str, lines: list[str]) -> None:

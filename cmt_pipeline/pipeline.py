@@ -25,6 +25,7 @@ from .config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainCon
 from .evaluation.run import evaluate
 from .generation import generate
 from .models.io import load_model
+from .plotting import save_curves
 from .stores import open_store
 from .training.midtrain import mid_train
 from .training.posttrain import post_train
@@ -131,20 +132,12 @@ def run_pipeline(config_path, out: str | None = None, progress: bool = True, ech
 
 
 def save_loss_curves(logs: dict, out: Path) -> None:
-    from matplotlib.figure import Figure  # heavy; only when the curves are drawn
-
-    fig = Figure(figsize=(4.5 * len(logs), 3.2), dpi=110)  # not pyplot: no backend switch, no figure registry
-    axes = fig.subplots(1, len(logs))
-    for ax, (title, path) in zip(axes, logs.items()):
+    """One training-loss panel per stage ({title: log.jsonl})."""
+    panels = {}
+    for title, path in logs.items():
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
-        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-        ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("training loss")
-    fig.tight_layout()
-    fig.savefig(out)
+        panels[title] = {None: ([r["step"] for r in rows], [r["loss"] for r in rows])}
+    save_curves(out, panels, ylabel="training loss")
 
 
 METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("digits_kid", "digits KID", "{:.3g}"),

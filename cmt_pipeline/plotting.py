@@ -50,3 +50,31 @@ def save_scatter(points: torch.Tensor, path, reference: torch.Tensor | None = No
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def save_curves(path, panels: dict, xlabel: str = "step", ylabel: str = "", target: float | None = None) -> None:
+    """Log-scale curves, one panel per `panels` entry ({title: {label: (steps, values[, lo, hi])}}) side by side:
+    the one plotter for loss, held-out error and benchmark curves. A (lo, hi) band shades the spread over seeds;
+    `target` draws a dotted reference line; None labels draw no legend. Written atomically."""
+    from matplotlib.figure import Figure  # heavy; only when curves are drawn
+
+    fig = Figure(figsize=(4.5 * len(panels), 3.2), dpi=120)  # not pyplot: no backend to pick, no figure registry
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, series) in zip(axes, panels.items()):
+        for label, (steps, values, *band) in series.items():
+            ax.plot(steps, values, marker="o" if len(steps) <= 64 else None, ms=3, label=label)
+            if band:
+                ax.fill_between(steps, *band, alpha=0.2)
+        if target is not None:
+            ax.axhline(target, color="0.5", ls=":", lw=1, label="target")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        if any(label is not None for label in series) or target is not None:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel(ylabel)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())

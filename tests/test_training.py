@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,8 +19,19 @@ from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.training import EMA, TensorSource, ema_decay, train
 from cmt_pipeline.training.checkpoint import resolve_resume
 from cmt_pipeline.training.data import batch_stream
+from cmt_pipeline.training.loop import LoopState, due
 from cmt_pipeline.training.pretrain import build_teacher
 from cmt_pipeline.utils import CMTError
+
+
+# ---- periodic callbacks ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("at_end, main, fired", [(True, True, [3, 6, 7]), (False, True, [3, 6]), (True, False, [])])
+def test_periodic_trigger_steps(at_end, main, fired):
+    acc = SimpleNamespace(is_main_process=main)
+    state = lambda step: LoopState(step, 7, acc, None, None, Path("."))
+    assert [k for k in range(1, 8) if due(state(k), 3, at_end)] == fired
+    assert [k for k in range(1, 8) if due(state(k), 0, at_end)] == ([7] if at_end and main else [])
 
 
 # ---- EMA ------------------------------------------------------------------------------------------------

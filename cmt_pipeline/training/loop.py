@@ -49,6 +49,14 @@ class LoopState:
     metrics: dict = field(default_factory=dict)  # the last logged metrics
 
 
+def due(s: LoopState, every: int, at_end: bool = True) -> bool:
+    """Whether a periodic callback acts after this step: on the main process, every `every` steps (0 = never) and
+    at the last step unless at_end is False; one rule, so grids and evaluations land on the same steps."""
+    if not s.accelerator.is_main_process:
+        return False
+    return at_end if s.step == s.steps else bool(every) and s.step % every == 0
+
+
 class SampleGrid:
     """Callback: every `every` steps (and at the last, unless at_end is False: post-training draws its end as
     samples-{1,2}step.png, which a last grid would duplicate) write sample_fn(ema) as run/samples/step-NNNNNNN.png."""
@@ -57,8 +65,7 @@ class SampleGrid:
         self.sample_fn, self.every, self.at_end = sample_fn, every, at_end
 
     def __call__(self, s: LoopState):
-        due = self.at_end if s.step == s.steps else self.every and s.step % self.every == 0
-        if s.accelerator.is_main_process and due:
+        if due(s, self.every, self.at_end):
             (s.run_dir / "samples").mkdir(exist_ok=True)
             save_image_grid(self.sample_fn(s.ema), s.run_dir / "samples" / f"step-{s.step:07d}.png")
 

@@ -10,31 +10,24 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..config import MidTrainConfig
-from ..evaluation.metrics import exact_flow_map, mse_psnr
+from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples, read_tail
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import build_network, export_denoiser, network_spec
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.distances import DISTANCES
-from ..sampling import StudentSampler, run_sampler
-from ..stores import open_store, read_range
+from ..plotting import save_curves
+from ..sampling import StudentSampler
+from ..stores import open_store
 from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, seeded
-from .loop import SampleGrid, train
+from .loop import SampleGrid, due, train
 from .trajectories import trajectory_source
 
 FLAVOURS = ("cm", "mf")
-
-
-def holdout_arrays(path, holdout: int, num: int) -> dict:
-    """Prior, labels and stored x0 of the first `num` held-out trajectories (the store's last `holdout`)."""
-    reader = open_store(path)
-    lo = reader.plan["num_samples"] - holdout
-    return read_range(reader, lo, lo + min(num, holdout))
 
 
 def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
@@ -75,9 +68,8 @@ class HoldoutError:
         self.path, self.data, self.sigma_max, self.every, self.exact = run / "eval.jsonl", data, sigma_max, every, exact
 
     def measure(self, model, step: int, device) -> dict:
-        sampler = StudentSampler(as_denoiser(model).eval(), [self.sigma_max])
-        x = run_sampler(sampler, self.data["prior"], self.data["labels"], device=device)
-        row = {"step": step, "teacher_mse": mse_psnr(x, self.data["x0"].astype(np.float32))["mse"]}
+        x, err = paired_samples(StudentSampler(as_denoiser(model).eval(), [self.sigma_max]), self.data, device=device)
+        row = {"step": step, "teacher_mse": err["mse"]}
         if self.exact is not None:
             row["exact_mse"] = mse_psnr(x, self.exact)["mse"]
         with open(self.path, "a") as f:
@@ -85,31 +77,20 @@ class HoldoutError:
         return row
 
     def __call__(self, s):
-        if s.accelerator.is_main_process and (s.step == s.steps or self.every and s.step % self.every == 0):
+        if due(s, self.every):
             self.measure(s.ema, s.step, s.accelerator.device)
 
 
 def plot_curve(path: Path, out: Path, title: str) -> None:
-    from matplotlib.figure import Figure  # heavy; only when a curve is drawn
-
     rows = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
         rows[row["step"]] = row  # a resumed run re-measures: keep the last
     steps = sorted(rows)
-    fig = Figure(figsize=(5, 3.2), dpi=120)
-    ax = fig.subplots()
-    for key, label in (("teacher_mse", "vs teacher's solver sample"), ("exact_mse", "vs exact flow map")):
-        if key in rows[steps[0]]:
-            ax.plot(steps, [rows[s][key] for s in steps], marker="o", ms=3, label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("mid-training step")
-    ax.set_ylabel("held-out 1-step MSE")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out)
+    series = {label: (steps, [rows[s][key] for s in steps])
+              for key, label in (("teacher_mse", "vs teacher's solver sample"), ("exact_mse", "vs exact flow map"))
+              if key in rows[steps[0]]}
+    save_curves(out, {title: series}, xlabel="mid-training step", ylabel="held-out 1-step MSE")
 
 
 def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
@@ -137,7 +118,7 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     run = Path(cfg.out)
     callbacks = list(callbacks)
     if cfg.holdout > 0:
-        data = holdout_arrays(cfg.data, cfg.holdout, cfg.eval_samples)
+        data = read_tail(cfg.data, min(cfg.eval_samples, cfg.holdout))  # as `cmt evaluate`'s paired error
         exact = exact_flow_map(teacher, data["prior"], plan["sigmas"][0], plan["sigmas"][-1]).float() \
             if isinstance(teacher, GMMDenoiser) else None
         evaluator = HoldoutError(run, data, plan["sigmas"][0], cfg.eval_every, exact)

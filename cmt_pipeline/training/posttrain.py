@@ -41,7 +41,7 @@ from ..sampling import StudentSampler, run_sampler, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, seeded
 from .data import TensorSource
-from .loop import SampleGrid, train
+from .loop import SampleGrid, due, train
 
 OBJECTIVES = ("ect", "meanflow")
 STUDENT_KINDS = {"ect": ("mid-cm", "post-ect"), "meanflow": ("mid-mf", "post-meanflow")}
@@ -213,7 +213,7 @@ class EvalLog:
         return self.last
 
     def __call__(self, s):
-        if s.accelerator.is_main_process and (s.step == s.steps or self.every and s.step % self.every == 0):
+        if due(s, self.every):
             self.measure(s.ema, s.step)
 
 
