@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .constants import SIGMA_MAX, SIGMA_MID
 from .teachers.base import Denoiser
 from .utils import CMTError
 
@@ -74,7 +75,7 @@ def load_export(path) -> ExportedStudent:
     return ExportedStudent(FewStepPipeline(UNet2DModel.from_pretrained(path / "unet"), gap, **config))
 
 
-def to_pipeline(model: torch.nn.Module, vae=None, sigma_max: float = 80.0, sigma_mid: float = 0.821):
+def to_pipeline(model: torch.nn.Module, vae=None, sigma_max: float = SIGMA_MAX, sigma_mid: float = SIGMA_MID):
     """The FewStepPipeline of a student (a consistency EDMDenoiser or a MeanFlowStudent of one) and its VAE, if any."""
     from diffusers import UNet2DModel
 
