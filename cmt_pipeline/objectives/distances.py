@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-DISTANCES = ("l2", "huber")
+from ..config import DISTANCES
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2", huber_c: float = 0.03) -> torch.Tensor:
