@@ -39,17 +39,19 @@ import numpy as np
 import torch
 
 from cmt_pipeline.config import GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
+from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.evaluation.features import DigitsFD
 from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
 from cmt_pipeline.generation import generate
 from cmt_pipeline.generation.run import draw_priors
+from cmt_pipeline.pipeline import store_done
 from cmt_pipeline.sampling import TeacherSampler, run_sampler
 from cmt_pipeline.stores import open_store
 from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import EVAL_SEED, gmm_truth, post_train
 from cmt_pipeline.training.pretrain import pretrain
-from cmt_pipeline.utils import atomic_write_bytes, atomic_write_json
+from cmt_pipeline.utils import atomic_write_json
 
 QUIET = dict(device="cpu", tensorboard=False, sample_every=0, log_every=25)
 INITS = ("random", "diffusion", "CMT")
@@ -188,18 +190,6 @@ def plot_curves(summary: dict, metric: str, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_section(doc: Path, part: str, lines: list[str]) -> None:
-    """Replace this part's section of docs/results.md (between its markers) or append it."""
-    start, end = f"<!-- init-comparison:{part} -->", f"<!-- /init-comparison:{part} -->"
-    text = doc.read_text() if doc.exists() else "# Results\n"
-    block = "\n".join([start, *lines, end])
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_bytes(doc, text.encode())
-
-
 def stage_seconds(folder: Path) -> float:
     """A finished stage's wall time: from the first to the last file written in its folder (so a section
     rendered again from reused stages still reports what they cost)."""
@@ -227,9 +217,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
                                 out=str(fresh(teacher_run)), **QUIET), progress=False)
     n_traj = args.gmm_trajectories + 256
     store = root / "trajectories"
-    try:
-        open_store(store)
-    except Exception:
+    if not store_done(store):
         generate(GenerateConfig(teacher=str(teacher_run / "teacher"), num_samples=n_traj, out=str(fresh(store)),
                                 device="cpu", batch_size=512, shard_size=1024), progress=False)
     mid = root / "mid"
@@ -298,7 +286,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
         *provenance([teacher_run, store, mid, *(root / f"post-{n}-seed{k}" for n in inits
                                                  for k in range(args.seeds))]),
     ]
-    write_section(doc, "gmm", lines)
+    write_section(doc, "init-comparison:gmm", "\n".join(lines))
 
 
 # ---- digits ----------------------------------------------------------------------------------------------
@@ -306,9 +294,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
 def digits_store(args, root: Path) -> Path:
     """One store of the largest size + 256 held out; smaller training sets are its first n trajectories."""
     store = root / "trajectories"
-    try:
-        open_store(store)
-    except Exception:
+    if not store_done(store):
         generate(GenerateConfig(teacher="builtin", num_samples=max(args.sizes) + 256, out=str(fresh(store)),
                                 device="cpu", batch_size=256, shard_size=1024), progress=True)
     return store
@@ -395,7 +381,7 @@ def digits_part(args, out: Path, doc: Path) -> None:
         "",
         *provenance([store, mid, *(root / f"post-{n}-seed{k}" for n in inits for k in range(args.seeds))]),
     ]
-    write_section(doc, "digits", lines)
+    write_section(doc, "init-comparison:digits", "\n".join(lines))
 
 
 def size_part(args, out: Path, doc: Path) -> None:
@@ -437,7 +423,7 @@ def size_part(args, out: Path, doc: Path) -> None:
                      *(root / f"post-CMT-{n}-seed{k}" for n in args.sizes if n != max(args.sizes)
                        for k in range(args.size_seeds))]),
     ]
-    write_section(doc, "size", lines)
+    write_section(doc, "init-comparison:size", "\n".join(lines))
 
 
 def main():
