@@ -209,6 +209,7 @@ def test_diffusion_and_cmt_inits_become_students_of_the_right_kind(tmp_path):
     assert isinstance(ect_rnd, EDMDenoiser) and ect_rnd.precond.boundary_sigma == 0.003
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["ect", "meanflow"])
 def test_short_post_training_on_gmm_improves_the_one_step_error(objective, tmp_path):
     out = tmp_path / objective
@@ -230,6 +231,7 @@ def test_short_post_training_on_gmm_improves_the_one_step_error(objective, tmp_p
     assert (config["p_mean"], config["p_std"]) == ((-1.1, 2.0) if objective == "ect" else (-0.4, 1.0))
 
 
+@pytest.mark.slow
 def test_meanflow_post_training_under_two_process_ddp(tmp_path):
     """`accelerate launch` with 2 CPU processes: the JVP runs on the module inside DDP, the gradient forward
     through DDP, with gradient accumulation and dropout; the run completes on both ranks and trains."""
@@ -259,6 +261,7 @@ def test_meanflow_post_training_under_two_process_ddp(tmp_path):
     assert "1step_flow_map_mse" in json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_post_training_from_a_teacher_folder_writes_a_loadable_checkpoint(tmp_path):
     """A folder-loaded network (diffusers from_pretrained records a Path in its config) still gives a
     model.ckpt that load_model reads with weights_only=True."""
