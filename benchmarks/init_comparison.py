@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from cmt_pipeline.config import GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
+from cmt_pipeline.constants import SIGMA_MAX
 from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.evaluation.features import DigitsFD
 from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
@@ -240,7 +241,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
     summary = summarise(runs, METRICS["gmm"], "1step_flow_map_mse", "diffusion", steps)
 
     # references: the teacher's own 16-step solve and the sampling floor, on the same evaluation noise
-    exact, reference = gmm_truth("gmm:gmm8x8", args.eval_samples, 80.0)
+    exact, reference = gmm_truth("gmm:gmm8x8", args.eval_samples, SIGMA_MAX)
     prior, _ = draw_priors(EVAL_SEED, np.arange(args.eval_samples), (1, 8, 8), 0, "random")
     teacher = load_teacher(str(teacher_run / "teacher"))
     x = run_sampler(TeacherSampler(teacher, "dpm3", 16), prior)
