@@ -44,8 +44,8 @@ from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.evaluation.features import DigitsFD
 from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
 from cmt_pipeline.generation import generate
-from cmt_pipeline.generation.run import draw_priors
 from cmt_pipeline.pipeline import store_done
+from cmt_pipeline.priors import draw_priors
 from cmt_pipeline.sampling import TeacherSampler, run_sampler
 from cmt_pipeline.stores import open_store
 from cmt_pipeline.teachers import load_teacher

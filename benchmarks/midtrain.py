@@ -23,10 +23,10 @@ import torch
 
 from cmt_pipeline.config import GenerateConfig, MidTrainConfig
 from cmt_pipeline.generation import generate
-from cmt_pipeline.generation.run import draw_priors
+from cmt_pipeline.priors import draw_priors
 from cmt_pipeline.objectives.cmt import CMTLoss
 from cmt_pipeline.solvers import get_solver, make_grid
-from cmt_pipeline.stores.loader import trajectory_source
+from cmt_pipeline.training.trajectories import trajectory_source
 from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.training.loop import train
 from cmt_pipeline.training.midtrain import build_student

@@ -13,6 +13,7 @@ from .options import config_options
 ROWS = {
     "digits_fd": ("digits FD (vs all 1797 real)", "{:.3f}"),
     "digits_fd_floor": ("  noise floor (898 vs 899 real digits)", "{:.3f}"),
+    "digits_kid": ("digits KID (vs all 1797 real)", "{:.4g}"),
     "fid": ("FID (Inception-v3)", "{:.3f}"),
     "paired_mse": ("paired MSE vs store x0", "{:.3e}"),
     "paired_psnr": ("paired PSNR (dB)", "{:.2f}"),
@@ -30,20 +31,23 @@ ROWS = {
 @config_options(EvaluateConfig)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_cmd(config_path, quiet, **opts):
-    """Sample a generator from seeded noise and measure it: digits FD (8x8 generators), FID (with local
+    """Sample a generator from seeded noise and measure it: digits FD and KID (8x8 generators), FID (with local
     Inception weights), paired error against a store, and exact errors for Gaussian-mixture ground truth.
 
     Prints a table, writes OUT/evaluation.json and a sample picture OUT/samples.png.
     """
     from cmt_pipeline.evaluation import evaluate
+    from cmt_pipeline.evaluation.run import with_spread
 
     cfg = load_config(EvaluateConfig, config_path, "evaluate", **opts)
     result = evaluate(cfg, progress=not quiet)
     m = result["metrics"]
-    click.echo(f"{result['generator']}, {m['num_samples']} samples, seed {cfg.seed}")
+    seeds = result["seeds"]
+    click.echo(f"{result['generator']}, {m['num_samples']} samples, seed{'s' * (len(seeds) > 1)} "
+               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else ""))
     for key, (label, fmt) in ROWS.items():
         if key in m:
-            click.echo(f"  {label:<36} {'inf' if m[key] is None else fmt.format(m[key])}")
+            click.echo(f"  {label:<36} {'inf' if m[key] is None else with_spread(m, key, fmt)}")
     if "digits_fd_floor" in m:
         click.echo(f"  (FD shrinks as samples grow: the floor compares 898 vs 899 real digits, the generator "
                    f"{m['num_samples']} samples vs all 1797, so it can read below the floor; docs/evaluation.md)")

@@ -17,8 +17,8 @@ from cmt_pipeline.errors import CMTError
 # group imports a command's module only when that command runs, and `cmt --help` lists these sentences instead;
 # tests/test_docs.py checks each against its command's own help.
 COMMANDS = {
-    "evaluate": ("evaluate", "Sample a generator from seeded noise and measure it: digits FD (8x8 generators), FID "
-                 "(with local Inception weights), paired error against a store, and exact errors for "
+    "evaluate": ("evaluate", "Sample a generator from seeded noise and measure it: digits FD and KID (8x8 generators), "
+                 "FID (with local Inception weights), paired error against a store, and exact errors for "
                  "Gaussian-mixture ground truth."),
     "export": ("sample", "Write a student as a diffusers folder that needs only torch and diffusers: the pipeline's "
                "code (few_step_pipeline.py), unet/, a MeanFlow student's gap_embedding/, a latent student's vae/, and "

@@ -40,6 +40,16 @@ def int_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers such as 48,96, got {value!r}") from None
 
 
+def count_or_list(ctx, param, value):
+    """'1,2,3' is a list, '3' a count (--seeds)."""
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()] if "," in value else int(value)
+    except ValueError:
+        raise click.BadParameter(f"a count or a comma list of integers, got {value!r}") from None
+
+
 def param_type(meta, hint):
     if meta.get("path"):
         return PATHS[meta["path"]]
@@ -70,18 +80,22 @@ def config_option(f: dataclasses.Field, hint):
     if hint is bool:
         flags = [flag, f.metadata.get("negative", "--no-" + flag[2:])]
         return click.option(f"{flag}/{flags[1]}", default=None, help=f.metadata["help"] + default_text(f, flags))
-    kind = {"callback": int_list} if hint is list else {"type": param_type(f.metadata, hint)}
+    if list in getattr(hint, "__args__", ()):  # int | list
+        kind = {"callback": count_or_list}
+    else:
+        kind = {"callback": int_list} if hint is list else {"type": param_type(f.metadata, hint)}
     return click.option(flag, **kind, help=f.metadata["help"] + default_text(f, [flag]))
 
 
 def config_options(cls):
-    """Decorator: one option per field of the config dataclass `cls`, in field order. Each defaults to None, so
-    only what is typed overrides the --config file, which overrides the dataclass."""
+    """Decorator: one option per field of the config dataclass `cls` (but toml_only ones), in field order. Each
+    defaults to None, so only what is typed overrides the --config file, which overrides the dataclass."""
     hints = get_type_hints(cls)
 
     def add(command):
         for f in reversed(dataclasses.fields(cls)):
-            command = config_option(f, hints[f.name])(command)
+            if not f.metadata.get("toml_only"):
+                command = config_option(f, hints[f.name])(command)
         return command
 
     return add

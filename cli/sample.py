@@ -87,7 +87,7 @@ def export_cmd(ckpt, out, overwrite, raw, vae, sigma_max, sigma_mid):
 
     from cmt_pipeline.export import export_pipeline, model_card, to_pipeline
     from cmt_pipeline.latents import load_vae
-    from cmt_pipeline.training.checkpoint import load_model, model_from_checkpoint
+    from cmt_pipeline.models.io import load_model, model_from_checkpoint
 
     loaded = load_model(ckpt)
     model = model_from_checkpoint(loaded, ema=not raw)

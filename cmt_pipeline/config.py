@@ -19,17 +19,18 @@ from .errors import CMTError
 # choices shared by several stages; tests/test_config.py checks them against the library's own tables
 SOLVERS = ("euler", "heun", "dpm2", "dpm3")
 GRIDS = ("logsnr", "karras")
-DISTANCES = ("l2", "huber")
+DISTANCES = ("norm", "l2", "huber")
 POSITIVE = {"min": 0, "min_open": True}
 
 
 def option(default, help: str, *, choices: tuple = (), min=None, max=None, min_open: bool = False,
-           max_open: bool = False, path: str = "", negative: str = ""):
+           max_open: bool = False, path: str = "", negative: str = "", toml_only: bool = False):
     """A config field and what the CLI and the checks need to know about it: choices, range ([min, max], an end
     left out when None, open with min_open/max_open), path ("folder", "existing folder", "any": the CLI's
-    argument type) and a bool's negative flag (default --no-NAME)."""
+    argument type), a bool's negative flag (default --no-NAME), and toml_only for a setting with no option (one
+    that only `cmt pipeline` reads)."""
     meta = {"help": help, "choices": choices, "min": min, "max": max, "min_open": min_open, "max_open": max_open,
-            "path": path, "negative": negative}
+            "path": path, "negative": negative, "toml_only": toml_only}
     meta = {k: v for k, v in meta.items() if v not in (None, (), "") and v is not False}  # keeps min=0
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
@@ -123,9 +124,14 @@ class EvaluateConfig(Checked):
     sigma_min: float = option(SIGMA_MIN, "The teacher solve's last sigma.")
     sigma_mid: float = option(SIGMA_MID, "A 2-step student's intermediate sigma.")
     # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
-    num_samples: int = option(1000, "Generated samples.")
+    num_samples: int = option(5000, "Generated samples.")
     # not generate-trajectories' default 0, so a student is not scored on its training priors
     seed: int = option(1, "Sample i's noise depends only on (seed, i).")
+    seeds: int | list = option(1, "Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric "
+                               "as mean ± std over them, each seed's values in evaluation.json.")
+    # see docs/evaluation.md
+    teacher_seeds: int | list | None = option(None, "The pipeline's teacher-solve row's seeds; None = seeds.",
+                                              toml_only=True)
     class_labels: str = option("random", "random, or one class index for all samples (conditional generators).")
     batch_size: int = option(256, "Samples per batch.")
     store: str = option("", "Trajectory store: paired MSE/PSNR of the generator vs the stored solver samples.",
@@ -229,7 +235,7 @@ class MidTrainConfig(TrainConfig):
     lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
     points_per_traj: int = option(0, "cm: points drawn per trajectory per step (0 = all K).")
     pairs_per_traj: int = option(16, "mf: (t, r) pairs drawn per trajectory per step.")
-    distance: str = option("l2", "cm: regression distance.", choices=DISTANCES)
+    distance: str = option("l2", "cm: regression distance.", choices=("l2", "huber"))
     huber_c: float = option(0.03, "Pseudo-Huber constant (data units).")
     sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "cm: boundary sigma where f(x, s) = x.")
     dropout: float = option(0.0, "Dropout of the student.")
@@ -269,19 +275,22 @@ class PostTrainConfig(TrainConfig):
     p_mean: float | None = option(None, "Noise levels ~ LogNormal(p_mean, p_std).  [default: ect -1.1, meanflow "
                                   "-0.4]")
     p_std: float | None = option(None, "See --p-mean.  [default: ect 2.0, meanflow 1.0]")
-    q: float = option(256.0, "ect: r = t (1 - (1 + 8 sigmoid(-t)) / q).", **POSITIVE)
-    q_double_every: int = option(0, "ect: double q every N steps (0 = fixed q; > 0: vanilla ECT's curriculum).",
-                                 min=0)
-    distance: str = option("l2", "ect: distance between prediction and target.", choices=DISTANCES)
-    huber_c: float = option(0.06, "Pseudo-Huber constant (data units).")
+    # 4096 = the reference after CMT (CIFAR-10)
+    q: float = option(4096.0, "ect: r = t (1 - (1 + 8 sigmoid(-t)) / q).", **POSITIVE)
+    q_double_every: int = option(0, "ect: q^(stage + 1) with a new stage every N steps (0 = fixed q).", min=0)
+    distance: str = option("norm", "ect: distance between prediction and target: norm = sqrt(sum sq + c^2) - c (the "
+                           "reference's), l2 = mean sq, huber = sqrt(mean sq + c^2) - c.", choices=DISTANCES)
+    # the reference's 0 makes norm the plain L2 norm
+    huber_c: float = option(0.0, "ect: c of --distance norm / huber.")
     edm_weighting: bool = option(False, "ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2.")
     r_fraction: float = option(0.25, "meanflow: share of samples with r != t.", min=0, max=1)
-    adaptive_p: float = option(1.0, "meanflow: adaptive weight 1 / (err + c)^p.")
+    adaptive_p: float = option(1.0, "meanflow: adaptive weight 1 / (L^2 + c)^p, L the summed squared error.")
     adaptive_c: float = option(1e-3, "meanflow: the c of --adaptive-p.")
     sigma_max: float = option(SIGMA_MAX, "Sampling: x_T = sigma_max * noise.")
     sigma_mid: float = option(SIGMA_MID, "Sampling: 2-step re-noise level.")
     eval_every: int = option(0, "Steps between 1/2-step evaluations (eval.jsonl); 0 = init and end.")
-    eval_samples: int = option(1000, "Samples per evaluation.", min=2)
+    # as cmt evaluate's num_samples: FD depends on it
+    eval_samples: int = option(5000, "Samples per evaluation.", min=2)
     num_grid_samples: int = option(64, "Samples in each sample grid.")
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("sigma_mid", "eval_every", "eval_samples",

@@ -9,7 +9,7 @@
 
     pipe = DiffusionPipeline.from_pretrained(DIR, trust_remote_code=True)
 
-cmt reads such a folder back (`load_export`, dispatched from load_teacher) through the same file, without running
+cmt reads such a folder back (teachers/exported.py, dispatched from load_teacher) through the same file, without running
 the folder's copy of it. Students of diffusers VP / flow-matching teachers are not exportable: the pipeline holds the
 project's EDM networks only.
 """
@@ -17,71 +17,25 @@ project's EDM networks only.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
 from .constants import SIGMA_MAX, SIGMA_MID
-from .teachers.base import Denoiser
-from .utils import CMTError
+from .models import BoundaryDenoiser, MeanFlowStudent
+from .teachers.edm import EDMDenoiser
+from .teachers.exported import GAP_DIR, INDEX, MODULE, is_export
+from .utils import CMTError, atomic_folder
 
-PIPELINE_FILE = Path(__file__).with_name("few_step_pipeline.py")
-MODULE = PIPELINE_FILE.stem
-GAP_DIR, VAE_DIR = "gap_embedding", "vae"
-INDEX = "model_index.json"
-
-
-def is_export(path) -> bool:
-    """Whether `path` is a folder `cmt export` wrote (its model_index.json names the shipped pipeline file)."""
-    try:
-        return json.loads((Path(path) / INDEX).read_text()).get("_class_name") == [MODULE, "FewStepPipeline"]
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-class ExportedStudent(Denoiser):
-    """An exported folder through the denoiser seam: FewStepPipeline.denoise, the code diffusers runs for it."""
-
-    def __init__(self, pipe):
-        super().__init__()
-        self.pipe, self.unet, self.gap_embedding = pipe, pipe.unet, pipe.gap_embedding  # modules: .to() moves them
-        size = pipe.unet.config.sample_size
-        self.shape = (pipe.unet.config.in_channels, *(size if isinstance(size, (list, tuple)) else (size, size)))
-        self.num_classes = pipe.config.num_classes
-
-    def forward(self, x, sigma, class_labels=None):
-        return self.pipe.denoise(x, sigma, class_labels)
-
-    def describe(self) -> dict:
-        cfg = {k: v for k, v in self.pipe.config.items()
-               if not k.startswith("_") and k not in self.pipe.components}  # the settings, not the modules
-        return {**super().describe(), "kind": "FewStepPipeline", **cfg,
-                "parameters": sum(p.numel() for p in self.parameters())}
-
-
-def load_export(path) -> ExportedStudent:
-    """The student in an exported folder, built from cmt's own copy of the pipeline file."""
-    from diffusers import UNet2DModel
-
-    from .few_step_pipeline import FewStepPipeline, GapEmbedding
-
-    path = Path(path)
-    index = json.loads((path / INDEX).read_text())
-    config = {k: v for k, v in index.items() if not k.startswith("_") and k not in ("unet", GAP_DIR, VAE_DIR)}
-    gap = GapEmbedding.from_pretrained(path / GAP_DIR) if index.get(GAP_DIR, [None])[0] else None
-    return ExportedStudent(FewStepPipeline(UNet2DModel.from_pretrained(path / "unet"), gap, **config))
+PIPELINE_FILE = Path(__file__).with_name(f"{MODULE}.py")
 
 
 def to_pipeline(model: torch.nn.Module, vae=None, sigma_max: float = SIGMA_MAX, sigma_mid: float = SIGMA_MID):
     """The FewStepPipeline of a student (a consistency EDMDenoiser or a MeanFlowStudent of one) and its VAE, if any."""
     from diffusers import UNet2DModel
 
-    from .few_step_pipeline import FewStepPipeline, GapEmbedding
-    from .models import BoundaryDenoiser, MeanFlowStudent
-    from .teachers.edm import EDMDenoiser
+    from .few_step_pipeline import FewStepPipeline, GapEmbedding  # imports diffusers: only when exporting
 
     net = model.net if isinstance(model, (MeanFlowStudent, BoundaryDenoiser)) else model
     if not isinstance(net, EDMDenoiser):
@@ -145,24 +99,19 @@ def check_out(out_dir: Path, overwrite: bool) -> None:
 
 
 def export_pipeline(pipe, out_dir, card: str = "", overwrite: bool = False) -> Path:
-    """Write `pipe` (see to_pipeline) and its model card into a temporary folder, then swap it into place: the old
-    export is renamed aside before the new one is renamed in, so one of them is always there."""
+    """Write `pipe` (see to_pipeline) and its model card into a temporary folder, then swap it into place
+    (utils.atomic_folder: the old export is renamed aside before the new one is renamed in)."""
     out_dir = Path(out_dir)
     check_out(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    pipe.save_pretrained(tmp)
-    index = json.loads((tmp / INDEX).read_text())
-    index["_class_name"] = [MODULE, "FewStepPipeline"]
-    shutil.copyfile(PIPELINE_FILE, tmp / PIPELINE_FILE.name)
-    if pipe.gap_embedding is not None:  # diffusers finds a custom component's code in the component's folder
-        index[GAP_DIR] = [MODULE, "GapEmbedding"]
-        shutil.copyfile(PIPELINE_FILE, tmp / GAP_DIR / PIPELINE_FILE.name)
-    (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    (tmp / "README.md").write_text(card)
-    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(out_dir) as tmp:
+        pipe.save_pretrained(tmp)
+        index = json.loads((tmp / INDEX).read_text())
+        index["_class_name"] = [MODULE, "FewStepPipeline"]
+        shutil.copyfile(PIPELINE_FILE, tmp / PIPELINE_FILE.name)
+        if pipe.gap_embedding is not None:  # diffusers finds a custom component's code in the component's folder
+            index[GAP_DIR] = [MODULE, "GapEmbedding"]
+            shutil.copyfile(PIPELINE_FILE, tmp / GAP_DIR / PIPELINE_FILE.name)
+        (tmp / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        (tmp / "README.md").write_text(card)
     return out_dir

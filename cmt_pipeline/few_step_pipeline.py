@@ -20,6 +20,9 @@ embedding; its jump to the data is z - t u(z, 0, t). Sampling: x0 = jump(sigma_m
 2 steps x0 = jump(x0 + sigma_mid * noise', sigma_mid). A latent student's samples are decoded by the vae
 component, its latents scaled the way diffusers pipelines scale them (scaling_factor, shift_factor, or per-channel
 latents_mean / latents_std).
+
+Self-contained on purpose: it is copied verbatim into exported folders and may import only torch and diffusers,
+so it keeps its own copy of the flow-matching conversions that cmt_pipeline/coordinates.py states for the package.
 """
 
 from __future__ import annotations

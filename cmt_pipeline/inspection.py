@@ -9,6 +9,8 @@ import numpy as np
 import torch
 
 from .latents import load_vae
+from .models.io import is_checkpoint, load_model, open_network
+from .plotting import save_image_grid, save_scatter
 from .stores import open_store, read_all
 from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_json
 from .utils import CMTError, disk_usage
@@ -39,9 +41,7 @@ def inspect_store(path: Path) -> dict:
 
 
 def inspect_checkpoint(path: Path) -> dict:
-    from .training.checkpoint import load_model
-
-    ckpt = load_model(path)
+    ckpt = load_model(path)  # the record alone: a checkpoint whose network cannot be rebuilt still has one
     net = ckpt.get("network") or {}
     params = sum(v.numel() for v in ckpt["state_dict"].values())
     cfg, data = ckpt.get("config", {}), ckpt.get("data", {})
@@ -57,9 +57,7 @@ def inspect_checkpoint(path: Path) -> dict:
 
 
 def inspect_network_folder(path: Path) -> dict:
-    from .teachers import load_teacher
-
-    d = load_teacher(str(path)).describe()
+    d = open_network(path).module.describe()
     return {"type": f"network folder ({d.pop('kind')})", **d, "size on disk": disk_usage(path)}
 
 
@@ -69,7 +67,7 @@ def inspect_path(path) -> dict:
         raise CMTError(f"{path} does not exist; pass a trajectory store, a model.ckpt or a teacher/student folder")
     if path.is_dir() and (path / PLAN).exists():
         return inspect_store(path)
-    if path.is_file():
+    if is_checkpoint(path):
         return inspect_checkpoint(path)
     return inspect_network_folder(path)
 
@@ -78,8 +76,6 @@ def trajectory_png(path, out, num: int = 6, vae: str = "") -> None:
     """Rows = the first `num` samples; columns = their stored states from sigma_max down, then x0. States are
     shown as x / sqrt(1 + sigma^2), the variance-preserving scaling, so noisy states stay in display range;
     a latent store's states are decoded by its VAE (or `vae`), so the columns are images."""
-    from .plotting import save_image_grid, save_scatter
-
     reader = open_store(path, require_complete=False)
     plan = reader.plan
     if not done_shards(path):

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .models.io import load_model
 from .utils import CMTError, hash_weights
 
 VAE_DIR = "vae"
@@ -147,8 +148,6 @@ def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None]:
     path = Path(spec) if spec else None
     recorded = None
     if path is not None and path.is_file():
-        from .training.checkpoint import load_model
-
         recorded = load_model(path).get("data", {}).get("vae")
     elif path is not None and (path / "plan.json").is_file():
         recorded = json.loads((path / "plan.json").read_text()).get("vae")

@@ -22,6 +22,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config, to_dict
+from .evaluation.run import evaluate
+from .generation import generate
+from .models.io import load_model
+from .stores import open_store
+from .training.midtrain import mid_train
+from .training.posttrain import post_train
 from .utils import CMTError, atomic_write_bytes, atomic_write_json
 
 SECTIONS = {"pipeline", "generate", "mid_train", "post_train", "evaluate"}
@@ -49,8 +55,6 @@ def load_pipeline(path, out: str | None = None) -> dict:
 
 
 def store_done(path: Path) -> bool:
-    from .stores import open_store
-
     try:
         open_store(path)  # complete, and every file the size its marker recorded
         return True
@@ -59,8 +63,6 @@ def store_done(path: Path) -> bool:
 
 
 def training_done(run_dir: Path, steps: int) -> bool:
-    from .training.checkpoint import load_model
-
     ckpt = run_dir / "model.ckpt"
     if not ckpt.exists():
         return False
@@ -75,27 +77,23 @@ def resume_arg(run_dir: Path) -> str | None:
 
 
 def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
-    """What the report compares: the teacher's solve, the teacher as a 1-step map (what mid-training starts
-    from), and the mid- and post-trained students at 1 and 2 steps; all on the same seeded noise."""
+    """What the report compares: the teacher's solve (on [evaluate] teacher_seeds, when set, as it costs 16
+    student steps per sample), then the teacher as a 1- and 2-step map (what mid-training starts from) and the
+    mid- and post-trained students at 1 and 2 steps; all on the same seeded noise."""
     e, run = cfgs["evaluate"], cfgs["run"]
-    mid, post = str(run / "mid" / "model.ckpt"), str(run / "post" / "model.ckpt")
     teacher_steps = e.steps or cfgs["generate"].steps
-    return {
-        "teacher": replace(e, steps=teacher_steps, solver=cfgs["generate"].solver, out=str(run / "eval" / "teacher")),
-        "teacher-1step": replace(e, student=cfgs["generate"].teacher, steps=1, out=str(run / "eval" / "teacher-1step")),
-        "mid-1step": replace(e, student=mid, steps=1, out=str(run / "eval" / "mid-1step")),
-        "post-1step": replace(e, student=post, steps=1, out=str(run / "eval" / "post-1step")),
-        "post-2step": replace(e, student=post, steps=2, sigma_mid=cfgs["post_train"].sigma_mid,
-                              out=str(run / "eval" / "post-2step")),
-    }
+    rows = {"teacher": replace(e, steps=teacher_steps, solver=cfgs["generate"].solver, seeds=e.teacher_seeds or e.seeds,
+                               out=str(run / "eval" / "teacher"))}
+    for name, student in (("teacher", cfgs["generate"].teacher), ("mid", str(run / "mid" / "model.ckpt")),
+                          ("post", str(run / "post" / "model.ckpt"))):
+        for steps in (1, 2):
+            rows[f"{name}-{steps}step"] = replace(e, student=student, steps=steps,
+                                                  sigma_mid=cfgs["post_train"].sigma_mid,
+                                                  out=str(run / "eval" / f"{name}-{steps}step"))
+    return rows
 
 
 def run_pipeline(config_path, out: str | None = None, progress: bool = True, echo=print) -> dict:
-    from .evaluation.run import evaluate
-    from .generation import generate
-    from .training.midtrain import mid_train
-    from .training.posttrain import post_train
-
     cfgs = load_pipeline(config_path, out)
     run = cfgs["run"]
     run.mkdir(parents=True, exist_ok=True)
@@ -133,12 +131,10 @@ def run_pipeline(config_path, out: str | None = None, progress: bool = True, ech
 
 
 def save_loss_curves(logs: dict, out: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure  # heavy; only when the curves are drawn
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(logs), figsize=(4.5 * len(logs), 3.2), dpi=110)
+    fig = Figure(figsize=(4.5 * len(logs), 3.2), dpi=110)  # not pyplot: no backend switch, no figure registry
+    axes = fig.subplots(1, len(logs))
     for ax, (title, path) in zip(axes, logs.items()):
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
         ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
@@ -149,32 +145,36 @@ def save_loss_curves(logs: dict, out: Path) -> None:
     axes[0].set_ylabel("training loss")
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
 
 
-METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("paired_mse", "paired MSE vs teacher", "{:.4f}"),
+METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("digits_kid", "digits KID", "{:.3g}"),
+           ("paired_mse", "paired MSE vs teacher", "{:.4f}"),
            ("flow_map_mse", "MSE vs exact flow map", "{:.4f}"), ("sliced_w2", "sliced W2", "{:.4f}"))
 
 
 def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
+    from .evaluation.run import with_spread as cell
+
     present = [m for m in METRICS if any(r["metrics"].get(m[0]) is not None for r in results.values())]
     lines = [f"# Pipeline report: {run}", "",
              f"Teacher `{cfgs['generate'].teacher}`; {cfgs['generate'].num_samples} trajectories "
              f"({cfgs['generate'].solver} x {cfgs['generate'].steps}); mid-training {cfgs['mid_train'].steps} steps "
              f"({cfgs['mid_train'].flavour}); post-training {cfgs['post_train'].steps} steps "
-             f"({cfgs['post_train'].objective}). Metrics on {cfgs['evaluate'].num_samples} samples, seed "
-             f"{cfgs['evaluate'].seed}; paired error on the {cfgs['mid_train'].holdout} held-out trajectories.", "",
+             f"({cfgs['post_train'].objective}). Metrics on {cfgs['evaluate'].num_samples} samples, mean ± std over "
+             f"the seeds each row names; paired error on the {cfgs['mid_train'].holdout} held-out trajectories.", "",
              "| generator | NFE | " + " | ".join(m[1] for m in present) + " |",
              "|---|---|" + "---|" * len(present)]
     for name, r in results.items():
-        vals = [r["metrics"].get(m[0]) for m in present]
-        cells = [m[2].format(v) if v is not None else "" for m, v in zip(present, vals)]
-        lines.append(f"| {name} ({r['generator']}) | {r['metrics']['nfe']} | " + " | ".join(cells) + " |")
-    floor = next((r["metrics"].get("digits_fd_floor") for r in results.values() if "digits_fd_floor" in r["metrics"]), None)
+        cells = [cell(r["metrics"], key, fmt) for key, _, fmt in present]
+        seeds = ", ".join(map(str, r.get("seeds", [r["config"]["seed"]])))
+        lines.append(f"| {name} ({r['generator']}; seeds {seeds}) | {r['metrics']['nfe']} | "
+                     + " | ".join(cells) + " |")
+    floor = next((r["metrics"] for r in results.values() if "digits_fd_floor" in r["metrics"]), None)
     if floor is not None:
-        lines += ["", f"Digits FD noise floor (two disjoint halves of the real digits, 898 vs 899): {floor:.2f}. FD "
-                  f"shrinks as samples grow, and each row compares {cfgs['evaluate'].num_samples} samples with all "
-                  "1797 digits, so a good generator can read below the floor."]
+        lines += ["", f"Digits FD noise floor (two disjoint halves of the real digits, 898 vs 899): "
+                      f"{cell(floor, 'digits_fd_floor', '{:.2f}')}. FD shrinks as samples grow, and each row compares "
+                      f"{cfgs['evaluate'].num_samples} samples with all 1797 digits, so a good generator can read below "
+                      "the floor; KID is unbiased, its floor 0 (docs/evaluation.md)."]
     lines += ["", "Stage wall times, each from the run that made it: "
               + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "not recorded") + ".", "",
               "![losses](losses.png)", ""]
@@ -182,3 +182,4 @@ def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
     path = run / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path
+

@@ -36,12 +36,10 @@ def save_image_grid(images: torch.Tensor, path, nrow: int | None = None, min_til
 def save_scatter(points: torch.Tensor, path, reference: torch.Tensor | None = None, title: str = "") -> None:
     """Scatter the first two coordinates of (N, ...) samples over optional reference points (e.g. exact mixture
     samples): the picture for low-dimensional data such as gmm2d, where an image grid says nothing."""
-    import matplotlib
+    from matplotlib.figure import Figure  # heavy; only when a scatter is drawn
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig = Figure(figsize=(4, 4), dpi=100)  # not pyplot: no backend to pick, no global figure registry
+    ax = fig.subplots()
     for pts, style in ((reference, dict(c="0.7", label="reference")), (points, dict(c="C0", label="samples"))):
         if pts is not None:
             p = torch.as_tensor(pts).reshape(len(pts), -1)[:, :2].double().cpu().numpy()
@@ -51,5 +49,4 @@ def save_scatter(points: torch.Tensor, path, reference: torch.Tensor | None = No
     ax.legend(loc="upper right", fontsize=7, markerscale=4)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())

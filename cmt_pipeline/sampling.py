@@ -17,9 +17,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .constants import SIGMA_MAX, SIGMA_MID, SIGMA_MIN
-from .generation.run import draw_priors
+from .priors import draw_priors, draw_renoise
 from .solvers import NFE_PER_STEP, get_solver, make_grid
-from .teachers import Denoiser, load_teacher
+from .models import as_denoiser
+from .models.io import open_network
+from .teachers import Denoiser
+from .utils import full_fp32
 
 
 class TeacherSampler:
@@ -68,27 +71,11 @@ def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_mid: float = 
 
 
 def load_student(spec: str, device="cpu") -> Denoiser:
-    """The one place a student checkpoint is opened: a model.ckpt of any kind (a post-/mid-trained consistency or
-    MeanFlow student, through the denoiser seam as its one-step map), a folder written by `cmt export`, or a folder in
-    the project's EDM format (a consistency student has boundary_sigma > 0 in its cmt_precond.json); folders are told
-    apart by load_teacher, so any teacher spec also works, which evaluates a diffusion denoiser used as a one-jump
-    map, the baseline a student must beat."""
-    from .training.checkpoint import is_checkpoint, load_model, model_from_checkpoint
-
-    if is_checkpoint(spec):
-        from .models import as_denoiser
-
-        return as_denoiser(model_from_checkpoint(load_model(spec))).to(device).eval().requires_grad_(False)
-    return load_teacher(spec, device)
-
-
-def draw_renoise(seed: int, indices, shape, steps: int) -> np.ndarray:
-    """(n, steps, C, H, W) unit noise for re-noising, from a per-sample stream distinct from the prior's."""
-    out = np.empty((len(indices), steps, *shape), np.float32)
-    for j, i in enumerate(indices):
-        s = int(np.random.SeedSequence([seed, int(i), 1]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-        out[j] = torch.randn((steps, *shape), generator=torch.Generator().manual_seed(s)).numpy()
-    return out
+    """A student through the denoiser seam, as its one-step map: whatever open_network opens, so a model.ckpt of
+    any kind (a post-/mid-trained consistency or MeanFlow student), a folder written by `cmt export`, a folder in the
+    project's EDM format (a consistency student has boundary_sigma > 0 in its cmt_precond.json), or any teacher
+    spec, which evaluates a diffusion denoiser used as a one-jump map, the baseline a student must beat."""
+    return as_denoiser(open_network(spec, device).module).eval()
 
 
 def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256, device="cpu",
@@ -104,6 +91,7 @@ def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256
     return torch.cat(out)
 
 
+@full_fp32()
 def sample(sampler, num_samples: int, seed: int = 0, batch_size: int = 256, device="cpu",
            class_labels: str = "random", progress: bool = False):
     """Samples 0..n-1 of a seeded run: (samples, prior, labels, renoise); sample i depends only on (seed, i)."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,19 +16,62 @@ import torch
 from .errors import CMTError
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a unique temporary name and rename, so readers never see a half-written file."""
+def temp_name(path: Path, tag: str = "tmp") -> Path:
+    """A unique hidden sibling of `path` (.NAME.tmp-XXXXXXXX): same file system, so renaming it is atomic."""
+    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+
+
+def replace_file(tmp: Path, path: Path) -> None:
+    """Flush the finished file `tmp` to disk and rename it over `path` in one atomic step."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike, tmp: Path | None = None):
+    """Open a binary file whose content replaces `path` when the block ends: written under `tmp` (default a
+    unique sibling), flushed and renamed, so readers never see a half-written file. On any exception (Ctrl-C,
+    SIGTERM, a full disk) the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = tmp or temp_name(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # Ctrl-C, SIGTERM or a full disk: leave no temporary file behind either
+            yield f
+        replace_file(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def replace_folder(tmp: Path, path: Path) -> None:
+    """Swap the finished folder `tmp` in for `path`: the old folder is renamed aside, the new one renamed in, then
+    the old one deleted, so at no moment is neither on disk (a crash between the renames leaves the old one as
+    .NAME.old-*). Deleting first, then renaming, would lose both to a crash in between."""
+    old = temp_name(path, "old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield a fresh (not yet created) temporary folder path to build `path`'s new content in; when the block ends
+    it replaces `path` (replace_folder). On any exception it is removed and `path` is left as it was."""
+    path = Path(path)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_folder(tmp, path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
@@ -54,16 +99,35 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(2, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+@contextmanager
+def seeded(seed: int):
+    """Run the block on torch's CPU generator seeded `seed`, then restore it: for draws that take no generator
+    (a module constructor's weight init), so seeding one build leaves everyone else's random stream alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+@contextmanager
+def full_fp32():
+    """TF32 off inside the block (or the decorated function), restored after: generation, sampling and evaluation
+    then agree with a CPU run to fp32 precision, and nothing else in the process has its settings changed."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def resolve_device(device: str | None) -> torch.device:
-    """'auto' picks CUDA when present; TF32 is switched off so CPU and GPU runs agree to fp32 precision."""
+    """'auto' picks CUDA when present; CMTError for CUDA asked for where there is none. Precision: full_fp32."""
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise CMTError(f"--device {device} asked for CUDA but none is available; use --device cpu")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
     return dev
 
 

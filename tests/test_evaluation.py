@@ -289,8 +289,8 @@ def test_evaluate_defaults_to_the_pipeline_reports_sample_count():
     from cmt_pipeline.pipeline import load_pipeline
 
     digits = Path(__file__).resolve().parent.parent / "configs" / "digits.toml"
-    assert EvaluateConfig().num_samples == load_pipeline(digits)["evaluate"].num_samples == 1000
-    assert PostTrainConfig().eval_samples == 1000
+    assert EvaluateConfig().num_samples == load_pipeline(digits)["evaluate"].num_samples == 5000
+    assert PostTrainConfig().eval_samples == load_pipeline(digits)["post_train"].eval_samples == 5000
 
 
 def test_sample_npz_holds_the_raw_unclamped_samples(tmp_path):

@@ -18,7 +18,7 @@ from cli.main import cli
 from cmt_pipeline.latents import LatentCodec
 from cmt_pipeline.stores import read_all
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
-from cmt_pipeline.training import load_model
+from cmt_pipeline.models.io import load_model
 
 TINY_VAE = {"in_channels": 1, "out_channels": 1, "down_block_types": ("DownEncoderBlock2D",) * 2,
             "up_block_types": ("UpDecoderBlock2D",) * 2, "block_out_channels": (8, 16), "layers_per_block": 1,

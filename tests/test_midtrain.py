@@ -12,9 +12,9 @@ from cmt_pipeline.config import GenerateConfig, MidTrainConfig
 from cmt_pipeline.generation import generate
 from cmt_pipeline.models import MeanFlowDenoiser, MeanFlowStudent
 from cmt_pipeline.objectives.cmt import CMTLoss, CMTMeanFlowLoss
-from cmt_pipeline.stores.loader import trajectory_source
+from cmt_pipeline.training.trajectories import trajectory_source
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
-from cmt_pipeline.training.checkpoint import load_model, model_from_checkpoint
+from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.utils import CMTError
 

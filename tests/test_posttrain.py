@@ -19,7 +19,7 @@ from cmt_pipeline.objectives import ect as ect_module
 from cmt_pipeline.objectives.ect import ECTLoss, ect_r
 from cmt_pipeline.objectives.meanflow import MeanFlowLoss, meanflow_target
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
-from cmt_pipeline.training.checkpoint import load_model, model_from_checkpoint, save_model
+from cmt_pipeline.models.io import load_model, model_from_checkpoint, save_model
 from cmt_pipeline.training.posttrain import post_train
 from cmt_pipeline.utils import CMTError
 
@@ -84,7 +84,8 @@ def test_meanflow_dudt_of_the_student_matches_central_finite_differences():
 
 
 def test_meanflow_loss_stops_the_gradient_at_the_target_and_weights_adaptively():
-    """u = a z: du/dt = a v, so u_tgt = v - (t - r) a v; the gradient in a must treat u_tgt and w as constants."""
+    """u = a z: du/dt = a v, so u_tgt = v - (t - r) a v; the loss is sony/mf-rae's mean_i L_i^2 / (L_i^2 + c)
+    with L_i the summed squared error, and its gradient in a treats u_tgt and the weight as constants."""
     a = torch.nn.Parameter(torch.tensor(0.7))
     model = lambda z, r, t, labels=None: a * z  # noqa: E731
     x0 = torch.randn(16, 1, 4, 4)
@@ -102,9 +103,11 @@ def test_meanflow_loss_stops_the_gradient_at_the_target_and_weights_adaptively()
     col = (-1, 1, 1, 1)
     z, v = (1 - t).view(col) * x0 + t.view(col) * eps, eps - x0
     u_tgt = v - (t - r).view(col) * 0.7 * v
-    res = (0.7 * z - u_tgt).flatten(1)
-    w = 1 / ((res**2).mean(1) + 1e-3)
-    grad = (w * (2 * res * z.flatten(1)).mean(1)).mean()
+    res = (0.7 * z - u_tgt).flatten(1).double()
+    summed = (res**2).sum(1)
+    w = 1 / (summed**2 + 1e-3)
+    assert loss.item() == pytest.approx((w * summed**2).mean().item(), rel=1e-5)
+    grad = (w * 2 * summed * (2 * res * z.flatten(1)).sum(1)).mean()
     assert a.grad.item() == pytest.approx(grad.item(), rel=1e-4)
     assert 0 < logs["r_neq_t"] < 1
 
@@ -116,7 +119,7 @@ def test_ect_r_is_the_sigmoid_mapping_clamped_at_zero():
     assert torch.equal(ect_r(t, 2.0)[:2], torch.zeros(2))  # (1 + 8 sigmoid(-t)) / q > 1 near t = 0
     expected = t * (1 - (1 + 8 * torch.sigmoid(-t)) / 4096)
     assert torch.allclose(ect_r(t, 4096.0), expected) and (ect_r(t, 4096.0) < t).all()
-    assert ECTLoss(q=4, q_double_every=10).q_at(1) == 4 and ECTLoss(q=4, q_double_every=10).q_at(21) == 16
+    assert ECTLoss(q=4, q_double_every=10).q_at(1) == 4 and ECTLoss(q=4, q_double_every=10).q_at(21) == 4**3
 
 
 def test_ect_uses_x0_as_the_target_where_r_is_zero_and_never_evaluates_sigma_zero():
@@ -133,12 +136,12 @@ def test_ect_uses_x0_as_the_target_where_r_is_zero_and_never_evaluates_sigma_zer
     t = (torch.randn(32) * 0.5 - 6.0).exp()
     eps = torch.randn_like(x0)
     assert logs["r_zero"] == 1.0 and all((s > 0).all() for s in seen)
-    expected = ((t.view(-1, 1, 1, 1) * eps) ** 2).flatten(1).mean(1) / t  # d(x_t, x0) / (t - 0)
+    expected = ((t.view(-1, 1, 1, 1) * eps) ** 2).flatten(1).sum(1).sqrt() / t  # ||x_t - x0|| / (t - 0)
     assert loss.item() == pytest.approx(expected.mean().item(), rel=1e-5)
 
 
 def test_ect_target_is_stop_gradient():
-    """f = a x: with the target held constant, dL/da = mean_i 2 a (x_t - x_r) . x_t / (t - r)."""
+    """f = a x: with the target y held constant, dL/da = mean_i (a x_t - y) . x_t / ||a x_t - y|| / (t - r)."""
     a = torch.nn.Parameter(torch.tensor(1.3))
     x0 = torch.randn(16, 1, 4, 4)
     torch.manual_seed(5)
@@ -150,7 +153,8 @@ def test_ect_target_is_stop_gradient():
     eps = torch.randn_like(x0)
     xt, xr = (x0 + t.view(-1, 1, 1, 1) * eps).flatten(1), (x0 + r.view(-1, 1, 1, 1) * eps).flatten(1)
     xr = torch.where((r == 0).view(-1, 1), x0.flatten(1), xr)
-    grad = ((2 * (1.3 * xt - 1.3 * xr) * xt).mean(1) / (t - r)).mean()
+    res = 1.3 * xt - 1.3 * xr
+    grad = ((res * xt).sum(1) / res.norm(dim=1) / (t - r)).mean()
     assert a.grad.item() == pytest.approx(grad.item(), rel=1e-4)
 
 
@@ -265,7 +269,7 @@ def test_meanflow_post_training_under_two_process_ddp(tmp_path):
 def test_post_training_from_a_teacher_folder_writes_a_loadable_checkpoint(tmp_path):
     """A folder-loaded network (diffusers from_pretrained records a Path in its config) still gives a
     model.ckpt that load_model reads with weights_only=True."""
-    from cmt_pipeline.training.checkpoint import export_denoiser
+    from cmt_pipeline.models.io import export_denoiser
 
     export_denoiser(tiny_net(), tmp_path / "teacher")
     r = post_train(PostTrainConfig(init=str(tmp_path / "teacher"), data="gmm:gmm8x8", gmm_samples=64, steps=2,

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from cmt_pipeline.datasets import load_images
 from cmt_pipeline.teachers import BUILTIN_DIGITS, load_teacher
-from cmt_pipeline.training import load_model, model_from_checkpoint
+from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.utils import CMTError
 
 TINY = ["--channels", "8,16", "--layers-per-block", "1", "--batch-size", "16", "--sample-steps", "2",

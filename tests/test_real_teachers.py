@@ -14,7 +14,7 @@ from cmt_pipeline.objectives.meanflow import meanflow_target
 from cmt_pipeline.solvers import get_solver, make_grid
 from cmt_pipeline.stores import read_all
 from cmt_pipeline.teachers import DiffusersDenoiser, load_teacher
-from cmt_pipeline.training.checkpoint import build_network, network_spec
+from cmt_pipeline.models.io import build_network, network_spec
 from cmt_pipeline.utils import CMTError
 
 NUM_CLASSES = 5

@@ -45,8 +45,8 @@ def test_edm_format_round_trip_and_boundary(tmp_path):
     x = torch.randn(3, 1, 8, 8)
     assert torch.equal(net.eval()(x, 2.0), loaded(x, 2.0))
     assert loaded.fingerprint() == net.fingerprint()
-    student = EDMDenoiser.load(tmp_path / "t", boundary_sigma=0.003)
-    assert torch.allclose(student(x, 0.003), x, atol=1e-6)  # f(x, s_min) = x
+    student = EDMDenoiser.load(tmp_path / "t", boundary_sigma=0.003).eval()
+    assert torch.allclose(student(x, 0.003), x, atol=1e-6)  # f(x, s_min) = x, at evaluation
     assert not torch.allclose(student(x, 1.0), x, atol=1e-3)
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cmt_pipeline.config import PretrainConfig, TrainConfig, load_config
-from cmt_pipeline.training import EMA, TensorSource, ema_decay, load_model, model_from_checkpoint, train
+from cmt_pipeline.models.io import load_model, model_from_checkpoint
+from cmt_pipeline.training import EMA, TensorSource, ema_decay, train
 from cmt_pipeline.training.checkpoint import resolve_resume
 from cmt_pipeline.training.data import batch_stream
 from cmt_pipeline.training.pretrain import build_teacher

@@ -20,6 +20,7 @@ from torch import nn
 from ..datasets import digits
 from ..utils import CMTError, atomic_write_json
 from .frechet import feature_stats, frechet_distance
+from .kid import kernel_distance
 
 CLASSIFIER_DIR = Path(__file__).resolve().parent.parent / "assets" / "digits-classifier"
 WEIGHTS = "model.safetensors"
@@ -132,7 +133,11 @@ def load_classifier(path=CLASSIFIER_DIR, device="cpu") -> DigitsClassifier:
 
 
 class DigitsFD:
-    """Frechet distance of generated digits to the real-digit statistics (all 1797), in classifier features."""
+    """Frechet distance (and KID) of generated digits to the real digits (all 1797), in classifier features.
+
+    The reference set is the built-in teacher's own training set: a generator that reproduced training digits
+    would score as well as the real data does, so these metrics measure closeness to the teacher's data, not
+    generalisation."""
 
     shape = (1, 8, 8)
 
@@ -160,3 +165,9 @@ class DigitsFD:
         perm = np.random.default_rng(seed).permutation(len(self.real))
         half = len(perm) // 2
         return frechet_distance(*feature_stats(self.real[perm[:half]]), *feature_stats(self.real[perm[half:]]))
+
+    def metrics(self, images, seed: int = 0) -> dict:
+        """FD and KID of `images` against all real digits, and the FD floor for the halves split `seed`."""
+        f = self.features(images)
+        return {"digits_fd": frechet_distance(*feature_stats(f), *self.real_stats),
+                "digits_kid": kernel_distance(f, self.real), "digits_fd_floor": self.noise_floor(seed)}

@@ -1,9 +1,11 @@
 """`evaluate(cfg)`: sample any generator from seeded noise and measure it with every metric that applies.
 
-Which metrics run is decided by what is known: digits FD for (1, 8, 8) samples, FID when Inception weights are
+Which metrics run is decided by what is known: digits FD and KID for (1, 8, 8) samples, FID when Inception weights are
 given, paired error when a store is given, exact-flow-map error and sliced W2 when the ground truth is a mixture.
 A latent generator's samples are decoded by its VAE (latents.py) before the image metrics and the picture; the
-paired error compares latents, as the store holds them.
+paired error compares latents, as the store holds them. With several evaluation seeds (--seeds) every metric
+is measured on each seed's samples and reported as mean and standard deviation, so a difference between two
+generators can be told from the evaluation's own noise.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..plotting import save_image_grid, save_scatter
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
 from ..stores import open_store
 from ..teachers import GMMDenoiser, load_teacher
-from ..utils import CMTError, atomic_write_json, resolve_device
+from ..utils import CMTError, atomic_write_json, full_fp32, resolve_device
 from .features import DigitsFD, real_digits
 from .frechet import feature_stats, frechet_distance
 from .inception import inception_features, load_inception
@@ -95,42 +97,87 @@ def check(cfg: EvaluateConfig, sampler, image_shape) -> None:
                        f".npy of (N, C, H, W) images in [-1, 1] (got {ref or 'nothing'})")
 
 
+def seed_list(seeds: int | list, seed: int) -> list[int]:
+    """The evaluation seeds: a list of distinct integers as given, or a count n: seed .. seed + n - 1."""
+    if isinstance(seeds, list):
+        if not seeds or len(set(seeds)) != len(seeds) or not all(type(s) is int for s in seeds):
+            raise CMTError(f"--seeds must list distinct integer seeds, got {seeds}")
+        return seeds
+    if seeds < 1:
+        raise CMTError(f"--seeds as a count must be at least 1, got {seeds}")
+    return list(range(seed, seed + seeds))
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One metrics dict from per-seed ones: a value every seed gives alike (sample count, NFE, a seed-free
+    error) as it is; any other number as the mean over seeds, with its sample standard deviation as <key>_std."""
+    out = {}
+    for key, first in runs[0].items():
+        values = [r[key] for r in runs]
+        if all(v == first for v in values) or not isinstance(first, (int, float)):
+            out[key] = first
+        else:
+            out[key], out[f"{key}_std"] = float(np.mean(values)), float(np.std(values, ddof=1))
+    return out
+
+
+def with_spread(metrics: dict, key: str, fmt: str) -> str:
+    """'mean ± std' when the metric varied over seeds, the value alone otherwise, '' when absent."""
+    if metrics.get(key) is None:
+        return ""
+    std = metrics.get(f"{key}_std")
+    return fmt.format(metrics[key]) + (f" ± {fmt.format(std)}" if std is not None else "")
+
+
+def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int, progress: bool) -> dict:
+    """Sample cfg.num_samples from `seed` and compute the applicable metrics: {metrics, x, images}."""
+    t0 = time.perf_counter()
+    x, prior, _, _ = sample(sampler, cfg.num_samples, seed, cfg.batch_size, device, cfg.class_labels, progress)
+    metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
+    if not torch.isfinite(x).all():
+        raise CMTError("the generator produced non-finite samples (NaN/inf); check the model and --sigma-max")
+    images = x if vae is None else vae.decode(x)
+    if tuple(images.shape[1:]) == DigitsFD.shape:
+        metrics.update(DigitsFD(device).metrics(images, seed))
+    if inception is not None:
+        metrics["fid"] = fid(cfg, inception, images)
+    if cfg.store:
+        metrics.update(paired_error(sampler, cfg.store, cfg.store_samples, cfg.batch_size, device, seed, progress))
+    if gmm is not None:
+        metrics.update(gmm_metrics(gmm, x, prior, sampler.renoise_steps == 0, sampler.sigma_max, cfg.sigma_min,
+                                   cfg.reference_steps, seed, cfg.batch_size, device, progress))
+    return {"metrics": metrics, "x": x, "images": images}
+
+
+@full_fp32()
 def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
-    """Sample cfg.num_samples from the generator, compute the applicable metrics, write JSON + PNG to cfg.out;
-    returns what the JSON holds plus `out` and the `samples` themselves (for further analysis)."""
+    """Sample cfg.num_samples from the generator for each evaluation seed, compute the applicable metrics, write
+    JSON (mean and std over seeds, and each seed's values) + PNG (the first seed's samples) to cfg.out; returns
+    what the JSON holds plus `out` and the first seed's `samples` themselves (for further analysis)."""
+    seeds = seed_list(cfg.seeds, cfg.seed)
     device = resolve_device(cfg.device)
     sampler = build_sampler(cfg, device)
     vae = load_vae(cfg.vae, cfg.student or cfg.teacher, device, sampler.shape, "student" if cfg.student else "teacher")
     check(cfg, sampler, sampler.shape if vae is None else vae.image_shape(sampler.shape))
     gmm = ground_truth(cfg, sampler.shape)
     inception = load_inception(cfg.inception_weights, device) if cfg.inception_weights else None
-    t0 = time.perf_counter()
-    x, prior, _, _ = sample(sampler, cfg.num_samples, cfg.seed, cfg.batch_size, device, cfg.class_labels, progress)
-    metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
-    if not torch.isfinite(x).all():
-        raise CMTError("the generator produced non-finite samples (NaN/inf); check the model and --sigma-max")
-    images = x if vae is None else vae.decode(x)
+    first = measure(cfg, sampler, vae, gmm, inception, device, seeds[0], progress)  # its samples are kept
+    runs = [first["metrics"]] + [measure(cfg, sampler, vae, gmm, inception, device, s, progress)["metrics"]
+                                 for s in seeds[1:]]
+    x, images = first["x"], first["images"]
     shape = tuple(images.shape[1:])
-    if shape == DigitsFD.shape:
-        fd = DigitsFD(device)
-        metrics.update(digits_fd=fd(images), digits_fd_floor=fd.noise_floor())
-    if inception is not None:
-        metrics["fid"] = fid(cfg, inception, images)
-    if cfg.store:
-        metrics.update(paired_error(sampler, cfg.store, cfg.store_samples, cfg.batch_size, device, cfg.seed, progress))
-    exact = None
-    if gmm is not None:
-        metrics.update(gmm_metrics(gmm, x, prior, sampler.renoise_steps == 0, sampler.sigma_max, cfg.sigma_min,
-                                   cfg.reference_steps, cfg.seed, cfg.batch_size, device, progress))
-        exact = gmm.sample(min(len(x), 2000), torch.Generator().manual_seed(cfg.seed))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if len(shape) == 3 and min(shape[1:]) >= 4 and shape[0] in (1, 3):
         save_image_grid(images[:100], out / SAMPLES_PNG)
     else:
+        exact = gmm.sample(min(len(x), 2000), torch.Generator().manual_seed(seeds[0])) if gmm is not None else None
         save_scatter(x[:2000], out / SAMPLES_PNG, reference=exact, title=describe(sampler))
-    result = {"generator": describe(sampler), "metrics": {k: _json(v) for k, v in metrics.items()},
-              "sampler": sampler.describe(), "vae": vae.describe(sampler.shape) if vae is not None else None,
+    per_seed = [{"seed": s, **{k: _json(v) for k, v in r.items()}} for s, r in zip(seeds, runs)]
+    result = {"generator": describe(sampler), "seeds": seeds,
+              "metrics": {k: _json(v) for k, v in summarise(runs).items()},
+              "per_seed": per_seed, "sampler": sampler.describe(),
+              "vae": vae.describe(sampler.shape) if vae is not None else None,
               "config": to_dict(cfg), "cmt_version": __version__}
     atomic_write_json(out / RESULTS, result)
     return {**result, "out": str(out), "samples": images, **({"latents": x} if vae is not None else {})}

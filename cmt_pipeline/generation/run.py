@@ -20,30 +20,18 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import GenerateConfig, to_dict
 from ..latents import load_vae
+from ..priors import draw_priors
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
 from ..stores.layout import claim_plan, finalize, num_shards, read_marker, shard_range, size_problems, write_marker
 from ..teachers import load_teacher
 from ..threads import one_thread_per_call, resolve_threads
-from ..utils import CMTError, disk_usage, resolve_device, sample_seed
+from ..utils import CMTError, disk_usage, full_fp32, resolve_device
 from .worker import Worker
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 # Settings that change no stored byte, so a resume may differ in them.
 RUNTIME_ONLY = ("out", "device")
-
-
-def draw_priors(seed: int, indices, shape, num_classes: int, class_labels: str):
-    """Unit prior noise (n, C, H, W) float32 and labels (n,) int64 for global sample indices, batch-independent."""
-    noise = np.empty((len(indices), *shape), np.float32)
-    labels = np.full(len(indices), -1, np.int64)
-    for j, i in enumerate(indices):
-        g = torch.Generator().manual_seed(sample_seed(seed, int(i)))
-        noise[j] = torch.randn(shape, generator=g).numpy()
-        if num_classes:
-            labels[j] = torch.randint(num_classes, (1,), generator=g).item() if class_labels == "random" \
-                else int(class_labels)
-    return noise, labels
 
 
 def validate(cfg: GenerateConfig, teacher) -> None:
@@ -120,6 +108,7 @@ def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int
             "labels": labels, "index": indices}
 
 
+@full_fp32()
 def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True) -> dict:
     """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete."""
     worker = worker or Worker()

@@ -8,7 +8,8 @@ same boundary-shifted EDM coefficients, written in terms of D instead of the raw
     c_skip_s = sd^2 / ((sigma - s)^2 + sd^2)
 
 For an EDM network this is exactly its boundary-shifted form (c_out_s / c_out_0 = (sigma - s) / sigma), so both
-kinds of teacher start as the same function: the teacher's denoiser, changed only near s.
+kinds of teacher start as the same function: the teacher's denoiser, changed only near s. As in EDMDenoiser,
+the shift applies in eval mode only (s = 0 in training, as the reference does).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class BoundaryDenoiser(Denoiser):
 
     def forward(self, x, sigma, class_labels=None):
         sig = sigma_column(sigma, x).float()
-        sd, s = self.precond.sigma_data, self.precond.boundary_sigma
+        sd, s = self.precond.sigma_data, 0.0 if self.training else self.precond.boundary_sigma
         xf = x.float()
         d = self.net(x, sigma, class_labels).float()
         c_skip_s = sd**2 / ((sig - s) ** 2 + sd**2)

@@ -14,6 +14,7 @@ import functools
 
 import torch
 
+from ..coordinates import edm_sigma, edm_state, fm_state, fm_time
 from ..teachers.base import Denoiser, sigma_column
 
 
@@ -58,8 +59,8 @@ class MeanFlowStudent(torch.nn.Module):
         """Average velocity u(z, r, t) = (z_t - z_r) / (t - r) predicted at z = z_t; r, t floats or (B,)."""
         t_col = sigma_column(t, z).float()
         r_col = sigma_column(r, z).float()
-        sigma = t_col / (1 - t_col)
-        x = z.float() * (1 + sigma)
+        sigma = edm_sigma(t_col)
+        x = edm_state(z.float(), sigma)
         self._gap = (t_col - r_col).flatten()
         try:
             d = self.net(x, sigma.flatten(), class_labels).float()
@@ -80,8 +81,8 @@ class MeanFlowDenoiser(Denoiser):
 
     def forward(self, x, sigma, class_labels=None):
         s = sigma_column(sigma, x).float()
-        t = s / (1 + s)
-        z = x.float() / (1 + s)
+        t = fm_time(s)
+        z = fm_state(x.float(), s)
         return (z - t * self.student(z, 0.0, t.flatten(), class_labels).float()).to(x.dtype)
 
     def describe(self) -> dict:

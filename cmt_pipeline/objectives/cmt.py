@@ -6,7 +6,7 @@ no time curriculum.
 
 CM flavour:  L = mean over the trajectory's points of d(f(x_i, sigma_i), x0)   (uniform weighting)
 MF flavour:  in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)), for pairs i < j of one
-             trajectory (t_i > t_j, x0 counted as the last point):
+             trajectory (t_i > t_j, x0 counted as the last point), drawn uniformly over all pairs:
              L = || u(z_i, r = t_j, t = t_i) - (z_i - z_j) / (t_i - t_j) ||^2 ;  j = the endpoint is the CM case.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..coordinates import fm_state, fm_time
 from .distances import distance
 
 
@@ -58,14 +59,15 @@ class CMTMeanFlowLoss:
         b, k = traj.shape[:2]
         points = torch.cat([traj, x0[:, None]], 1)  # (B, K + 1, ...): the endpoint is the last point
         sig = self.sigmas[: k + 1].to(traj.device, torch.float32)
-        t_all = sig / (1 + sig)
-        # i uniform over the K states, then j uniform over the later points (the endpoint included)
-        i = torch.randint(0, k, (b, self.pairs_per_traj), device=traj.device)
-        j = i + 1 + (torch.rand(b, self.pairs_per_traj, device=traj.device) * (k - i)).long()
+        t_all = fm_time(sig)
+        # uniform over all (K + 1) K / 2 pairs i < j (sony/mf-rae): the endpoint and x_T each take part in K of them
+        pairs = torch.triu_indices(k + 1, k + 1, offset=1, device=traj.device)
+        pick = torch.randint(0, pairs.shape[1], (b, self.pairs_per_traj), device=traj.device)
+        i, j = pairs[0, pick], pairs[1, pick]
         rows = torch.arange(b, device=traj.device)[:, None]
         shape = (-1, 1, 1, 1)
-        z_i = (points[rows, i] / (1 + sig[i]).view(b, -1, 1, 1, 1)).flatten(0, 1)
-        z_j = (points[rows, j] / (1 + sig[j]).view(b, -1, 1, 1, 1)).flatten(0, 1)
+        z_i = fm_state(points[rows, i], sig[i].view(b, -1, 1, 1, 1)).flatten(0, 1)
+        z_j = fm_state(points[rows, j], sig[j].view(b, -1, 1, 1, 1)).flatten(0, 1)
         t_i, t_j = t_all[i].flatten(), t_all[j].flatten()
         target = (z_i - z_j) / (t_i - t_j).view(shape)
         u = model(z_i, t_j, t_i, _labels(batch, self.pairs_per_traj))

@@ -2,11 +2,13 @@
 
     t ~ LogNormal(p_mean, p_std),  r = t (1 - (1 + 8 sigmoid(-t)) / q) clamped at 0,
     x_t = x0 + t eps,  x_r = x0 + r eps   (one noise direction for both),
-    L = w(t) d(f(x_t, t), stopgrad f(x_r, r)) / (t - r),   f(x_r, 0) := x0.
+    L = w(t) d(f(x_t, t), stopgrad f(x_r, r)) / (t - r),   f(x_r, 0) := x0,
+    d = sqrt(sum (a - b)^2 + c^2) - c by default (distances.py "norm", c = 0: the reference's unsquared L2 norm).
 
 q sets the gap: large q makes r close to t (a near-continuous-time consistency condition). It is fixed (what the
-reference does after CMT) or doubles every `q_double_every` steps (vanilla ECT's curriculum, for inits that start
-far from a flow map). The target runs with the same dropout masks as the prediction (torch's generator is rewound
+reference does after CMT: q = 4096 for CIFAR-10) or follows vanilla ECT's curriculum q^(stage + 1) with
+stage = (step - 1) // q_double_every (reference default q = 2: the gap halves every stage), for inits that
+start far from a flow map. The target runs with the same dropout masks as the prediction (torch's generator is rewound
 between the two calls): with different masks the two evaluations disagree by O(1) and the 1/(t - r) weight blows
 that noise up instead of measuring consistency. Batch: {"image": (B, C, H, W), optional "labels": (B,)}.
 """
@@ -42,15 +44,15 @@ def ect_r(t: torch.Tensor, q: float) -> torch.Tensor:
 class ECTLoss:
     p_mean: float = -1.1
     p_std: float = 2.0
-    q: float = 256.0
-    q_double_every: int = 0  # > 0: q doubles every this many steps (vanilla ECT's curriculum)
-    distance: str = "l2"
-    huber_c: float = 0.06
+    q: float = 4096.0
+    q_double_every: int = 0  # > 0: a new curriculum stage every this many steps, q^(stage + 1) (vanilla ECT)
+    distance: str = "norm"
+    huber_c: float = 0.0  # c of the norm / huber distances
     edm_weighting: bool = False  # also weight by (t^2 + sigma_data^2) / (t sigma_data)^2 (ImageNet-512 recipe)
     sigma_data: float = SIGMA_DATA
 
     def q_at(self, step: int) -> float:
-        return self.q * 2 ** ((step - 1) // self.q_double_every) if self.q_double_every else self.q
+        return self.q ** ((step - 1) // self.q_double_every + 1) if self.q_double_every else self.q
 
     def __call__(self, model, batch, step):
         x0 = batch["image"].float()

@@ -2,7 +2,10 @@
 
     z_t = (1 - t) x0 + t eps,  v = eps - x0   (t = sigma / (1 + sigma): the EDM point x0 + sigma eps, rescaled)
     u_tgt = v - (t - r) du/dt,  du/dt = d/dt u(z_t, r, t) along the flow = J_z u . v + du/dt (partial),
-    L = mean_i w_i ||u(z_t, r, t) - stopgrad u_tgt||^2,  w_i = 1 / (||.||^2 + c)^p   (adaptive weighting)
+    L_i = sum over elements of (u(z_t, r, t) - stopgrad u_tgt)^2,
+    loss = mean_i w_i L_i^2,  w_i = 1 / (stopgrad L_i^2 + c)^p   (adaptive weighting, as sony/mf-rae's
+    transport.py writes it: the summed squared error, squared; with p = 1 each sample's gradient is
+    2 grad L_i / L_i while c is negligible, so no sample's scale dominates)
 
 du/dt is one forward-mode Jacobian-vector product with tangent (v, 0, 1) for (z, r, t). Since logit(t) =
 log(sigma), sampling t logit-normal is sampling sigma log-normal: two sigmas are drawn, t = the larger, r = the
@@ -22,6 +25,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..constants import SIGMA_MAX, SIGMA_MIN
+from ..coordinates import fm_time
 from .ect import same_randomness, unwrap
 
 
@@ -69,7 +73,7 @@ class MeanFlowLoss:
         b, col = x0.shape[0], (-1,) + (1,) * (x0.ndim - 1)
         sigma = (torch.randn(b, 2, device=x0.device) * self.p_std + self.p_mean).exp().clamp(self.sigma_min,
                                                                                            self.sigma_max)
-        tt = sigma / (1 + sigma)
+        tt = fm_time(sigma)
         t, r = tt.max(1).values, tt.min(1).values
         apart = torch.rand(b, device=x0.device) < self.r_fraction
         r = torch.where(apart, r, t)
@@ -78,6 +82,7 @@ class MeanFlowLoss:
         with same_randomness(x0.device):
             u_tgt, _ = meanflow_target(unwrap(model), z, r, t, v, labels)
         u = model(z, r, t, labels).float()
-        err = ((u - u_tgt) ** 2).flatten(1).mean(1)
+        sq = ((u - u_tgt) ** 2).flatten(1)
+        err = sq.sum(1) ** 2
         weight = (err.detach() + self.adaptive_c) ** -self.adaptive_p
-        return (weight * err).mean(), {"mse": err.mean().detach(), "r_neq_t": apart.float().mean()}
+        return (weight * err).mean(), {"mse": sq.mean().detach(), "r_neq_t": apart.float().mean()}

@@ -22,7 +22,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from ..utils import CMTError, sha256_file
+from ..utils import CMTError, atomic_file, replace_file, sha256_file
 
 PLAN = "plan.json"
 MANIFEST = "manifest.json"
@@ -54,17 +54,15 @@ def temp_path(root: Path, tag: str) -> Path:
 
 
 def publish(tmp: Path, final: Path) -> None:
-    """Flush a finished temporary file to disk and rename it over `final` in one atomic step."""
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
+    """Move a file finished under DIR/.tmp into place (utils.replace_file), making its folder if needed."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, final)
+    replace_file(tmp, final)
 
 
 def write_json(root: Path, path: Path, obj) -> None:
-    tmp = temp_path(root, Path(path).name)
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    publish(tmp, Path(path))
+    """Write through DIR/.tmp, so an interrupted write's debris is where finalize clears it."""
+    with atomic_file(path, temp_path(root, Path(path).name)) as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def leftovers(root: Path) -> list[Path]:

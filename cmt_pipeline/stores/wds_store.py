@@ -7,14 +7,13 @@ bytes depend only on the data. Entries: KEY.prior.npy, KEY.traj.npy, KEY.x0.npy,
 from __future__ import annotations
 
 import io
-import os
 import tarfile
-import uuid
 from pathlib import Path
 
 import numpy as np
 import webdataset as wds
 
+from ..utils import atomic_file
 from .layout import shard_range
 
 SHARDS = "shards"
@@ -46,16 +45,11 @@ class WdsWriter:
 
     def write_shard(self, k: int, arrays: dict[str, np.ndarray]) -> list[Path]:
         final = shard_path(self.root, k)
-        tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as f:
-            with wds.TarWriter(f, encoder=False, mtime=0, user="cmt", group="cmt") as sink:
-                for j, idx in enumerate(arrays["index"]):
-                    sample = {"__key__": f"{int(idx):0{KEY_DIGITS}d}"}
-                    sample.update({ext: _npy(arrays[name][j]) for name, ext in ENTRIES.items()})
-                    sink.write(sample)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        with atomic_file(final) as f, wds.TarWriter(f, encoder=False, mtime=0, user="cmt", group="cmt") as sink:
+            for j, idx in enumerate(arrays["index"]):
+                sample = {"__key__": f"{int(idx):0{KEY_DIGITS}d}"}
+                sample.update({ext: _npy(arrays[name][j]) for name, ext in ENTRIES.items()})
+                sink.write(sample)
         return [final]
 
 

@@ -3,8 +3,8 @@
 `load_teacher(spec)` accepts a directory (the project's EDM format, a diffusers backbone + scheduler: VP or
 flow-matching, UNet or DiT, or a student folder written by `cmt export`), `gmm:<preset>` for the closed-form
 mixtures, or `builtin`/`digits` for the shipped digits teacher; optionally wrapped in classifier-free guidance.
-It is the one place folders are told apart, so `cmt inspect`, `cmt sample --ckpt` and `cmt evaluate --student`
-accept whatever it accepts.
+It is the one place folders are told apart; models/io.py's `open_network` adds model.ckpt files on top, and
+everything that opens a network goes through that.
 """
 
 from __future__ import annotations
@@ -16,11 +16,13 @@ from ..utils import CMTError
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
+from .exported import is_export, load_export
 from .gmm import PRESETS as GMM_PRESETS
 from .gmm import GMMDenoiser
 from .guidance import GuidedDenoiser, guided
 
 BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-teacher"
+BUILTIN_SPECS = ("builtin", "digits", "builtin:digits")
 
 __all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersDenoiser",
            "GuidedDenoiser", "load_teacher", "BUILTIN_DIGITS"]
@@ -30,7 +32,7 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
     """Resolve a teacher spec to an eval-mode denoiser on `device`, guided when guidance_scale != 1 (see
     guidance.py); raises CMTError with the fix on bad input."""
     spec = str(spec)
-    if spec in ("builtin", "digits", "builtin:digits"):
+    if spec in BUILTIN_SPECS:
         if not (BUILTIN_DIGITS / PRECOND_FILE).exists():
             raise CMTError(f"the built-in digits teacher is missing at {BUILTIN_DIGITS}; reinstall the package "
                            "or train one with `cmt pretrain` and pass its folder as --teacher")
@@ -45,8 +47,6 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
         path = Path(spec)
         if not path.exists():
             raise CMTError(f"teacher path {spec} does not exist; pass a model folder, gmm:<preset> or builtin")
-        from ..export import is_export, load_export
-
         if (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
         elif is_export(path):  # a student folder written by `cmt export`

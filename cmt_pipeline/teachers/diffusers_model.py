@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..coordinates import fm_state, fm_time
 from .base import Denoiser, sigma_column
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -113,13 +114,13 @@ class FlowMatchParametrisation(torch.nn.Module):
         self.time_scale = float(scheduler.config.num_train_timesteps)
 
     def model_input(self, x, sig):
-        return x / (1 + sig)
+        return fm_state(x, sig)
 
     def timestep(self, sig):
-        return (sig / (1 + sig)).flatten() * self.time_scale
+        return fm_time(sig).flatten() * self.time_scale
 
     def denoise(self, x, sig, out):
-        return x / (1 + sig) - sig / (1 + sig) * out
+        return fm_state(x, sig) - fm_time(sig) * out
 
     def describe(self) -> dict:
         return {"parametrisation": "flow-matching", "time_scale": self.time_scale}

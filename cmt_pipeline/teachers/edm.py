@@ -4,7 +4,9 @@
     c_in = 1/sqrt(sigma^2 + sd^2), c_noise = log(sigma)/4,
     c_skip = sd^2/((sigma - s)^2 + sd^2), c_out = (sigma - s) sd / sqrt(sigma^2 + sd^2)
 with s = 0 for a diffusion denoiser and s = sigma_min_shift for a consistency student at evaluation,
-which makes f(x, s) = x exactly (the boundary condition). diffusers' sinusoidal timestep embedding
+which makes f(x, s) = x exactly (the boundary condition). In training mode s = 0, as the reference's ECMPrecond
+(sony/cmt) does: training sees plain EDM coefficients, the shift applies only to the eval-mode network that
+samples. diffusers' sinusoidal timestep embedding
 expects timesteps in the hundreds, so the backbone receives c_noise * time_scale.
 
 On disk: a diffusers model directory (config.json + weights, loadable with UNet2DModel.from_pretrained)
@@ -60,7 +62,7 @@ class EDMDenoiser(Denoiser):
         self.num_classes = self.precond.num_classes
 
     def coefficients(self, sigma: torch.Tensor):
-        sd, s = self.precond.sigma_data, self.precond.boundary_sigma
+        sd, s = self.precond.sigma_data, 0.0 if self.training else self.precond.boundary_sigma
         c_in = 1 / (sigma**2 + sd**2).sqrt()
         c_skip = sd**2 / ((sigma - s) ** 2 + sd**2)
         c_out = (sigma - s) * sd / (sigma**2 + sd**2).sqrt()

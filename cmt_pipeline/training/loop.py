@@ -26,9 +26,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..config import TrainConfig
+from ..models.io import save_model
 from ..plotting import save_image_grid
 from ..utils import CMTError, atomic_write_bytes, atomic_write_json, sample_seed
-from .checkpoint import resolve_resume, save_model, save_training_state
+from .checkpoint import resolve_resume, save_training_state
 from .data import batch_stream
 from .ema import EMA, ema_decay
 
@@ -114,6 +115,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     validate(cfg, world)
     prepare_run_dir(acc, cfg, kind, resume, data_info or {})
 
+    model.train()  # dropout and the training-mode coefficients, even after a step-0 evaluation put it in eval mode
     ema = EMA(model).to(acc.device)
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                     weight_decay=cfg.weight_decay)

@@ -17,14 +17,14 @@ from ..config import MidTrainConfig
 from ..evaluation.metrics import exact_flow_map, mse_psnr
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
+from ..models.io import build_network, export_denoiser, network_spec
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..sampling import StudentSampler, run_sampler
 from ..stores import open_store, read_range
-from ..stores.loader import trajectory_source
 from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
-from ..utils import CMTError
-from .checkpoint import build_network, export_denoiser, network_spec
+from ..utils import CMTError, seeded
 from .loop import SampleGrid, train
+from .trajectories import trajectory_source
 
 
 def holdout_arrays(path, holdout: int, num: int) -> dict:
@@ -37,8 +37,6 @@ def holdout_arrays(path, holdout: int, num: int) -> dict:
 def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
     """The student network: the teacher's own network (init=teacher; a guided teacher's conditional network, so
     one call learns the guided flow) or the same architecture re-initialised; a small UNet for a GMM teacher."""
-    if cfg.init not in ("teacher", "random"):
-        raise CMTError(f"--init must be teacher or random for mid-training, got {cfg.init!r}")
     net = teacher.inner if isinstance(teacher, GuidedDenoiser) else teacher
     if cfg.init == "teacher":
         if isinstance(net, GMMDenoiser):
@@ -46,11 +44,11 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
                            "(use --init random)")
         net = copy.deepcopy(net)
     else:
-        torch.manual_seed(cfg.seed)
         spec = network_spec(net)  # the teacher's architecture, rebuilt with fresh weights
-        net = build_network(spec) if spec else EDMDenoiser(
-            build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
-            Precond(num_classes=net.num_classes))
+        with seeded(cfg.seed):
+            net = build_network(spec) if spec else EDMDenoiser(
+                build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
+                Precond(num_classes=net.num_classes))
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout
@@ -87,17 +85,15 @@ class HoldoutError:
 
 
 def plot_curve(path: Path, out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # heavy; only when a curve is drawn
 
     rows = {}
     for line in path.read_text().splitlines():
         row = json.loads(line)
         rows[row["step"]] = row  # a resumed run re-measures: keep the last
     steps = sorted(rows)
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    fig = Figure(figsize=(5, 3.2), dpi=120)
+    ax = fig.subplots()
     for key, label in (("teacher_mse", "vs teacher's solver sample"), ("exact_mse", "vs exact flow map")):
         if key in rows[steps[0]]:
             ax.plot(steps, [rows[s][key] for s in steps], marker="o", ms=3, label=label)
@@ -109,7 +105,6 @@ def plot_curve(path: Path, out: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out)
-    plt.close(fig)
 
 
 def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:

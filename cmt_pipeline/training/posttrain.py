@@ -29,16 +29,16 @@ from ..config import PostTrainConfig
 from ..datasets import load_images
 from ..evaluation.features import DigitsFD
 from ..evaluation.metrics import exact_flow_map, mse_psnr, sliced_wasserstein
-from ..generation.run import draw_priors
 from ..latents import encode_images, load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
+from ..models.io import build_network, is_checkpoint, network_spec, open_network
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
-from ..sampling import StudentSampler, draw_renoise, run_sampler, student_sigmas
+from ..priors import REFERENCE, draw_priors, draw_renoise, stream_seed
+from ..sampling import StudentSampler, run_sampler, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
-from ..utils import CMTError, atomic_write_json, sample_seed
-from .checkpoint import build_network, is_checkpoint, load_model, model_from_checkpoint, network_spec
+from ..utils import CMTError, atomic_write_json, seeded
 from .data import TensorSource
 from .loop import SampleGrid, train
 
@@ -48,14 +48,13 @@ DEFAULT_NOISE = {"ect": (-1.1, 2.0), "meanflow": (-0.4, 1.0)}
 EVAL_SEED = 1  # not the training seed's default 0: students are scored on noise they never trained on
 
 
-def read_network(spec: str, option: str) -> tuple[torch.nn.Module, str | None]:
-    """The network behind a model.ckpt (with the checkpoint's kind) or a teacher spec (kind None)."""
-    if is_checkpoint(spec):
-        ckpt = load_model(spec)
-        return model_from_checkpoint(ckpt), ckpt["kind"]
+def read_network(spec: str, option: str):
+    """open_network, with the option named in a folder's error (a checkpoint's errors name their file)."""
     try:
-        return load_teacher(spec), None
+        return open_network(spec)
     except CMTError as e:
+        if is_checkpoint(spec):
+            raise
         raise CMTError(f"{option} {spec}: {e}") from e
 
 
@@ -65,8 +64,8 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
     want = STUDENT_KINDS[objective]
     wrong = (f"; {objective} post-training starts from a {want[0]} checkpoint (`cmt mid-train --flavour "
              f"{MID_FLAVOUR[objective]}`), a diffusion teacher or random")
-    net, kind = read_network(spec, "--init")
-    if kind is not None and kind != "pretrain":
+    net, kind, record = read_network(spec, "--init")
+    if record is not None and kind != "pretrain":
         if kind not in want:
             raise CMTError(f"--init {spec} is a {kind!r} checkpoint{wrong}")
         return net, "cmt"
@@ -84,16 +83,16 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
 def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser:
     """Fresh weights in the architecture of --arch (a model.ckpt of any kind or a teacher spec), else of
     --channels/--layers-per-block."""
-    torch.manual_seed(cfg.seed)  # reading --arch may draw numbers too, so seed right before each build
     if not cfg.arch:
-        return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block), Precond())
-    template, _ = read_network(cfg.arch, "--arch")
+        with seeded(cfg.seed):
+            return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block), Precond())
+    template = read_network(cfg.arch, "--arch").module
     template = template.net if isinstance(template, MeanFlowStudent) else template
     if not isinstance(template, EDMDenoiser):
         raise CMTError(f"--arch {cfg.arch} is a {type(template).__name__}, which has no network architecture; "
                        "pass a model.ckpt, a network folder or builtin, or use --channels")
-    torch.manual_seed(cfg.seed)
-    net = build_network(network_spec(template))  # the architecture, fresh weights
+    with seeded(cfg.seed):
+        net = build_network(network_spec(template))  # the architecture, fresh weights
     net.precond.boundary_sigma = 0.0
     return net
 
@@ -104,9 +103,9 @@ def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
         net, origin = random_network(cfg, shape), "random"
     else:
         net, origin = load_network(cfg.init, cfg.objective)
-    torch.manual_seed(cfg.seed)  # a new MeanFlow gap embedding's first layer
     if origin != "cmt":
-        net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
+        with seeded(cfg.seed):  # a new MeanFlow gap embedding's first layer
+            net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout
@@ -142,12 +141,13 @@ def validate(cfg: PostTrainConfig) -> PostTrainConfig:
 
 @functools.lru_cache(maxsize=4)
 def gmm_truth(spec: str, n: int, sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(exact flow map of the n evaluation priors, n exact mixture samples); cached, as the float64 reference
+    """(exact flow map of the n evaluation priors, n exact mixture samples from the priors' reference stream, so
+    no mixture sample shares a seed with an evaluation prior); cached, as the float64 reference
     solve costs more than a short run's evaluations and every run of a comparison shares it."""
     gmm = load_teacher(spec)
     prior, _ = draw_priors(EVAL_SEED, np.arange(n), gmm.shape, 0, "random")
     exact = exact_flow_map(gmm, prior, sigma_max).float()
-    return exact, gmm.sample(n, torch.Generator().manual_seed(sample_seed(EVAL_SEED, 1)))
+    return exact, gmm.sample(n, torch.Generator().manual_seed(stream_seed(EVAL_SEED, 0, REFERENCE)))
 
 
 class FewStepEval:

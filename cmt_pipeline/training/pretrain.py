@@ -14,11 +14,11 @@ import torch
 from ..config import PretrainConfig
 from ..datasets import load_images
 from ..latents import encode_images, load_vae
+from ..models.io import export_denoiser
 from ..objectives import EDMLoss
 from ..solvers import get_solver, make_grid
 from ..teachers.edm import EDMDenoiser, Precond, build_unet
-from ..utils import CMTError
-from .checkpoint import export_denoiser
+from ..utils import CMTError, seeded
 from .data import TensorSource
 from .loop import SampleGrid, train
 
@@ -65,8 +65,8 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
     if vae is not None:  # every process encodes the same images the same way (the mean, not a sample)
         data = encode_images(data, vae, progress=progress and process.is_main_process)
     num_classes = data.num_classes if cfg.class_conditional else 0
-    torch.manual_seed(cfg.seed)  # the initial weights
-    model = build_teacher(cfg, data.shape, num_classes)
+    with seeded(cfg.seed):  # the initial weights
+        model = build_teacher(cfg, data.shape, num_classes)
     tensors = {"image": data.images, **({"labels": data.labels} if num_classes else {})}
     source = TensorSource(tensors, cfg.batch_size, cfg.seed)
     info = {**data.description, "fingerprint": source.fingerprint()}

@@ -1,4 +1,4 @@
-"""Trajectory stores as training data, behind the training loop's data seam (training/data.py).
+"""Trajectory stores as training data, behind the training loop's data seam (data.py); training sits above stores/.
 
 `trajectory_source(path, batch_size, seed, holdout)` picks by format (from the manifest):
 - Zarr, map-style, shuffled by sample: batch k is a seeded permutation's k-th slice, so a resumed run and any
@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..training.data import TensorSource
+from ..stores import open_store, read_all
+from ..stores.wds_store import shard_path
 from ..utils import CMTError, sample_seed
-from . import open_store, read_all
-from .wds_store import shard_path
+from .data import TensorSource
 
 FIELDS = ("traj", "x0", "labels")
 
