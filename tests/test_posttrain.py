@@ -64,6 +64,7 @@ def test_meanflow_dudt_is_the_total_derivative_along_the_flow():
     assert torch.equal(u_tgt[1], v[1])  # r = t: the flow-matching target
 
 
+@pytest.mark.slow
 def test_meanflow_dudt_of_the_student_matches_central_finite_differences():
     """The student in float32: central differences along z (step 3e-3) and along t (step 1e-5: the time embedding
     oscillates fast in t), summed as the total derivative is linear in the tangent (v, 0, 1)."""
