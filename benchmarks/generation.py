@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from cmt_pipeline.config import GenerateConfig
+from cmt_pipeline.constants import SIGMA_MAX
 from cmt_pipeline.generation import Worker, generate
 from cmt_pipeline.solvers import NFE_PER_STEP
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
@@ -60,7 +61,7 @@ def bare_forward_seconds(teacher, n: int, batch: int, nfe: int, device: str = "c
     for b in range(math.ceil(n / batch)):
         xb = x[: min(batch, n - b * batch)]
         for i in range(nfe):
-            teacher(xb, 80.0 * 0.6 ** i, None if labels is None else labels[: len(xb)])
+            teacher(xb, SIGMA_MAX * 0.6 ** i, None if labels is None else labels[: len(xb)])
     sync()
     return time.perf_counter() - t0
 

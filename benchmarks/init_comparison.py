@@ -39,9 +39,12 @@ import numpy as np
 import torch
 
 from cmt_pipeline.config import GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
+from cmt_pipeline.constants import SIGMA_MAX
+from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.evaluation.features import DigitsFD
 from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
 from cmt_pipeline.generation import generate
+from cmt_pipeline.pipeline import store_done
 from cmt_pipeline.plotting import save_curves
 from cmt_pipeline.priors import draw_priors
 from cmt_pipeline.sampling import TeacherSampler, run_sampler
@@ -50,7 +53,7 @@ from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import EVAL_SEED, gmm_truth, post_train
 from cmt_pipeline.training.pretrain import pretrain
-from cmt_pipeline.utils import atomic_write_bytes, atomic_write_json
+from cmt_pipeline.utils import atomic_write_json
 
 QUIET = dict(device="cpu", tensorboard=False, sample_every=0, log_every=25)
 INITS = ("random", "diffusion", "CMT")
@@ -173,18 +176,6 @@ def plot_curves(summary: dict, metric: str, path: Path, title: str) -> None:
     save_curves(path, {title: series}, "post-training step (ECT)", LABELS[metric] + " (EMA)", summary["target"]["value"])
 
 
-def write_section(doc: Path, part: str, lines: list[str]) -> None:
-    """Replace this part's section of docs/results.md (between its markers) or append it."""
-    start, end = f"<!-- init-comparison:{part} -->", f"<!-- /init-comparison:{part} -->"
-    text = doc.read_text() if doc.exists() else "# Results\n"
-    block = "\n".join([start, *lines, end])
-    if start in text and end in text:
-        text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    atomic_write_bytes(doc, text.encode())
-
-
 def stage_seconds(folder: Path) -> float:
     """A finished stage's wall time: from the first to the last file written in its folder (so a section
     rendered again from reused stages still reports what they cost)."""
@@ -212,9 +203,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
                                 out=str(fresh(teacher_run)), **QUIET), progress=False)
     n_traj = args.gmm_trajectories + 256
     store = root / "trajectories"
-    try:
-        open_store(store)
-    except Exception:
+    if not store_done(store):
         generate(GenerateConfig(teacher=str(teacher_run / "teacher"), num_samples=n_traj, out=str(fresh(store)),
                                 device="cpu", batch_size=512, shard_size=1024), progress=False)
     mid = root / "mid"
@@ -237,7 +226,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
     summary = summarise(runs, METRICS["gmm"], "1step_flow_map_mse", "diffusion", steps)
 
     # references: the teacher's own 16-step solve and the sampling floor, on the same evaluation noise
-    exact, reference = gmm_truth("gmm:gmm8x8", args.eval_samples, 80.0)
+    exact, reference = gmm_truth("gmm:gmm8x8", args.eval_samples, SIGMA_MAX)
     prior, _ = draw_priors(EVAL_SEED, np.arange(args.eval_samples), (1, 8, 8), 0, "random")
     teacher = load_teacher(str(teacher_run / "teacher"))
     x = run_sampler(TeacherSampler(teacher, "dpm3", 16), prior)
@@ -283,7 +272,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
         *provenance([teacher_run, store, mid, *(root / f"post-{n}-seed{k}" for n in inits
                                                  for k in range(args.seeds))]),
     ]
-    write_section(doc, "gmm", lines)
+    write_section(doc, "init-comparison:gmm", "\n".join(lines))
 
 
 # ---- digits ----------------------------------------------------------------------------------------------
@@ -291,9 +280,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
 def digits_store(args, root: Path) -> Path:
     """One store of the largest size + 256 held out; smaller training sets are its first n trajectories."""
     store = root / "trajectories"
-    try:
-        open_store(store)
-    except Exception:
+    if not store_done(store):
         generate(GenerateConfig(teacher="builtin", num_samples=max(args.sizes) + 256, out=str(fresh(store)),
                                 device="cpu", batch_size=256, shard_size=1024), progress=True)
     return store
@@ -380,7 +367,7 @@ def digits_part(args, out: Path, doc: Path) -> None:
         "",
         *provenance([store, mid, *(root / f"post-{n}-seed{k}" for n in inits for k in range(args.seeds))]),
     ]
-    write_section(doc, "digits", lines)
+    write_section(doc, "init-comparison:digits", "\n".join(lines))
 
 
 def size_part(args, out: Path, doc: Path) -> None:
@@ -422,7 +409,7 @@ def size_part(args, out: Path, doc: Path) -> None:
                      *(root / f"post-CMT-{n}-seed{k}" for n in args.sizes if n != max(args.sizes)
                        for k in range(args.size_seeds))]),
     ]
-    write_section(doc, "size", lines)
+    write_section(doc, "init-comparison:size", "\n".join(lines))
 
 
 def main():

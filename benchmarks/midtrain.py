@@ -50,8 +50,8 @@ class OnlineSource:
                    "labels": torch.full((self.batch_size,), -1)}
 
 
-def timed_run(source, teacher_path, cfg: MidTrainConfig, sigmas) -> tuple[float, float]:
-    """(seconds per step after a warm-up, data-wait share) of one training run."""
+def timed_run(source, teacher_path, cfg: MidTrainConfig, sigmas) -> tuple[float, float, float]:
+    """(seconds per step after a warm-up, data-wait share, total seconds) of one training run."""
     teacher = load_teacher(teacher_path)
     student = build_student(cfg, teacher, teacher.shape)
     t0 = time.perf_counter()

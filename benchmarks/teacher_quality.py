@@ -4,7 +4,7 @@ Each row is one `cmt evaluate` (the library call `evaluate`) on the same seeded 
 the log-SNR grid (the issue's must-show: FD within 2x of the floor), EDM's Heun x 18 on the Karras grid
 (35 NFE), 2-step Euler, and the teacher's denoiser used as a 1-step map (what a student must beat). The FD is
 against all 1797 real digits; the floor is the FD between two disjoint halves of them (898 vs 899).
-Writes the section "## Built-in digits teacher" of docs/results.md and the sample grid docs/images/.
+Writes its section of docs/results.md (between the <!-- teacher-quality --> markers) and the sample grid docs/images/.
 
     python benchmarks/teacher_quality.py                     # builtin teacher, 4000 samples per row
     python benchmarks/teacher_quality.py --num-samples 2000 --threads 2
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import shutil
 import sys
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from cmt_pipeline.config import EvaluateConfig
+from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.evaluation import evaluate, real_digits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,11 +113,7 @@ def write_docs(args, results, load, ratio, nn):
         "", f"![dpm3 x 16 samples of the built-in teacher](images/{grid.name})", "",
     ]
     path = ROOT / "docs" / "results.md"
-    text = path.read_text() if path.exists() else "# Results\n\nEach section is written by the benchmark it names.\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = "\n".join(lines) + "\n"
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    write_section(path, "teacher-quality", "\n".join(lines))
     print(f"wrote {path} and {grid}")
 
 

@@ -6,7 +6,8 @@ import click
 
 from cmt_pipeline.config import EvaluateConfig, load_config
 
-from .main import cli, config_defaults
+from .main import cli
+from .options import config_options
 
 # metric key -> (label, format); printed in this order when present
 ROWS = {
@@ -24,53 +25,10 @@ ROWS = {
 }
 
 
-def count_or_list(value: str | None):
-    """--seeds: '1,2,3' is a list of seeds, '3' a count."""
-    if value is None:
-        return None
-    try:
-        return [int(v) for v in value.split(",") if v.strip()] if "," in value else int(value)
-    except ValueError:
-        raise click.BadParameter(f"a count or a comma list of integers, got {value!r}", param_hint="'--seeds'")
-
-
-@config_defaults(EvaluateConfig)
 @cli.command("evaluate")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="TOML file; its [evaluate] table sets defaults that the options below override.")
-@click.option("--teacher", help="Generator when no --student: a model folder, gmm:gmm2d, gmm:gmm8x8 or builtin.")
-@click.option("--solver", type=click.Choice(["euler", "heun", "dpm2", "dpm3"]), help="The teacher's solver.")
-@click.option("--grid", type=click.Choice(["logsnr", "karras"]), help="The teacher's sigma grid.")
-@click.option("--guidance-scale", type=float, help="The teacher's classifier-free guidance scale (a class-conditional "
-              "teacher; as in generate-trajectories); 1 = none.")
-@click.option("--null-label", type=int, help="Guidance's 'no class' label.  [default: the model's own null row (DiT)]")
-@click.option("--student", help="A student model.ckpt (mid-/post-training, either flavour), a folder written by cmt "
-              "export, or a student folder (project EDM format); evaluated at --steps 1 or 2 instead of the teacher.")
-@click.option("--steps", type=int, help="Solver steps for a teacher [default: 16]; 1 or 2 for a student [default: 1].")
-@click.option("--sigma-max", type=float, help="x_T = sigma_max * noise.")
-@click.option("--sigma-min", type=float, help="The teacher solve's last sigma.")
-@click.option("--sigma-mid", type=float, help="A 2-step student's intermediate sigma.")
-@click.option("--num-samples", type=int, help="Generated samples.")
-@click.option("--seed", type=int, help="Sample i's noise depends only on (seed, i).")
-@click.option("--seeds", callback=lambda ctx, param, value: count_or_list(value),
-              help="Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric as mean ± std "
-              "over them, each seed's values in evaluation.json.")
-@click.option("--class-labels", help="random, or one class index for all samples (conditional generators).")
-@click.option("--batch-size", type=int)
-@click.option("--store", type=click.Path(exists=True, file_okay=False),
-              help="Trajectory store: paired MSE/PSNR of the generator vs the stored solver samples.")
-@click.option("--store-samples", type=int, help="Use the store's last N samples, where `cmt mid-train --holdout` keeps "
-              "its held-out trajectories (0 = all).")
-@click.option("--inception-weights", help="Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); "
-              "enables FID. Never downloaded.")
-@click.option("--fid-reference", help="FID reference: .npz with mu/sigma, or .npy images (N, C, H, W) in [-1, 1].  "
-              "[default: the real digits, for 8x8 generators]")
-@click.option("--vae", type=click.Path(file_okay=False), help="Latent generator: the AutoencoderKL that decodes its "
-              "samples for the image metrics and picture.  [default: the one it recorded, or its folder's vae/]")
-@click.option("--gmm", help="gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
-@click.option("--reference-steps", type=int, help="Steps of the float64 dpm3 solve used as the exact flow map.")
-@click.option("--device", help="auto, cpu, cuda or cuda:N.")
-@click.option("--out", type=click.Path(file_okay=False), help="Folder for evaluation.json and samples.png.")
+@config_options(EvaluateConfig)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def evaluate_cmd(config_path, quiet, **opts):
     """Sample a generator from seeded noise and measure it: digits FD and KID (8x8 generators), FID (with local

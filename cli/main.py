@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import importlib
 import shlex
@@ -128,32 +127,6 @@ class CMTGroup(click.Group):
 @click.version_option(__version__, prog_name="cmt")
 def cli():
     """Consistency Mid-Training: teacher trajectories -> mid-training -> post-training -> 1/2-step generators."""
-
-
-def config_defaults(cls):
-    """Decorator over a command: appends '[default: X]' to the help of each option named after a field of the
-    config dataclass `cls`, X being that field's default, so --help shows what applies when neither the option
-    nor --config sets it and cannot drift from config.py. Fields without a value of their own (None, "") are
-    left to the option's help, which says what stands in for them."""
-
-    def show(cmd):
-        for p in cmd.params:
-            f = next((f for f in dataclasses.fields(cls) if f.name == p.name), None)
-            if f is None:
-                continue
-            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if value in (None, ""):
-                continue
-            if isinstance(value, bool):
-                text = (p.opts if value else p.secondary_opts)[0]
-            elif isinstance(value, list):
-                text = ",".join(map(str, value))
-            else:
-                text = f"{value:g}" if isinstance(value, float) else str(value)
-            p.help = f"{p.help or ''}  [default: {text}]".lstrip()
-        return cmd
-
-    return show
 
 
 def human_bytes(n: float) -> str:

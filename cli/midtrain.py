@@ -6,31 +6,15 @@ import click
 
 from cmt_pipeline.config import MidTrainConfig, load_config
 
-from .main import cli, config_defaults
-from .train import int_list, train_options
+from .main import cli
+from .options import config_options
+from .train import train_options
 
 
-@config_defaults(MidTrainConfig)
 @cli.command("mid-train")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="TOML file whose [mid_train] table sets defaults (e.g. configs/digits-mid.toml).")
-@click.option("--data", type=click.Path(), help="Trajectory store from `cmt generate-trajectories` (Zarr or WebDataset).")
-@click.option("--holdout", type=int, help="Last N trajectories kept out of training for evaluation.")
-@click.option("--flavour", type=click.Choice(["cm", "mf"]), help="cm: consistency flow map; mf: MeanFlow average velocity.")
-@click.option("--init", type=click.Choice(["teacher", "random"]), help="Start from the teacher's weights or at random.")
-@click.option("--teacher", help="Network to start from (default: the store's teacher).")
-@click.option("--vae", type=click.Path(file_okay=False), help="AutoencoderKL that decodes a latent store's sample "
-              "grids.  [default: the VAE the store recorded]")
-@click.option("--points-per-traj", type=int, help="cm: points drawn per trajectory per step (0 = all K).")
-@click.option("--pairs-per-traj", type=int, help="mf: (t, r) pairs drawn per trajectory per step.")
-@click.option("--distance", type=click.Choice(["l2", "huber"]), help="cm: regression distance.")
-@click.option("--huber-c", type=float, help="Pseudo-Huber constant (data units).")
-@click.option("--sigma-min-shift", type=float, help="cm: boundary sigma where f(x, s) = x.")
-@click.option("--dropout", type=float)
-@click.option("--channels", callback=int_list, help="UNet widths for --init random without a network teacher.")
-@click.option("--layers-per-block", type=int)
-@click.option("--eval-every", type=int, help="Steps between held-out 1-step errors (eval.jsonl).")
-@click.option("--eval-samples", type=int, help="Held-out trajectories used for that error.")
+              help="TOML file whose [mid_train] table sets defaults (e.g. configs/gmm-mid.toml).")
+@config_options(MidTrainConfig)
 @train_options
 def mid_train_cmd(config_path, resume, quiet, **opts):
     """Consistency Mid-Training: teach a flow-map student to jump from any stored trajectory point to that

@@ -6,6 +6,8 @@ import io
 
 import click
 
+from cmt_pipeline.constants import SIGMA_MAX, SIGMA_MID
+
 from .main import cli
 
 
@@ -13,8 +15,8 @@ from .main import cli
 @click.option("--ckpt", required=True, help="A student: model.ckpt from cmt post-train / mid-train, a folder written "
               "by cmt export, or a student folder (any teacher spec also works, as a one-jump baseline).")
 @click.option("--steps", type=click.IntRange(1, 2), default=1, show_default=True, help="Network evaluations.")
-@click.option("--sigma-max", type=float, default=80.0, show_default=True, help="x_T = sigma_max * noise.")
-@click.option("--sigma-mid", type=float, default=0.821, show_default=True, help="2 steps: the re-noise level.")
+@click.option("--sigma-max", type=float, default=SIGMA_MAX, show_default=True, help="x_T = sigma_max * noise.")
+@click.option("--sigma-mid", type=float, default=SIGMA_MID, show_default=True, help="2 steps: the re-noise level.")
 @click.option("--num-samples", type=int, default=64, show_default=True)
 @click.option("--seed", type=int, default=1, show_default=True, help="Sample i depends only on (seed, i).")
 @click.option("--class-labels", default="random", show_default=True,
@@ -69,8 +71,10 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
 @click.option("--raw", is_flag=True, help="Export the raw weights instead of the EMA weights.")
 @click.option("--vae", type=click.Path(file_okay=False), help="Latent student: the AutoencoderKL saved as OUT/vae.  "
               "[default: the VAE recorded in the checkpoint]")
-@click.option("--sigma-max", type=float, default=80.0, show_default=True, help="Recorded as the pipeline's default.")
-@click.option("--sigma-mid", type=float, default=0.821, show_default=True, help="Recorded as the pipeline's default.")
+@click.option("--sigma-max", type=float, default=SIGMA_MAX, show_default=True,
+              help="Recorded as the pipeline's default.")
+@click.option("--sigma-mid", type=float, default=SIGMA_MID, show_default=True,
+              help="Recorded as the pipeline's default.")
 def export_cmd(ckpt, out, overwrite, raw, vae, sigma_max, sigma_mid):
     """Write a student as a diffusers folder that needs only torch and diffusers: the pipeline's code
     (few_step_pipeline.py), unet/, a MeanFlow student's gap_embedding/, a latent student's vae/, and a model card.

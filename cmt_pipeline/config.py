@@ -1,99 +1,185 @@
 """Configuration: one dataclass per stage, loaded from a section of configs/*.toml, overridable from the CLI,
-and written next to every output so each dataset and checkpoint says how it was made."""
+and written next to every output so each dataset and checkpoint says how it was made.
+
+Each field is declared once, with `option()`: its default, help, choices and range. The click options of the
+stage's command are generated from these fields (cli/options.py), and the choices and ranges are checked here
+when a config is built, so the CLI, the TOML files, the checks and docs/cli.md cannot drift apart."""
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar, get_type_hints
 from pathlib import Path
 
+from .constants import SIGMA_DATA, SIGMA_MAX, SIGMA_MID, SIGMA_MIN, SIGMA_MIN_SHIFT
 from .errors import CMTError
 
+# choices shared by several stages; tests/test_config.py checks them against the library's own tables
+SOLVERS = ("euler", "heun", "dpm2", "dpm3")
+GRIDS = ("logsnr", "karras")
+DISTANCES = ("norm", "l2", "huber")
+POSITIVE = {"min": 0, "min_open": True}
+
+
+def option(default, help: str, *, choices: tuple = (), min=None, max=None, min_open: bool = False,
+           max_open: bool = False, path: str = "", negative: str = "", toml_only: bool = False):
+    """A config field and what the CLI and the checks need to know about it: choices, range ([min, max], an end
+    left out when None, open with min_open/max_open), path ("folder", "existing folder", "any": the CLI's
+    argument type), a bool's negative flag (default --no-NAME), and toml_only for a setting with no option (one
+    that only `cmt pipeline` reads)."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_open": min_open, "max_open": max_open,
+            "path": path, "negative": negative, "toml_only": toml_only}
+    meta = {k: v for k, v in meta.items() if v not in (None, (), "") and v is not False}  # keeps min=0
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def same_option(cls, name: str, default):
+    """Field `name` of `cls` (help, choices, range) with another default: a stage's own recipe."""
+    return option(default, **cls.__dataclass_fields__[name].metadata)
+
+
+def range_text(meta) -> str:
+    """A field's range in words, for its error message: 'positive', '>= 0', 'in [0, 1)'."""
+    lo, hi, lo_open, hi_open = (meta.get(k) for k in ("min", "max", "min_open", "max_open"))
+    if hi is None:
+        return "positive" if lo == 0 and lo_open else f"{'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f"{'<' if hi_open else '<='} {hi}"
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def option_error(f: dataclasses.Field, value) -> str | None:
+    """Why `value` is outside field `f`'s choices or range (None when it is not)."""
+    meta, name = f.metadata, "--" + f.name.replace("_", "-")
+    if value is None:
+        return None
+    if meta.get("choices") and value not in meta["choices"]:
+        return f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}"
+    lo, hi = meta.get("min"), meta.get("max")
+    below = lo is not None and (value <= lo if meta.get("min_open") else value < lo)
+    above = hi is not None and (value >= hi if meta.get("max_open") else value > hi)
+    return f"{name} must be {range_text(meta)}, got {value}" if below or above else None
+
+
+class Checked:
+    """Base of the stage configs: a config is checked against its fields' choices and ranges when it is built,
+    whether from a TOML file, the CLI or code, so every caller gets the same one-line error before any work."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            if error := option_error(f, getattr(self, f.name)):
+                raise CMTError(error)
+
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(Checked):
     """`cmt generate-trajectories`: the teacher's ODE solve from seeded prior noise, stored as shards."""
 
-    teacher: str = "builtin"  # a model folder, gmm:<preset>, or builtin (the shipped digits teacher)
-    out: str = "runs/trajectories"
-    num_samples: int = 1024
-    solver: str = "dpm3"  # euler | heun | dpm2 | dpm3
-    steps: int = 16
-    grid: str = "logsnr"  # logsnr (paper) | karras
-    sigma_max: float = 80.0
-    sigma_min: float = 0.002
-    format: str = "zarr"  # zarr | wds
-    dtype: str = "float16"  # storage dtype of traj and x0 (prior is always float32)
-    batch_size: int = 256
-    shard_size: int = 1024
-    seed: int = 0
-    class_labels: str = "random"  # random | none | an integer class for every sample
-    guidance_scale: float = 1.0  # classifier-free guidance of a class-conditional teacher; 1 = none
-    null_label: int | None = None  # guidance's "no class" label; default: the model's own null row (DiT)
-    vae: str = ""  # latent teacher: its AutoencoderKL folder; default: the teacher folder's vae/, if any
-    device: str = "auto"
+    teacher: str = option("builtin", "Teacher: a model folder (project EDM format or diffusers unet/+scheduler/), "
+                          "gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped digits teacher).")
+    out: str = option("runs/trajectories", "Output folder.", path="folder")
+    num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE)
+    solver: str = option("dpm3", "ODE solver.", choices=SOLVERS)
+    steps: int = option(16, "Solver steps K; each sample stores K states.", **POSITIVE)
+    grid: str = option("logsnr", "Sigma grid (logsnr: the paper's).", choices=GRIDS)
+    sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.")
+    sigma_min: float = option(SIGMA_MIN, "The solve's last sigma.")
+    format: str = option("zarr", "Store format.", choices=("zarr", "wds"))
+    dtype: str = option("float16", "Storage dtype of traj/x0 (the prior is always float32).",
+                        choices=("float16", "float32"))
+    batch_size: int = option(256, "Samples per teacher batch (never crosses a shard).", **POSITIVE)
+    shard_size: int = option(1024, "Samples per shard, the unit of work and of resumption.", **POSITIVE)
+    seed: int = option(0, "Sample i's noise and label depend only on (seed, i).")
+    class_labels: str = option("random", "random, none, or one class index for all samples.")
+    guidance_scale: float = option(1.0, "Classifier-free guidance scale w of a class-conditional teacher: "
+                                   "D = D(null) + w (D(label) - D(null)); 1 = no guidance.")
+    null_label: int | None = option(None, "Guidance's 'no class' label.  [default: the model's own null row (DiT); "
+                                    "others must name it]")
+    vae: str = option("", "Latent teacher: the diffusers AutoencoderKL folder its latents belong to; recorded, so "
+                      "later stages decode.  [default: the teacher folder's vae/ if it has one, else none (pixel "
+                      "space)]", path="folder")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N (LOCAL_RANK picks the GPU under launchers).")
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(Checked):
     """`cmt evaluate`: sample a generator (a teacher with a solver, or a student at 1 or 2 steps) and measure it."""
 
-    teacher: str = "builtin"  # generator when no student is given: a model folder, gmm:<preset>, or builtin
-    solver: str = "dpm3"  # the teacher's ODE solver: euler | heun | dpm2 | dpm3
-    grid: str = "logsnr"  # logsnr | karras
-    guidance_scale: float = 1.0  # the teacher's classifier-free guidance (as in generate-trajectories); 1 = none
-    null_label: int | None = None  # guidance's "no class" label; default: the model's own null row (DiT)
-    student: str = ""  # a student model.ckpt or folder; when set it is the generator, sampled in `steps` steps
-    steps: int | None = None  # solver steps for a teacher (default 16); 1 or 2 for a student (default 1)
-    sigma_max: float = 80.0
-    sigma_min: float = 0.002
-    sigma_mid: float = 0.821  # a student's second-step noise level
-    num_samples: int = 5000  # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
-    seed: int = 1  # not generate-trajectories' default 0, so a student is not scored on its training priors
-    seeds: int | list = 1  # evaluation seeds: a count n (seed .. seed + n - 1) or a list [1, 2, 3]
-    teacher_seeds: int | list | None = None  # pipeline only: the teacher-solve row's seeds; None = seeds (evaluation.md)
-    class_labels: str = "random"  # random | an integer class (class-conditional generators)
-    batch_size: int = 256
-    store: str = ""  # a held-out trajectory store: paired error of the generator vs its stored solver samples
-    store_samples: int = 256  # the store's last N samples, mid-train's held-out tail (its --holdout); 0 = all
-    inception_weights: str = ""  # local FID Inception-v3 weights (pt_inception-2015-12-05 state dict)
-    fid_reference: str = ""  # FID reference: .npz with mu/sigma or .npy images in [-1, 1]; digits by default
-    vae: str = ""  # decode latent samples with this AutoencoderKL; default: the generator's recorded one or vae/
-    gmm: str = ""  # gmm:<preset> ground truth for a student; a gmm:<preset> teacher is its own ground truth
-    reference_steps: int = 1024  # steps of the float64 dpm3 solve that stands in for the exact flow map
-    device: str = "auto"
-    out: str = "runs/evaluate"  # folder: evaluation.json and samples.png
+    teacher: str = option("builtin", "Generator when no --student: a model folder, gmm:gmm2d, gmm:gmm8x8 or builtin.")
+    solver: str = option("dpm3", "The teacher's solver.", choices=SOLVERS)
+    grid: str = option("logsnr", "The teacher's sigma grid.", choices=GRIDS)
+    guidance_scale: float = option(1.0, "The teacher's classifier-free guidance scale (a class-conditional "
+                                   "teacher; as in generate-trajectories); 1 = none.")
+    null_label: int | None = option(None, "Guidance's 'no class' label.  [default: the model's own null row (DiT)]")
+    student: str = option("", "A student model.ckpt (mid-/post-training, either flavour), a folder written by cmt "
+                          "export, or a student folder (project EDM format); evaluated at --steps 1 or 2 instead of "
+                          "the teacher.")
+    steps: int | None = option(None, "Solver steps for a teacher [default: 16]; 1 or 2 for a student "
+                               "[default: 1].")
+    sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.")
+    sigma_min: float = option(SIGMA_MIN, "The teacher solve's last sigma.")
+    sigma_mid: float = option(SIGMA_MID, "A 2-step student's intermediate sigma.")
+    # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
+    num_samples: int = option(5000, "Generated samples.")
+    # not generate-trajectories' default 0, so a student is not scored on its training priors
+    seed: int = option(1, "Sample i's noise depends only on (seed, i).")
+    seeds: int | list = option(1, "Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric "
+                               "as mean ± std over them, each seed's values in evaluation.json.")
+    # see docs/evaluation.md
+    teacher_seeds: int | list | None = option(None, "The pipeline's teacher-solve row's seeds; None = seeds.",
+                                              toml_only=True)
+    class_labels: str = option("random", "random, or one class index for all samples (conditional generators).")
+    batch_size: int = option(256, "Samples per batch.")
+    store: str = option("", "Trajectory store: paired MSE/PSNR of the generator vs the stored solver samples.",
+                        path="existing folder")
+    store_samples: int = option(256, "Use the store's last N samples, where `cmt mid-train --holdout` keeps its "
+                                "held-out trajectories (0 = all).")
+    inception_weights: str = option("", "Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); "
+                                    "enables FID. Never downloaded.")
+    fid_reference: str = option("", "FID reference: .npz with mu/sigma, or .npy images (N, C, H, W) in [-1, 1].  "
+                                "[default: the real digits, for 8x8 generators]")
+    vae: str = option("", "Latent generator: the AutoencoderKL that decodes its samples for the image metrics and "
+                      "picture.  [default: the one it recorded, or its folder's vae/]", path="folder")
+    gmm: str = option("", "gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
+    reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N.")
+    out: str = option("runs/evaluate", "Folder for evaluation.json and samples.png.", path="folder")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Checked):
     """The one training loop's settings, shared by every stage: each stage's config extends this class,
     so a stage's TOML table holds its own options and these side by side."""
 
-    out: str = "runs/train"  # run folder: config.json, log.jsonl, checkpoints/, samples/, model.ckpt
-    steps: int = 1000  # optimizer steps; the linear LR schedule ends at this step
-    batch_size: int = 128  # global batch per optimizer step, split over processes and accumulation
-    grad_accum: int = 1  # micro-batches per optimizer step on each process
-    optimizer: str = "radam"  # adam | radam | adamw
-    lr: float = 2e-4
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"  # constant | linear (decays to 0 at `steps`)
-    warmup_steps: int = 0  # linear LR warm-up from 0
-    grad_clip: float = 0.0  # max global gradient norm; 0 = no clipping
-    ema_decay: float = 0.999  # per optimizer step
-    ema_halflife: float = 0.0  # in samples; > 0 replaces ema_decay by 0.5 ** (batch_size / ema_halflife)
-    mixed_precision: str = "no"  # no | fp16 | bf16
-    seed: int = 0  # step k's noise and batch depend only on (seed, k), so resumed runs match uninterrupted ones
-    log_every: int = 10
-    checkpoint_every: int = 500  # steps between accelerate checkpoints (the last step is always saved)
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    sample_every: int = 500  # steps between sample-grid PNGs; 0 = only at the end
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
-    device: str = "auto"  # auto (accelerate's choice, GPUs under `accelerate launch`) | cpu
+    out: str = option("runs/train", "Run folder (config, log, checkpoints, samples).", path="folder")
+    steps: int = option(1000, "Optimizer steps (the linear LR schedule ends here).", **POSITIVE)
+    batch_size: int = option(128, "Global batch per step, split over processes and --grad-accum.", **POSITIVE)
+    grad_accum: int = option(1, "Micro-batches per step on each process.", **POSITIVE)
+    optimizer: str = option("radam", "The optimizer.", choices=("adam", "radam", "adamw"))
+    lr: float = option(2e-4, "Peak learning rate.")
+    beta1: float = option(0.9, "The optimizer's first moment decay.")
+    beta2: float = option(0.999, "The optimizer's second moment decay.")
+    weight_decay: float = option(0.0, "Weight decay.")
+    lr_schedule: str = option("constant", "linear decays to 0 at --steps.", choices=("constant", "linear"))
+    warmup_steps: int = option(0, "Linear LR warm-up steps.")
+    grad_clip: float = option(0.0, "Max global gradient norm; 0 = off.")
+    ema_decay: float = option(0.999, "EMA decay per step.")
+    ema_halflife: float = option(0.0, "EMA half-life in samples; > 0 replaces --ema-decay.")
+    mixed_precision: str = option("no", "accelerate's mixed precision.", choices=("no", "fp16", "bf16"))
+    # resumed runs match uninterrupted ones because of this
+    seed: int = option(0, "Step k's batch and noise depend only on (seed, k).")
+    log_every: int = option(10, "Steps between log lines (log.jsonl, TensorBoard, progress bar).", **POSITIVE)
+    checkpoint_every: int = option(500, "Steps between resumable checkpoints (the last step is always saved).",
+                                   **POSITIVE)
+    keep_checkpoints: int = option(2, "Newest checkpoints kept.")
+    sample_every: int = option(500, "Steps between sample-grid PNGs; 0 = only at the end.")
+    tensorboard: bool = option(True, "Also log to TensorBoard if installed.")
+    device: str = option("auto", "auto: accelerate's device (GPUs under `accelerate launch`); cpu forces CPU.",
+                         choices=("auto", "cpu"))
 
     # Settings a resumed run may change: they do not alter the trained weights.
     runtime_only: ClassVar[tuple] = ("out", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
@@ -104,56 +190,60 @@ class TrainConfig:
 class PretrainConfig(TrainConfig):
     """`cmt pretrain`: EDM diffusion pre-training of an EDM-preconditioned UNet2DModel teacher."""
 
-    out: str = "runs/pretrain"
-    steps: int = 2500  # defaults = the built-in digits teacher's recipe (configs/digits-pretrain.toml)
-    lr: float = 5e-4
-    lr_schedule: str = "linear"
-    data: str = "digits"  # digits | gmm:<preset> | a folder of images | a .npy array
-    gmm_samples: int = 8192  # training-set size drawn from a gmm:<preset>
-    class_conditional: bool = False  # train with the dataset's labels (digits only)
-    channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # UNet block widths
-    layers_per_block: int = 2
-    attention: bool = False
-    dropout: float = 0.0
-    sigma_data: float = 0.5
-    p_mean: float = -1.2  # training sigma ~ LogNormal(p_mean, p_std)
-    p_std: float = 1.2
-    sample_solver: str = "dpm3"  # sample grids: solver, steps and sigma grid
-    sample_steps: int = 16
-    sample_grid: str = "logsnr"
-    num_grid_samples: int = 64
-    export_dtype: str = "float32"  # weights dtype of the exported teacher folder (float16 halves its size)
-    vae: str = ""  # an AutoencoderKL folder: train in its latent space (the images are encoded once)
+    out: str = same_option(TrainConfig, "out", "runs/pretrain")
+    # defaults = the built-in digits teacher's recipe (configs/digits-pretrain.toml)
+    steps: int = same_option(TrainConfig, "steps", 2500)
+    lr: float = same_option(TrainConfig, "lr", 5e-4)
+    lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
+    data: str = option("digits", "digits, gmm:gmm8x8, a folder of images, or a .npy array (see docs/training.md).")
+    gmm_samples: int = option(8192, "Training-set size drawn from a gmm:<preset>.")
+    class_conditional: bool = option(False, "Train with the labels (digits only).", negative="--unconditional")
+    channels: list = option([48, 96], "UNet block widths, comma-separated, e.g. 48,96.")
+    layers_per_block: int = option(2, "ResNet layers per UNet block.")
+    attention: bool = option(False, "Self-attention in the lowest-resolution block.")
+    dropout: float = option(0.0, "Dropout of the UNet.")
+    sigma_data: float = option(SIGMA_DATA, "The data's standard deviation (EDM preconditioning).")
+    p_mean: float = option(-1.2, "Training sigma ~ LogNormal(p_mean, p_std).")
+    p_std: float = option(1.2, "See --p-mean.")
+    sample_solver: str = option("dpm3", "Solver of the sample grids.", choices=SOLVERS)
+    sample_steps: int = option(16, "Solver steps of the sample grids.")
+    sample_grid: str = option("logsnr", "Sigma grid of the sample grids.", choices=GRIDS)
+    num_grid_samples: int = option(64, "Samples in each sample grid.")
+    export_dtype: str = option("float32", "Weights dtype of the exported teacher folder (float16 halves its size).",
+                               choices=("float32", "float16"))
+    vae: str = option("", "A diffusers AutoencoderKL folder: encode the images to its latents once and train the "
+                      "teacher on them; OUT/teacher/vae/ gets a copy.", path="folder")
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + (
         "sample_solver", "sample_steps", "sample_grid", "num_grid_samples", "export_dtype")
-
 
 
 @dataclass
 class MidTrainConfig(TrainConfig):
     """`cmt mid-train`: regress a flow-map student onto stored teacher trajectories' endpoints (CMT)."""
 
-    out: str = "runs/mid"
-    data: str = ""  # a trajectory store made by `cmt generate-trajectories`
-    holdout: int = 256  # last trajectories of the store kept for evaluation, never trained on
-    flavour: str = "cm"  # cm (consistency flow map) | mf (MeanFlow average velocity)
-    init: str = "teacher"  # teacher (its EDM network's weights) | random
-    teacher: str = ""  # the network to start from; default: the teacher the store was generated with
-    vae: str = ""  # decodes sample grids of a latent store; default: the VAE the store recorded
-    batch_size: int = 8  # trajectories per optimizer step (x K points each for cm)
-    lr_schedule: str = "linear"
-    points_per_traj: int = 0  # cm: points drawn per trajectory per step; 0 = all K
-    pairs_per_traj: int = 16  # mf: (t, r) pairs drawn per trajectory per step
-    distance: str = "l2"  # cm: l2 | huber
-    huber_c: float = 0.03
-    sigma_min_shift: float = 0.003  # cm: the boundary f(x, s) = x holds at s = sigma_min_shift
-    dropout: float = 0.0
-    channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # init=random without a network teacher
-    layers_per_block: int = 2
-    eval_every: int = 100  # steps between held-out 1-step errors (eval.jsonl); 0 = only at the end
-    eval_samples: int = 256  # held-out trajectories used for that error
-    num_grid_samples: int = 64
+    out: str = same_option(TrainConfig, "out", "runs/mid")
+    data: str = option("", "Trajectory store from `cmt generate-trajectories` (Zarr or WebDataset).", path="any")
+    holdout: int = option(256, "Last N trajectories kept out of training for evaluation.")
+    flavour: str = option("cm", "cm: consistency flow map; mf: MeanFlow average velocity.", choices=("cm", "mf"))
+    init: str = option("teacher", "Start from the teacher's weights or at random.", choices=("teacher", "random"))
+    teacher: str = option("", "Network to start from (default: the store's teacher).")
+    vae: str = option("", "AutoencoderKL that decodes a latent store's sample grids.  [default: the VAE the store "
+                      "recorded]", path="folder")
+    # trajectories per optimizer step (x K points each for cm)
+    batch_size: int = same_option(TrainConfig, "batch_size", 8)
+    lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
+    points_per_traj: int = option(0, "cm: points drawn per trajectory per step (0 = all K).")
+    pairs_per_traj: int = option(16, "mf: (t, r) pairs drawn per trajectory per step.")
+    distance: str = option("l2", "cm: regression distance.", choices=("l2", "huber"))
+    huber_c: float = option(0.03, "Pseudo-Huber constant (data units).")
+    sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "cm: boundary sigma where f(x, s) = x.")
+    dropout: float = option(0.0, "Dropout of the student.")
+    channels: list = option([48, 96], "UNet widths for --init random without a network teacher.")
+    layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without a network teacher).")
+    eval_every: int = option(100, "Steps between held-out 1-step errors (eval.jsonl); 0 = only at the end.")
+    eval_samples: int = option(256, "Held-out trajectories used for that error.")
+    num_grid_samples: int = option(64, "Samples in each sample grid.")
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("eval_every", "eval_samples", "num_grid_samples",
                                                                 "vae")
@@ -163,34 +253,45 @@ class MidTrainConfig(TrainConfig):
 class PostTrainConfig(TrainConfig):
     """`cmt post-train`: ECT or MeanFlow post-training of a flow-map student, then its 1- and 2-step quality."""
 
-    out: str = "runs/post"
-    init: str = ""  # mid-training model.ckpt (CMT) | diffusion teacher (pretrain model.ckpt, folder, builtin) | random
-    objective: str = "ect"  # ect (consistency student, from mid-cm) | meanflow (average velocity, from mid-mf)
-    data: str = "digits"  # real data: digits | gmm:<preset> | a folder of images | a .npy array
-    gmm_samples: int = 8192  # training-set size drawn from a gmm:<preset>
-    arch: str = ""  # init=random: re-initialise this network's architecture (teacher spec or model.ckpt); "" = channels
-    vae: str = ""  # latent students: the AutoencoderKL; default: the one recorded with --init (or --arch)
-    channels: list = dataclasses.field(default_factory=lambda: [48, 96])  # init=random without --arch
-    layers_per_block: int = 2
-    dropout: float = 0.0
-    sigma_min_shift: float = 0.003  # ect: the boundary f(x, s) = x of a student made from a diffusion/random net
-    lr: float = 1e-4
-    lr_schedule: str = "linear"
-    p_mean: float | None = None  # noise levels ~ LogNormal(p_mean, p_std); unset: ECT -1.1/2.0, MeanFlow -0.4/1.0
-    p_std: float | None = None
-    q: float = 4096.0  # ect: r = t (1 - (1 + 8 sigmoid(-t)) / q); 4096 = the reference after CMT (CIFAR-10)
-    q_double_every: int = 0  # ect: > 0 uses q^(stage + 1), stage = (step - 1) // this (vanilla ECT, q = 2); 0 = fixed q
-    distance: str = "norm"  # ect: norm (the reference's: sqrt(sum sq + c^2) - c) | l2 (mean sq) | huber
-    huber_c: float = 0.0  # ect: c of norm / huber; the reference's 0 makes norm the plain L2 norm
-    edm_weighting: bool = False  # ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2
-    r_fraction: float = 0.25  # meanflow: share of samples with r != t
-    adaptive_p: float = 1.0  # meanflow: loss L^2 / (L^2 + adaptive_c)^p, L = summed squared error (sony/mf-rae)
-    adaptive_c: float = 1e-3
-    sigma_max: float = 80.0  # sampling: x_T = sigma_max * noise
-    sigma_mid: float = 0.821  # sampling: the 2-step re-noise level
-    eval_every: int = 0  # steps between 1/2-step evaluations (eval.jsonl); 0 = only the init and the end
-    eval_samples: int = 5000  # as cmt evaluate's num_samples: FD depends on it
-    num_grid_samples: int = 64
+    out: str = same_option(TrainConfig, "out", "runs/post")
+    init: str = option("", "mid-training model.ckpt (CMT: mid-cm for ect, mid-mf for meanflow), a diffusion "
+                       "teacher (pretrain model.ckpt, teacher folder or builtin), or random.")
+    objective: str = option("ect", "Post-training objective: ect (a consistency student, from mid-cm) or meanflow "
+                            "(average velocity, from mid-mf).", choices=("ect", "meanflow"))
+    data: str = option("digits", "Real data: digits, gmm:gmm8x8, a folder of images or a .npy array.")
+    gmm_samples: int = option(8192, "Training-set size drawn from a gmm:<preset>.")
+    arch: str = option("", "--init random: re-initialise this network's architecture (teacher spec or "
+                       "model.ckpt); without it --channels/--layers-per-block.")
+    vae: str = option("", "Latent student: the AutoencoderKL folder; --data is encoded to its latents once, samples "
+                      "are decoded.  [default: the VAE recorded with --init / --arch]", path="folder")
+    channels: list = option([48, 96], "UNet widths for --init random without --arch, e.g. 48,96.")
+    layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without --arch).")
+    dropout: float = option(0.0, "Dropout of the student (the same masks for prediction and target).", min=0, max=1,
+                            max_open=True)
+    sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "ect: boundary sigma of a student made from a diffusion/random "
+                                    "net.")
+    lr: float = same_option(TrainConfig, "lr", 1e-4)
+    lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
+    p_mean: float | None = option(None, "Noise levels ~ LogNormal(p_mean, p_std).  [default: ect -1.1, meanflow "
+                                  "-0.4]")
+    p_std: float | None = option(None, "See --p-mean.  [default: ect 2.0, meanflow 1.0]")
+    # 4096 = the reference after CMT (CIFAR-10)
+    q: float = option(4096.0, "ect: r = t (1 - (1 + 8 sigmoid(-t)) / q).", **POSITIVE)
+    q_double_every: int = option(0, "ect: q^(stage + 1) with a new stage every N steps (0 = fixed q).", min=0)
+    distance: str = option("norm", "ect: distance between prediction and target: norm = sqrt(sum sq + c^2) - c (the "
+                           "reference's), l2 = mean sq, huber = sqrt(mean sq + c^2) - c.", choices=DISTANCES)
+    # the reference's 0 makes norm the plain L2 norm
+    huber_c: float = option(0.0, "ect: c of --distance norm / huber.")
+    edm_weighting: bool = option(False, "ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2.")
+    r_fraction: float = option(0.25, "meanflow: share of samples with r != t.", min=0, max=1)
+    adaptive_p: float = option(1.0, "meanflow: adaptive weight 1 / (L^2 + c)^p, L the summed squared error.")
+    adaptive_c: float = option(1e-3, "meanflow: the c of --adaptive-p.")
+    sigma_max: float = option(SIGMA_MAX, "Sampling: x_T = sigma_max * noise.")
+    sigma_mid: float = option(SIGMA_MID, "Sampling: 2-step re-noise level.")
+    eval_every: int = option(0, "Steps between 1/2-step evaluations (eval.jsonl); 0 = init and end.")
+    # as cmt evaluate's num_samples: FD depends on it
+    eval_samples: int = option(5000, "Samples per evaluation.", min=2)
+    num_grid_samples: int = option(64, "Samples in each sample grid.")
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("sigma_mid", "eval_every", "eval_samples",
                                                                 "num_grid_samples")

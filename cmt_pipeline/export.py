@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .constants import SIGMA_MAX, SIGMA_MID
 from .models import BoundaryDenoiser, MeanFlowStudent
 from .teachers.edm import EDMDenoiser
 from .teachers.exported import GAP_DIR, INDEX, MODULE, is_export
@@ -30,7 +31,7 @@ from .utils import CMTError, atomic_folder
 PIPELINE_FILE = Path(__file__).with_name(f"{MODULE}.py")
 
 
-def to_pipeline(model: torch.nn.Module, vae=None, sigma_max: float = 80.0, sigma_mid: float = 0.821):
+def to_pipeline(model: torch.nn.Module, vae=None, sigma_max: float = SIGMA_MAX, sigma_mid: float = SIGMA_MID):
     """The FewStepPipeline of a student (a consistency EDMDenoiser or a MeanFlowStudent of one) and its VAE, if any."""
     from diffusers import UNet2DModel
 

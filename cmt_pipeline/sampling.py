@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .constants import SIGMA_MAX, SIGMA_MID, SIGMA_MIN
 from .priors import draw_priors, draw_renoise
 from .solvers import NFE_PER_STEP, get_solver, make_grid
 from .models import as_denoiser
@@ -26,7 +27,7 @@ from .utils import full_fp32
 
 class TeacherSampler:
     def __init__(self, denoiser: Denoiser, solver: str = "dpm3", steps: int = 16, grid: str = "logsnr",
-                 sigma_max: float = 80.0, sigma_min: float = 0.002):
+                 sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN):
         self.net, self.solver_name = denoiser, solver
         self.solve = get_solver(solver)
         self.sigmas = make_grid(grid, steps, sigma_max, sigma_min)
@@ -44,7 +45,7 @@ class TeacherSampler:
 
 
 class StudentSampler:
-    def __init__(self, student: Denoiser, sigmas=(80.0,)):
+    def __init__(self, student: Denoiser, sigmas=(SIGMA_MAX,)):
         self.net, self.sigmas = student, [float(s) for s in sigmas]
         self.shape, self.num_classes = tuple(student.shape), student.num_classes
         self.nfe, self.renoise_steps = len(self.sigmas), len(self.sigmas) - 1
@@ -62,7 +63,7 @@ class StudentSampler:
                 "denoiser": self.net.describe()}
 
 
-def student_sigmas(steps: int, sigma_max: float = 80.0, sigma_mid: float = 0.821) -> list[float]:
+def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_mid: float = SIGMA_MID) -> list[float]:
     """The paper's few-step schedule: [sigma_max] for 1 step, [sigma_max, sigma_mid] for 2."""
     if steps not in (1, 2):
         raise ValueError(f"a student samples in 1 or 2 steps, got {steps}")

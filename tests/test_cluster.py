@@ -69,6 +69,7 @@ def assert_same_as_reference(out, expected):
     assert verify(out).ready
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_one_two_and_three_workers_write_bit_identical_datasets(tmp_path, reference, fmt):
     assert any(name.startswith("done/") for name in reference[fmt]) and len(reference[fmt]) > 20
@@ -121,6 +122,7 @@ def run_and_kill(out, fmt, workers, rng):
     return sum(p.returncode == -signal.SIGKILL for p in procs), at_kill
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_dataset(tmp_path, fmt):
     generate(GenerateConfig(**config(tmp_path / "reference", fmt, KILL_TEACHER)), progress=False)
@@ -160,6 +162,7 @@ def damage(out, fmt):
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_resume_rewrites_torn_shards_and_clears_debris(tmp_path, reference, fmt):
     out = tmp_path / fmt

@@ -47,3 +47,37 @@ def test_mid_train_config_with_a_string_step_count_fails_in_one_line_and_writes_
     assert r.exit_code == 2 and r.output.strip().count("\n") == 0, r.output
     assert "steps = '900' (expected an integer, got a string)" in r.output
     assert not (tmp_path / "run").exists()
+
+
+def test_choices_and_ranges_are_checked_when_a_config_is_built(tmp_path):
+    """From code, TOML or the CLI: the field's own choices and range, one message, before any stage starts."""
+    with pytest.raises(CMTError, match=r"--r-fraction must be in \[0, 1\], got 2"):
+        PostTrainConfig(r_fraction=2)
+    with pytest.raises(CMTError, match=r"--dropout must be in \[0, 1\), got 1"):
+        PostTrainConfig(dropout=1.0)
+    with pytest.raises(CMTError, match="--eval-samples must be >= 2, got 1"):
+        PostTrainConfig(eval_samples=1)
+    (tmp_path / "c.toml").write_text('[mid_train]\nflavour = "xy"\n')
+    with pytest.raises(CMTError, match="--flavour must be one of cm, mf, got 'xy'"):
+        load_config(MidTrainConfig, tmp_path / "c.toml", "mid_train")
+    r = CliRunner().invoke(cli, ["post-train", "--init", "random", "--q", "0", "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and r.output == "Error: --q must be positive, got 0.0\n", r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_choices_are_the_librarys_own():
+    """config.py is torch-free, so it names the choices the torch-side tables implement; they must agree."""
+    from cmt_pipeline.generation.run import DTYPES
+    from cmt_pipeline.solvers import GRIDS, SOLVERS
+    from cmt_pipeline.stores import WRITERS
+    from cmt_pipeline.training.loop import OPTIMIZERS
+    from cmt_pipeline.training.posttrain import DEFAULT_NOISE
+
+    choices = {(cls.__name__, f.name): f.metadata.get("choices") for cls in TABLES.values()
+               for f in dataclasses.fields(cls)}
+    assert choices["GenerateConfig", "solver"] == choices["PretrainConfig", "sample_solver"] == tuple(SOLVERS)
+    assert choices["GenerateConfig", "grid"] == choices["EvaluateConfig", "grid"] == tuple(GRIDS)
+    assert choices["GenerateConfig", "format"] == tuple(WRITERS)
+    assert choices["GenerateConfig", "dtype"] == tuple(DTYPES)
+    assert choices["PostTrainConfig", "optimizer"] == tuple(OPTIMIZERS)
+    assert choices["PostTrainConfig", "objective"] == tuple(DEFAULT_NOISE)

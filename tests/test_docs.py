@@ -35,15 +35,38 @@ def test_top_level_help_lists_each_commands_own_first_sentence():
         assert cli.get_command(ctx, name).get_short_help_str(1000) == sentence, name
 
 
-@pytest.mark.parametrize("name, cls", [("generate-trajectories", GenerateConfig), ("evaluate", EvaluateConfig),
-                                       ("pretrain", PretrainConfig), ("mid-train", MidTrainConfig),
-                                       ("post-train", PostTrainConfig)])
-def test_help_shows_the_config_dataclass_defaults(name, cls):
-    options = {p.name: p for p in cli.get_command(click.Context(cli), name).params}
+STAGES = {"generate-trajectories": GenerateConfig, "evaluate": EvaluateConfig, "pretrain": PretrainConfig,
+          "mid-train": MidTrainConfig, "post-train": PostTrainConfig}
+
+
+@pytest.mark.parametrize("name", STAGES)
+def test_every_config_field_is_an_option_with_the_same_default_and_choices(name):
+    """The options are generated from the dataclass (cli/options.py): each field has one, unset it leaves the
+    config file's value (None), its help shows the field's default, typing that default gives it back, and
+    its choices are the field's."""
+    cls, ctx = STAGES[name], click.Context(cli)
+    cmd = cli.get_command(ctx, name)
+    options = {p.name: p for p in cmd.params}
+    typed = cmd.make_context(name, [], parent=ctx).params  # nothing typed
     for f in dataclasses.fields(cls):
+        if f.metadata.get("toml_only"):  # a setting only `cmt pipeline` reads
+            assert f.name not in options, f.name
+            continue
+        p = options[f.name]
         value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if f.name in options and value not in (None, ""):  # those name what stands in for them in words
-            assert options[f.name].help.endswith("]") and "[default: " in options[f.name].help, f.name
+        assert typed[f.name] is None and p.help.startswith(f.metadata["help"]), f.name
+        assert tuple(getattr(p.type, "choices", ())) == f.metadata.get("choices", ()), f.name
+        if value in (None, ""):  # the help says in words what stands in for it
+            continue
+        if isinstance(value, bool):
+            shown = p.opts[0] if value else p.secondary_opts[0]
+            args = [shown]
+        else:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else f"{value:g}" if isinstance(
+                value, float) else str(value)
+            args = [p.opts[0], shown]
+        assert p.help.endswith(f"[default: {shown}]"), f.name
+        assert cmd.make_context(name, args, parent=ctx).params[f.name] == value, f.name
 
 
 def test_mid_and_post_train_help_show_steps_and_lr_defaults():

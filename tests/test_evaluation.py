@@ -110,6 +110,7 @@ def test_resize_is_tensorflow1_bilinear():
     assert torch.allclose(out[0, 0, :, 1], torch.full((4,), 2.0))
 
 
+@pytest.mark.slow
 def test_inception_loads_standin_file_and_features_work(standin_weights):
     path, state = standin_weights
     model = load_inception(path)
@@ -146,6 +147,7 @@ def test_inception_missing_or_wrong_file_is_a_clear_error(tmp_path, standin_weig
     assert res.exit_code == 2 and "FID needs reference statistics" in res.output
 
 
+@pytest.mark.slow
 def test_cmt_evaluate_fid_with_standin_weights(tmp_path, standin_weights):
     path, _ = standin_weights
     ref = tmp_path / "ref.npy"
@@ -160,6 +162,7 @@ def test_cmt_evaluate_fid_with_standin_weights(tmp_path, standin_weights):
 # ---- Gaussian-mixture ground truth, generator seam, paired error
 
 
+@pytest.mark.slow
 def test_exact_flow_map_reference_is_converged():
     g = gmm8x8()
     prior = np.random.default_rng(0).standard_normal((32, 1, 8, 8)).astype(np.float32)
@@ -181,6 +184,7 @@ class ExactFlowMap(Denoiser):
         return solve(x.double() / float(sigma)).to(x.dtype)
 
 
+@pytest.mark.slow
 def test_student_seam_ranks_a_perfect_flow_map_above_a_denoiser_jump():
     """The student seam: an exact flow map at 1 step matches the exact reference and the mixture; the teacher's
     own denoiser used as a 1-step map (the posterior mean at sigma 80) collapses to the data mean."""
@@ -195,6 +199,7 @@ def test_student_seam_ranks_a_perfect_flow_map_above_a_denoiser_jump():
     assert n["flow_map_mse"] > 0.1 and n["sliced_w2"] > 3 * p["sliced_w2_floor"]
 
 
+@pytest.mark.slow
 def test_two_step_student_is_batch_independent_and_uses_sigma_mid():
     g = gmm8x8()
     s = StudentSampler(ExactFlowMap(g), [80.0, 0.821])
@@ -227,6 +232,7 @@ def test_paired_error_is_zero_for_the_stores_own_solver_and_large_for_euler(gmm_
         paired_error(TeacherSampler(gmm8x8(), "dpm3", 16, sigma_max=40.0), gmm_store)
 
 
+@pytest.mark.slow
 def test_cmt_evaluate_ranks_two_step_euler_below_sixteen_step_dpm3(tmp_path, gmm_store):
     """The must-show ranking, on the 8x8 mixture: every metric puts euler x 2 below dpm3 x 16."""
     metrics = {}
@@ -244,6 +250,7 @@ def test_cmt_evaluate_ranks_two_step_euler_below_sixteen_step_dpm3(tmp_path, gmm
     assert bad["paired_mse"] > 100 * good["paired_mse"]
 
 
+@pytest.mark.slow
 def test_cmt_evaluate_student_folder_one_and_two_steps(tmp_path):
     torch.manual_seed(0)
     student = EDMDenoiser(build_unet((1, 8, 8), channels=(8, 16), layers_per_block=1), Precond(boundary_sigma=0.002))
@@ -260,6 +267,7 @@ def test_cmt_evaluate_student_folder_one_and_two_steps(tmp_path):
     assert res.exit_code == 2 and "1 or 2 steps" in res.output
 
 
+@pytest.mark.slow
 def test_cmt_evaluate_ranks_solvers_on_the_builtin_digits_teacher(tmp_path):
     """The same ranking on the shipped digits teacher, in the digits feature space."""
     fd = {}

@@ -106,6 +106,7 @@ def exported(ckpts, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_exported_folders_sample_with_diffusers_alone_bit_for_bit(ckpts, exported, diffusers_only):
     for kind, ckpt in ckpts.items():
         for steps in (1, 2):
@@ -138,6 +139,7 @@ def test_exported_folder_layout_and_model_card(exported):
     assert "ab" * 32 in card and "cd" * 32 in card and '"fd_1step": 1.5' in card and "cmt export --ckpt" in card
 
 
+@pytest.mark.slow
 def test_inspect_sample_and_evaluate_accept_an_exported_folder(ckpts, exported, tmp_path):
     r = cmt("inspect", exported / "mf-classes")
     assert r.exit_code == 0 and "FewStepPipeline" in r.output and "meanflow" in r.output, r.output

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
@@ -26,6 +27,7 @@ def interrupt(out, sig):
     return p.wait(timeout=120), p.stderr.read()
 
 
+@pytest.mark.slow
 def test_ctrl_c_and_sigterm_say_how_to_resume_and_leave_only_finished_shards(tmp_path):
     out = tmp_path / "d"
     command = f"cmt {' '.join(GENERATE)} --out {out}"

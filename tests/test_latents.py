@@ -102,6 +102,7 @@ def test_codec_scales_latents_like_diffusers_and_decodes_to_images(vae_dir, tmp_
         assert {k: other.describe()[k] for k in kw} == kw
 
 
+@pytest.mark.slow
 def test_latent_store_records_its_vae_and_mid_training_sampling_evaluation_decode(store, vae_dir, tmp_path):
     manifest = json.loads((store / "manifest.json").read_text())
     vae = manifest["vae"]
@@ -145,6 +146,7 @@ def test_latent_store_records_its_vae_and_mid_training_sampling_evaluation_decod
         assert im.mode == "L"  # decoded states, not 4 latent channels
 
 
+@pytest.mark.slow
 def test_pretrain_with_vae_writes_a_self_contained_latent_teacher(vae_dir, tmp_path):
     run = tmp_path / "pre"
     r = cmt("pretrain", "--vae", vae_dir, "--data", "digits", "--out", run, "--steps", 2, "--channels", "8,16",

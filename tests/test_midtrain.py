@@ -35,6 +35,7 @@ def tiny_teacher():
     return EDMDenoiser(build_unet((1, 8, 8), channels=(8, 16), layers_per_block=1), Precond()).eval()
 
 
+@pytest.mark.slow
 def test_meanflow_student_starts_as_the_teachers_velocity():
     teacher = tiny_teacher()
     student = MeanFlowStudent(copy.deepcopy(teacher))
@@ -106,6 +107,7 @@ def test_data_source_holds_out_the_last_trajectories_and_resumes_exactly(gmm_sto
         trajectory_source(gmm_store, 8, holdout=192)
 
 
+@pytest.mark.slow
 def test_cm_mid_training_on_gmm_approaches_the_exact_flow_map(gmm_store, tmp_path):
     out = tmp_path / "run"
     r = CliRunner().invoke(cli, ["mid-train", "--data", str(gmm_store), "--holdout", "64", "--init", "random",
@@ -126,6 +128,7 @@ def test_cm_mid_training_on_gmm_approaches_the_exact_flow_map(gmm_store, tmp_pat
     assert torch.equal(model_from_checkpoint(ckpt)(x, 5.0), student(x, 5.0))
 
 
+@pytest.mark.slow
 def test_mf_mid_training_on_gmm_improves_the_one_step_map(gmm_store, tmp_path):
     cfg = MidTrainConfig(data=str(gmm_store), out=str(tmp_path / "mf"), flavour="mf", init="random", holdout=64,
                          steps=40, eval_every=40, ema_decay=0.0, lr=2e-3, batch_size=4, pairs_per_traj=8,
@@ -137,6 +140,7 @@ def test_mf_mid_training_on_gmm_improves_the_one_step_map(gmm_store, tmp_path):
     assert isinstance(model_from_checkpoint(ckpt), MeanFlowStudent)
 
 
+@pytest.mark.slow
 def test_resume_gives_the_uninterrupted_losses(gmm_store, tmp_path):
     """Stop after step 3 (last checkpoint at 2), resume: steps 3-5 match an uninterrupted run."""
     def losses(run):
@@ -178,6 +182,7 @@ def test_bad_mid_training_inputs(gmm_store, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_two_process_mid_training_on_a_webdataset_store(tmp_path):
     """`accelerate launch --num_processes 2` on CPU (gloo): each rank streams its own resampled shards."""
     import os

@@ -28,6 +28,7 @@ def one_line_error(*args):
     return r.output
 
 
+@pytest.mark.slow
 def test_trainer_checkpoints_and_run_folders_name_the_model(run):
     ckpt, ckpts = run / "run" / "model.ckpt", run / "run" / "checkpoints"
     assert (f"{ckpts / 'latest'} is the pointer to a run's newest trainer checkpoint (for --resume latest), not a "
@@ -42,6 +43,7 @@ def test_trainer_checkpoints_and_run_folders_name_the_model(run):
     assert not (run / "x.png").exists() and not (run / "e").exists() and not (run / "post").exists()
 
 
+@pytest.mark.slow
 def test_a_store_given_as_a_model_says_so(run):
     out = one_line_error("post-train", "--init", run / "traj", "--data", "gmm:gmm8x8", "--out", run / "post")
     assert "is a trajectory store (for mid-train --data, evaluate --store), not a model" in out

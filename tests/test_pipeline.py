@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 TINY = """
@@ -59,6 +60,7 @@ def cmt(*args):
     return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_pipeline_end_to_end_then_skips(tmp_path):
     run = tmp_path / "run"
     (tmp_path / "p.toml").write_text(TINY.format(out=run))

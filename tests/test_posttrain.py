@@ -64,6 +64,7 @@ def test_meanflow_dudt_is_the_total_derivative_along_the_flow():
     assert torch.equal(u_tgt[1], v[1])  # r = t: the flow-matching target
 
 
+@pytest.mark.slow
 def test_meanflow_dudt_of_the_student_matches_central_finite_differences():
     """The student in float32: central differences along z (step 3e-3) and along t (step 1e-5: the time embedding
     oscillates fast in t), summed as the total derivative is linear in the tangent (v, 0, 1)."""
@@ -213,6 +214,7 @@ def test_diffusion_and_cmt_inits_become_students_of_the_right_kind(tmp_path):
     assert isinstance(ect_rnd, EDMDenoiser) and ect_rnd.precond.boundary_sigma == 0.003
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["ect", "meanflow"])
 def test_short_post_training_on_gmm_improves_the_one_step_error(objective, tmp_path):
     out = tmp_path / objective
@@ -234,6 +236,7 @@ def test_short_post_training_on_gmm_improves_the_one_step_error(objective, tmp_p
     assert (config["p_mean"], config["p_std"]) == ((-1.1, 2.0) if objective == "ect" else (-0.4, 1.0))
 
 
+@pytest.mark.slow
 def test_meanflow_post_training_under_two_process_ddp(tmp_path):
     """`accelerate launch` with 2 CPU processes: the JVP runs on the module inside DDP, the gradient forward
     through DDP, with gradient accumulation and dropout; the run completes on both ranks and trains."""
@@ -263,6 +266,7 @@ def test_meanflow_post_training_under_two_process_ddp(tmp_path):
     assert "1step_flow_map_mse" in json.loads((out / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_post_training_from_a_teacher_folder_writes_a_loadable_checkpoint(tmp_path):
     """A folder-loaded network (diffusers from_pretrained records a Path in its config) still gives a
     model.ckpt that load_model reads with weights_only=True."""

@@ -108,6 +108,7 @@ def test_flow_matching_mapping_is_exact_against_the_velocity_models_euler_steps(
         assert torch.allclose(ours, z, rtol=1e-4, atol=1e-5), (k, (ours - z).abs().max())
 
 
+@pytest.mark.slow
 def test_dit_and_flow_matching_stores_feed_mid_training(tmp_path, dit_dir, fm_dir):
     """Each teacher kind generates a store; both mid-training flavours read it and start from the teacher's
     own network (the MeanFlow gap enters each of the DiT's per-block time embeddings)."""

@@ -283,6 +283,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_trains_and_checkpoints(tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2` with --device cpu: DDP over gloo, no code change."""
     out = tmp_path / "run"

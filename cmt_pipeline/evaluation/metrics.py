@@ -18,6 +18,7 @@ import math
 import numpy as np
 import torch
 
+from ..constants import SIGMA_MAX, SIGMA_MIN
 from ..sampling import TeacherSampler, draw_renoise, run_sampler
 from ..stores import open_store, read_range
 from ..utils import CMTError
@@ -72,7 +73,7 @@ def paired_error(sampler, store, num: int = 256, batch_size: int = 256, device="
             "paired_store_solver": f"{plan['solver']} x {plan['num_states']} steps"}
 
 
-def exact_flow_map(gmm, prior, sigma_max: float = 80.0, sigma_min: float = 0.002, steps: int = 1024,
+def exact_flow_map(gmm, prior, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN, steps: int = 1024,
                    batch_size: int = 256, device="cpu", progress: bool = False) -> torch.Tensor:
     """The mixture's flow map from x_T = sigma_max * prior to sigma_min, by a float64 high-order solve."""
     ref = TeacherSampler(gmm.to(device), "dpm3", steps, "logsnr", sigma_max, sigma_min)
@@ -93,7 +94,7 @@ def sliced_wasserstein(a, b, projections: int = 256, seed: int = 0) -> float:
     return float(((pa - pb) ** 2).mean().sqrt())
 
 
-def gmm_metrics(gmm, samples, prior, deterministic: bool, sigma_max: float = 80.0, sigma_min: float = 0.002,
+def gmm_metrics(gmm, samples, prior, deterministic: bool, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN,
                 reference_steps: int = 1024, seed: int = 0, batch_size: int = 256, device="cpu",
                 progress: bool = False) -> dict:
     """Error against the exact flow map (deterministic generators only: a re-noising sampler is not a function

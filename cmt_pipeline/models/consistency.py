@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import copy
 
+from ..constants import SIGMA_DATA, SIGMA_MIN_SHIFT
 from ..teachers.base import Denoiser, sigma_column
 from ..teachers.edm import EDMDenoiser, Precond
 
 
 class BoundaryDenoiser(Denoiser):
-    def __init__(self, net: Denoiser, boundary_sigma: float, sigma_data: float = 0.5):
+    def __init__(self, net: Denoiser, boundary_sigma: float, sigma_data: float = SIGMA_DATA):
         super().__init__()
         self.net, self.shape, self.num_classes = net, net.shape, net.num_classes
         self.precond = Precond(sigma_data=sigma_data, boundary_sigma=boundary_sigma, num_classes=net.num_classes)
@@ -39,7 +40,7 @@ class BoundaryDenoiser(Denoiser):
         return {**self.net.describe(), "boundary_sigma": self.precond.boundary_sigma}
 
 
-def consistency_student(teacher: Denoiser, sigma_min_shift: float = 0.003) -> Denoiser:
+def consistency_student(teacher: Denoiser, sigma_min_shift: float = SIGMA_MIN_SHIFT) -> Denoiser:
     """A trainable copy of `teacher` that satisfies the boundary condition f(x, sigma_min_shift) = x."""
     student = copy.deepcopy(teacher).train().requires_grad_(True)
     if isinstance(student, EDMDenoiser):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-DISTANCES = ("norm", "l2", "huber")
+from ..config import DISTANCES
 
 
 def distance(a: torch.Tensor, b: torch.Tensor, kind: str = "l2", c: float = 0.0) -> torch.Tensor:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ..constants import SIGMA_DATA
 from .distances import distance
 
 
@@ -48,7 +49,7 @@ class ECTLoss:
     distance: str = "norm"
     huber_c: float = 0.0  # c of the norm / huber distances
     edm_weighting: bool = False  # also weight by (t^2 + sigma_data^2) / (t sigma_data)^2 (ImageNet-512 recipe)
-    sigma_data: float = 0.5
+    sigma_data: float = SIGMA_DATA
 
     def q_at(self, step: int) -> float:
         return self.q ** ((step - 1) // self.q_double_every + 1) if self.q_double_every else self.q

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..constants import SIGMA_DATA
+
 
 @dataclass
 class EDMLoss:
     p_mean: float = -1.2
     p_std: float = 1.2
-    sigma_data: float = 0.5
+    sigma_data: float = SIGMA_DATA
 
     def __call__(self, model, batch, step):
         x0 = batch["image"]

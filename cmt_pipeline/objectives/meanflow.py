@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from ..constants import SIGMA_MAX, SIGMA_MIN
 from ..coordinates import fm_time
 from .ect import same_randomness, unwrap
 
@@ -63,8 +64,8 @@ class MeanFlowLoss:
     r_fraction: float = 0.25  # share of samples with r != t; the rest train plain flow matching (r = t)
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
-    sigma_min: float = 0.002  # the sampled noise levels stay inside the solver's range
-    sigma_max: float = 80.0
+    sigma_min: float = SIGMA_MIN  # the sampled noise levels stay inside the solver's range
+    sigma_max: float = SIGMA_MAX
 
     def __call__(self, model, batch, step):
         x0 = batch["image"].float()

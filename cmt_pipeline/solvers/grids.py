@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import torch
 
+from ..constants import SIGMA_MAX, SIGMA_MIN
 
-def logsnr_grid(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002) -> torch.Tensor:
+
+def logsnr_grid(steps: int, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
     """Uniform in log-SNR, i.e. geometric in sigma: the paper's mid-training grid (16 steps)."""
     i = torch.arange(steps + 1, dtype=torch.float64)
     return sigma_max * (sigma_min / sigma_max) ** (i / steps)
 
 
-def karras_grid(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, rho: float = 7.0) -> torch.Tensor:
+def karras_grid(steps: int, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN,
+                rho: float = 7.0) -> torch.Tensor:
     """EDM's rho-spaced grid (denser near sigma_min); no trailing zero, the last state sits at sigma_min."""
     i = torch.arange(steps + 1, dtype=torch.float64)
     a, b = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
@@ -21,7 +24,7 @@ def karras_grid(steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002, r
 GRIDS = {"logsnr": logsnr_grid, "karras": karras_grid}
 
 
-def make_grid(name: str, steps: int, sigma_max: float = 80.0, sigma_min: float = 0.002) -> torch.Tensor:
+def make_grid(name: str, steps: int, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; choose one of {sorted(GRIDS)}")
     if steps < 1:

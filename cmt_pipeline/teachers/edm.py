@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..constants import SIGMA_DATA
 from .base import Denoiser, sigma_column
 
 PRECOND_FILE = "cmt_precond.json"
@@ -28,7 +29,7 @@ PRECOND_FILE = "cmt_precond.json"
 
 @dataclass
 class Precond:
-    sigma_data: float = 0.5
+    sigma_data: float = SIGMA_DATA
     time_scale: float = 1000.0
     boundary_sigma: float = 0.0  # s above: 0 = plain EDM denoiser
     num_classes: int = 0

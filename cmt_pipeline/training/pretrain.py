@@ -60,8 +60,6 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
     data = load_images(cfg.data, cfg.gmm_samples, cfg.seed)
     if cfg.class_conditional and data.labels is None:
         raise CMTError(f"--class-conditional needs labelled data; {cfg.data} has no labels (digits does)")
-    if cfg.export_dtype not in ("float32", "float16"):
-        raise CMTError(f"export_dtype must be float32 or float16, got {cfg.export_dtype!r}")
     process = PartialState(cpu=cfg.device == "cpu")
     vae = load_vae(cfg.vae, "", process.device)
     if vae is not None:  # every process encodes the same images the same way (the mean, not a sample)
