@@ -190,8 +190,8 @@ def provenance(stages: list[Path]) -> list[str]:
 
 # ---- the Gaussian mixture --------------------------------------------------------------------------------
 
-def gmm_part(args, out: Path, doc: Path) -> None:
-    root = out / "gmm"
+def gmm_cmt(args, root: Path) -> tuple[Path, Path]:
+    """The mixture's diffusion teacher run and its CMT (mid-trained) run, made once under `root` and reused."""
     teacher_run = root / "teacher"
     if not done(teacher_run, "teacher"):
         pretrain(PretrainConfig(data="gmm:gmm8x8", gmm_samples=8192, channels=args.gmm_channels, layers_per_block=1,
@@ -207,7 +207,12 @@ def gmm_part(args, out: Path, doc: Path) -> None:
         mid_train(MidTrainConfig(data=str(store), init="teacher", flavour="cm", holdout=256, steps=args.gmm_mid_steps,
                                  batch_size=8, lr=args.gmm_lr, ema_decay=args.ema, eval_every=args.gmm_mid_steps,
                                  out=str(fresh(mid)), **QUIET), progress=False)
+    return teacher_run, mid
 
+
+def gmm_part(args, out: Path, doc: Path) -> None:
+    root = out / "gmm"
+    teacher_run, mid = gmm_cmt(args, root)
     steps = args.gmm_post_steps
     post = dict(steps=steps, batch_size=args.gmm_batch, lr=args.gmm_lr, ema_decay=args.ema, gmm_samples=8192,
                 eval_every=max(1, steps // args.evals), eval_samples=args.eval_samples, checkpoint_every=steps)
@@ -260,7 +265,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
         "",
         "![1-step error vs post-training step](images/init-comparison-gmm.png)",
         "",
-        *provenance([teacher_run, store, mid, *(root / f"post-{n}-seed{k}" for n in inits
+        *provenance([teacher_run, root / "trajectories", mid, *(root / f"post-{n}-seed{k}" for n in inits
                                                  for k in range(args.seeds))]),
     ]
     write_section(doc, "init-comparison:gmm", "\n".join(lines))
@@ -403,7 +408,7 @@ def size_part(args, out: Path, doc: Path) -> None:
     write_section(doc, "init-comparison:size", "\n".join(lines))
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="runs/init-comparison")
     p.add_argument("--doc", default="docs/results.md")
@@ -431,7 +436,11 @@ def main():
     p.add_argument("--digits-batch", type=int, default=32)
     p.add_argument("--digits-lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine's cores are shared)")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
     out, doc = Path(args.out), Path(args.doc)
     parts = {"gmm": gmm_part, "digits": digits_part, "size": size_part}
