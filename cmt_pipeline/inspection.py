@@ -12,13 +12,13 @@ from .latents import load_vae
 from .models.io import is_checkpoint, load_model, open_network
 from .plotting import save_image_grid, save_scatter
 from .stores import open_store, read_all
-from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_json
+from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_plan
 from .utils import CMTError, disk_usage
 
 
 def inspect_store(path: Path) -> dict:
     complete = (path / MANIFEST).exists()
-    plan = read_json(path / (MANIFEST if complete else PLAN))
+    plan = read_plan(path)
     done = len(done_shards(path))
     sig = plan["sigmas"]
     desc, guide = plan["teacher"]["description"], plan.get("guidance")
@@ -80,7 +80,7 @@ def trajectory_png(path, out, num: int = 6, vae: str = "") -> None:
     plan = reader.plan
     if not done_shards(path):
         raise CMTError(f"{path} has no finished shard yet; nothing to draw")
-    data = read_all(path, require_complete=False) if (Path(path) / MANIFEST).exists() else reader.read_shard(min(done_shards(path)))
+    data = read_all(path, require_complete=False, finite=False) if (Path(path) / MANIFEST).exists() else reader.read_shard(min(done_shards(path)))
     traj = torch.from_numpy(data["traj"][:num].astype(np.float32))
     x0 = torch.from_numpy(data["x0"][:num].astype(np.float32))
     sig = torch.tensor(plan["sigmas"], dtype=torch.float32)

@@ -16,6 +16,7 @@ counts, so it is identical however many workers made the dataset.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +30,22 @@ MANIFEST = "manifest.json"
 DONE = "done"
 TMP = ".tmp"
 ARRAYS = ("prior", "traj", "x0", "labels", "index")
+FORMATS = ("zarr", "wds")
+# 2: done markers carry the plan's fingerprint and the manifest its plan_fingerprint (format 1 had neither).
+STORE_VERSION = 2
+
+
+def plan_fingerprint(plan: dict) -> str:
+    """sha256 of the plan's canonical JSON: it holds the config and the teacher's fingerprint, so a marker or
+    manifest carrying it belongs to this dataset and no other."""
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+
+
+def sample_arrays(plan: dict) -> dict[str, tuple[tuple, str]]:
+    """Each array's per-sample shape and dtype, as the plan promises them."""
+    c_h_w, k, dt = tuple(plan["shape"]), plan["num_states"], plan["dtype"]
+    return {"prior": (c_h_w, "float32"), "traj": ((k, *c_h_w), dt), "x0": (c_h_w, dt), "labels": ((), "int64"),
+            "index": ((), "int64")}
 
 
 def shard_range(plan: dict, k: int) -> tuple[int, int]:
@@ -90,7 +107,8 @@ def write_marker(root: Path, plan: dict, k: int, files: list[Path]) -> None:
     start, stop = shard_range(plan, k)
     root = Path(root)
     entries = {str(f.relative_to(root)): {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files}
-    write_json(root, marker_path(root, k), {"index": k, "start": start, "stop": stop, "files": entries})
+    write_json(root, marker_path(root, k), {"index": k, "start": start, "stop": stop, "files": entries,
+                                            "plan": plan_fingerprint(plan)})
 
 
 def done_shards(root: Path) -> set[int]:
@@ -110,6 +128,19 @@ def size_problems(root: Path, marker: dict) -> list[str]:
     return problems
 
 
+def marker_problems(root: Path, plan: dict, marker: dict) -> list[str]:
+    """The cheap check of a done marker: it names this dataset's plan, and its files have their recorded sizes."""
+    fingerprint = plan_fingerprint(plan)
+    if marker.get("plan") != fingerprint:
+        return [f"its done marker belongs to another dataset (plan fingerprint {str(marker.get('plan'))[:12]}, "
+                f"this dataset's is {fingerprint[:12]})"]
+    return size_problems(root, marker)
+
+
+def differing_keys(a: dict, b: dict) -> str:
+    return ", ".join(sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k)))
+
+
 def read_marker(root: Path, k: int) -> dict | None:
     """Shard k's marker, or None when the shard is not done."""
     p = marker_path(root, k)
@@ -123,23 +154,56 @@ def read_json(path: Path) -> dict:
         raise CMTError(f"cannot read {path}: {e}; the dataset folder is damaged, regenerate it") from e
 
 
-def claim_plan(root: Path, plan: dict) -> None:
-    """Record the plan in an empty folder, or check a resumed folder holds the same dataset."""
+def read_plan(root: Path) -> dict:
+    """plan.json, refused in one line when absent, damaged, or of a store format this cmt does not read."""
     root = Path(root)
-    if root.exists() and not (root / PLAN).exists() and any(p.name != TMP for p in root.iterdir()):
+    if not (root / PLAN).exists():
+        raise CMTError(f"{root} is not a trajectory dataset (no {PLAN}); make one with `cmt generate-trajectories`")
+    plan = read_json(root / PLAN)
+    if not isinstance(plan, dict) or plan.get("format") not in FORMATS:
+        raise CMTError(f"{root / PLAN} is not a trajectory plan of a known format ({', '.join(FORMATS)}); "
+                       "the file is damaged, regenerate the dataset")
+    version = plan.get("store_version", 1)
+    if version != STORE_VERSION:
+        raise CMTError(f"{root} is a store of format {version}; this cmt reads format {STORE_VERSION}, whose done "
+                       "markers name their dataset: regenerate it into a new --out with the settings in its plan.json")
+    return plan
+
+
+def claim_plan(root: Path, plan: dict) -> None:
+    """Record the plan in an empty folder, or check a resumed folder holds the same dataset.
+
+    The plan is written complete under DIR/.tmp and then hard-linked to plan.json, which fails if plan.json
+    exists: of generators racing on one folder exactly one plan wins, and every other one compares against it.
+    """
+    root = Path(root)
+    # Listed before plan.json is looked for: a claimant makes nothing else before plan.json, which stays.
+    foreign = root.exists() and any(p.name not in (TMP, PLAN, DONE) for p in root.iterdir())
+    if foreign and not (root / PLAN).exists():
         raise CMTError(f"{root} is not empty and holds no trajectory dataset; choose another --out or empty it")
     if not (root / PLAN).exists():
-        write_json(root, root / PLAN, plan)  # racing workers write identical content
+        tmp = temp_path(root, PLAN)
+        tmp.write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n")
+        try:
+            os.link(tmp, root / PLAN)
+        except FileExistsError:
+            pass  # another generator claimed the folder first: compared below
+        finally:
+            tmp.unlink(missing_ok=True)
     (root / DONE).mkdir(exist_ok=True)
-    existing = read_json(root / PLAN)
-    if existing != json.loads(json.dumps(plan)):
-        diff = sorted(k for k in set(existing) | set(plan) if existing.get(k) != json.loads(json.dumps(plan.get(k))))
-        raise CMTError(f"{root} holds a different dataset (differs in: {', '.join(diff)}); "
+    existing, plan = read_plan(root), json.loads(json.dumps(plan))
+    if existing != plan:
+        raise CMTError(f"{root} holds a different dataset (differs in: {differing_keys(existing, plan)}); "
                        "choose another --out, or rerun with the settings in its plan.json to resume")
 
 
 def build_manifest(plan: dict, markers: list[dict]) -> dict:
-    return {**plan, "shards": markers, "complete": True}
+    return {**plan, "plan_fingerprint": plan_fingerprint(plan), "shards": markers, "complete": True}
+
+
+def plan_of(manifest: dict) -> dict:
+    """The plan a manifest was built from (build_manifest's inverse)."""
+    return {k: v for k, v in manifest.items() if k not in ("plan_fingerprint", "shards", "complete")}
 
 
 def finalize(root: Path, strict: bool = True) -> dict | None:
@@ -149,10 +213,10 @@ def finalize(root: Path, strict: bool = True) -> dict | None:
     The full sha256 check is `cmt verify`'s job: finalizing must stay cheap for the worker that completes a set.
     """
     root = Path(root)
-    plan = read_json(root / PLAN)
+    plan = read_plan(root)
     markers = [read_marker(root, k) for k in range(num_shards(plan))]
     missing = [k for k, m in enumerate(markers) if m is None]
-    damaged = [k for k, m in enumerate(markers) if m is not None and size_problems(root, m)]
+    damaged = [k for k, m in enumerate(markers) if m is not None and marker_problems(root, plan, m)]
     if missing or damaged:
         if strict:
             raise CMTError(f"{root}: {len(missing)} shard(s) missing (first: {missing[:5]}), {len(damaged)} "

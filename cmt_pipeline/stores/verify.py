@@ -21,8 +21,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..utils import CMTError, sha256_file
-from .layout import (MANIFEST, PLAN, build_manifest, finalize, leftovers, marker_path, num_shards, read_json,
-                     read_marker, shard_range, size_problems)
+from .checks import name_samples, nonfinite_samples
+from .layout import (MANIFEST, PLAN, build_manifest, differing_keys, finalize, leftovers, marker_path, marker_problems,
+                     num_shards, plan_fingerprint, plan_of, read_json, read_marker, read_plan, shard_range)
 
 MAX_LISTED = 20  # shard lines printed before "... and N more"
 
@@ -37,6 +38,7 @@ class Report:
     manifest: str = "absent"  # ok | absent | stale
     leftovers: list[Path] = field(default_factory=list)
     repaired: list[Path] = field(default_factory=list)
+    seen: dict[Path, object] = field(default_factory=dict)  # what the scan read of the files repair may delete
 
     @property
     def intact(self) -> bool:
@@ -103,7 +105,7 @@ def check_shard(root: Path, plan: dict, writer, reader, k: int, marker: dict, fu
     expected = sorted(str(f.relative_to(root)) for f in writer.shard_files(k))
     if sorted(marker["files"]) != expected:
         return f"its marker lists files {sorted(marker['files'])}, expected {expected}"
-    problems = size_problems(root, marker)
+    problems = marker_problems(root, plan, marker)
     if problems:
         return problems[0]
     if not full:
@@ -111,9 +113,13 @@ def check_shard(root: Path, plan: dict, writer, reader, k: int, marker: dict, fu
     for rel, rec in marker["files"].items():
         if sha256_file(root / rel) != rec["sha256"]:
             return f"{rel} does not match the sha256 in its marker (its bytes changed after it was written)"
-    index = reader.read_shard(k)["index"]
+    arrays = reader.read_shard(k)
+    index = arrays["index"]
     if not np.array_equal(index, np.arange(start, stop)):
         return f"holds sample indices {index[:3].tolist()}... ({len(index)}), expected {start}..{stop - 1}"
+    bad = nonfinite_samples(arrays)
+    if len(bad):
+        return f"holds NaN or inf in {name_samples(bad)}: a broken teacher (or --allow-nonfinite); not trainable"
     return None
 
 
@@ -122,11 +128,7 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
     from . import READERS, WRITERS  # the package imports this module, so not at the top
 
     root = Path(root)
-    if not (root / PLAN).exists():
-        raise CMTError(f"{root} is not a trajectory dataset (no {PLAN}); make one with `cmt generate-trajectories`")
-    plan = read_json(root / PLAN)
-    if plan.get("format") not in WRITERS:
-        raise CMTError(f"{root / PLAN} names an unknown format {plan.get('format')!r}; the file is damaged")
+    plan = read_plan(root)
     writer_cls, reader_cls = WRITERS[plan["format"]], READERS[plan["format"]]
     report = Report(root, plan, full, leftovers=leftovers(root))
     writer, reader = writer_cls(root, plan), None
@@ -136,10 +138,12 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
             marker = read_marker(root, k)
         except CMTError:
             report.corrupt[k] = f"its marker {marker_path(root, k).relative_to(root)} is unreadable"
+            report.seen[marker_path(root, k)] = None
             continue
         if marker is None:
             report.missing.append(k)
             continue
+        report.seen[marker_path(root, k)] = marker
         try:
             if full and reader is None:
                 reader = reader_cls(root, plan)
@@ -150,21 +154,28 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
             report.corrupt[k] = why
         markers[k] = marker
     if (root / MANIFEST).exists():
-        try:
-            same = read_json(root / MANIFEST) == build_manifest(plan, [markers[k] for k in sorted(markers)])
-        except CMTError:
-            same = False
+        manifest = report.seen[root / MANIFEST] = read_or_none(root / MANIFEST)
+        same = manifest == build_manifest(plan, [markers[k] for k in sorted(markers)])
         report.manifest = "ok" if same and report.intact else "stale"
     return report
 
 
+def read_or_none(path: Path):
+    try:
+        return read_json(path)
+    except CMTError:
+        return None
+
+
 def repair(report: Report) -> Report:
-    """Delete the markers of corrupt shards, and a manifest that no longer holds, so a rerun regenerates them."""
+    """Delete the markers of corrupt shards, and a manifest that no longer holds, so a rerun regenerates them.
+    Only files still as the scan read them: a marker or manifest written since (a generator finishing while
+    verify ran) is newer than the report and is kept."""
     doomed = [marker_path(report.root, k) for k in sorted(report.corrupt)]
     if not report.intact:
         doomed.append(report.root / MANIFEST)
     for p in doomed:
-        if p.exists():
+        if p.exists() and p in report.seen and read_or_none(p) == report.seen[p]:
             p.unlink()
             report.repaired.append(p)
     if report.repaired and report.manifest == "stale":
@@ -181,10 +192,17 @@ def finalize_verified(report: Report) -> Report:
     return report
 
 
-def manifest_problems(root, manifest: dict) -> list[str]:
-    """The cheap check readers run at open: the manifest lists every shard and their files have their sizes."""
+def manifest_problems(root, manifest, plan: dict) -> list[str]:
+    """The cheap check readers run at open: the manifest is plan.json's, bound to it by its fingerprint, lists
+    every shard by a marker of this plan, and each shard's files have their recorded sizes."""
     root = Path(root)
-    shards = manifest.get("shards", [])
-    if [s.get("index") for s in shards] != list(range(num_shards(manifest))):
-        return [f"{MANIFEST} lists {len(shards)} shards, the plan has {num_shards(manifest)}"]
-    return [f"shard {s['index']}: {p}" for s in shards for p in size_problems(root, s)]
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        return [f"{MANIFEST} is not a trajectory manifest"]
+    if plan_of(manifest) != plan:
+        return [f"{MANIFEST} does not match {PLAN} (differs in: {differing_keys(plan_of(manifest), plan)})"]
+    if manifest.get("plan_fingerprint") != plan_fingerprint(plan):
+        return [f"{MANIFEST}'s plan_fingerprint is not {PLAN}'s"]
+    shards = manifest["shards"]
+    if [s.get("index") for s in shards] != list(range(num_shards(plan))):
+        return [f"{MANIFEST} lists {len(shards)} shards, the plan has {num_shards(plan)}"]
+    return [f"shard {s['index']}: {p}" for s in shards for p in marker_problems(root, plan, s)]

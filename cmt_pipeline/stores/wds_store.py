@@ -14,6 +14,7 @@ import numpy as np
 import webdataset as wds
 
 from ..utils import atomic_file
+from .checks import require_shapes
 from .layout import shard_range
 
 SHARDS = "shards"
@@ -75,4 +76,5 @@ class WdsReader:
         out = {name: np.stack(v) for name, v in cols.items()}
         if len(out["index"]) != stop - start:
             raise ValueError(f"shard {k} holds {len(out['index'])} samples, expected {stop - start}")
+        require_shapes(out, self.plan, self.root)
         return out

@@ -17,11 +17,15 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from .layout import ARRAYS, publish, shard_range, temp_path
+from ..utils import CMTError
+from .checks import require_shapes
+from .layout import ARRAYS, PLAN, plan_of, publish, sample_arrays, shard_range, temp_path
 
 GROUP = "data.zarr"
-# Write every chunk, even one equal to the fill value: a shard file then always exists, whatever its data.
-WRITE_CONFIG = {"write_empty_chunks": True}
+# Write every chunk, even one equal to the fill value: a shard file then always exists, whatever its data (an
+# all-NaN shard included). zarr 3.1's sharding codec reads only the global setting, not the array's config.
+WRITE_CONFIG = {"array.write_empty_chunks": True}
+FILL = {"prior": np.nan, "traj": np.nan, "x0": np.nan, "labels": -(2**62), "index": -1}
 
 
 CHUNK_BYTES = 1 << 16
@@ -33,12 +37,6 @@ def samples_per_chunk(shard_size: int, sample_bytes: int) -> int:
     while shard_size % c:
         c -= 1
     return c
-
-
-def _shapes(plan: dict) -> dict[str, tuple[tuple, str]]:
-    c_h_w, k, dt = tuple(plan["shape"]), plan["num_states"], plan["dtype"]
-    return {"prior": (c_h_w, "float32", np.nan), "traj": ((k, *c_h_w), dt, np.nan), "x0": (c_h_w, dt, np.nan),
-            "labels": ((), "int64", -(2**62)), "index": ((), "int64", -1)}
 
 
 class ZarrWriter:
@@ -56,12 +54,11 @@ class ZarrWriter:
         g = zarr.open_group(zarr.storage.LocalStore(tmp / GROUP), mode="w", attributes={"plan": self.plan})
         n, s = self.plan["num_samples"], self.plan["shard_size"]
         comp = zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
-        # zarr skips writing a shard whose values all equal the fill value, so fill values are ones real
-        # data never holds: every shard then has a file to checksum.
-        for name, (tail, dt, fill) in _shapes(self.plan).items():
+        # Fill values are ones real data never holds, so a shard that was never written reads as such.
+        for name, (tail, dt) in sample_arrays(self.plan).items():
             c = samples_per_chunk(s, int(np.prod(tail, dtype=np.int64)) * np.dtype(dt).itemsize)
             g.create_array(name, shape=(n, *tail), chunks=(c, *tail), shards=(s, *tail), dtype=dt,
-                           compressors=comp, fill_value=fill, config={"write_empty_chunks": True})
+                           compressors=comp, fill_value=FILL[name])
         try:
             os.rename(tmp / GROUP, path)  # atomic; fails if a racing worker got there first, which is fine
         except OSError:
@@ -87,8 +84,8 @@ class ZarrWriter:
         for name in ARRAYS:
             (tmp / name).mkdir(parents=True)
             shutil.copyfile(self.root / GROUP / name / "zarr.json", tmp / name / "zarr.json")
-            a = zarr.open_array(zarr.storage.LocalStore(tmp / name), mode="r+", config=WRITE_CONFIG)
-            a[start:stop] = arrays[name]
+            with zarr.config.set(WRITE_CONFIG):
+                zarr.open_array(zarr.storage.LocalStore(tmp / name), mode="r+")[start:stop] = arrays[name]
             key = self._key(name, k)
             publish(tmp / name / key, self.root / GROUP / name / key)
             files.append(self.root / GROUP / name / key)
@@ -100,9 +97,16 @@ class ZarrReader:
     """Map-style access by global sample index."""
 
     def __init__(self, root: Path, plan: dict):
-        self.plan = plan
-        self.group = zarr.open_group(Path(root) / GROUP, mode="r")
+        self.root, self.plan = Path(root), plan
+        self.group = zarr.open_group(self.root / GROUP, mode="r")
+        if self.group.attrs.get("plan") != plan_of(plan):
+            raise CMTError(f"{root}: the zarr group's plan is not {PLAN}'s; the store is damaged, run `cmt verify {root}`")
         self.arrays = {name: self.group[name] for name in ARRAYS}
+        require_shapes(self.arrays, plan, root)
+        lengths = {name: a.shape[0] for name, a in self.arrays.items()}
+        if set(lengths.values()) != {plan["num_samples"]}:
+            raise CMTError(f"{root}: the arrays hold {lengths} samples, the plan says {plan['num_samples']}; "
+                           f"the store is damaged, run `cmt verify {root}`")
 
     def __len__(self) -> int:
         return self.plan["num_samples"]

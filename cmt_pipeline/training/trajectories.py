@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..stores import open_store, read_all
+from ..stores.checks import require_finite, require_shapes
 from ..stores.wds_store import shard_path
 from ..utils import CMTError, sample_seed
 from .data import TensorSource
@@ -39,17 +40,20 @@ def dataset_info(path, plan: dict, holdout: int) -> dict:
 
 
 class ZarrColumn:
-    """The first n samples of a zarr array, read lazily by a tensor of indices (any order, repeats allowed)."""
+    """The first n samples of a zarr array, read lazily by a tensor of indices (any order, repeats allowed);
+    NaN or inf in what it reads is refused (stores/checks.py)."""
 
-    def __init__(self, array, n: int):
-        self.array, self.n = array, n
+    def __init__(self, array, n: int, root):
+        self.array, self.n, self.root = array, n, root
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         uniq, inverse = np.unique(idx.numpy(), return_inverse=True)
-        return torch.from_numpy(np.ascontiguousarray(self.array.get_orthogonal_selection(uniq)[inverse]))
+        values = self.array.get_orthogonal_selection(uniq)
+        require_finite({"index": uniq, "values": values}, self.root)
+        return torch.from_numpy(np.ascontiguousarray(values[inverse]))
 
 
 class WdsSource:
@@ -58,7 +62,7 @@ class WdsSource:
     def __init__(self, root: Path, plan: dict, batch_size: int, seed: int, holdout: int, workers: int = 0,
                  buffer: int = 1000):
         self.urls = [str(shard_path(root, k)) for k in range(len(plan["shards"]))]
-        self.limit = plan["num_samples"] - holdout
+        self.root, self.plan, self.limit = root, plan, plan["num_samples"] - holdout
         self.batch_size, self.seed, self.workers, self.buffer = batch_size, seed, workers, buffer
 
     def pipeline(self, per_process: int, seed: int):
@@ -77,9 +81,15 @@ class WdsSource:
             wds.map(decode),
             wds.select(lambda s: s["index"] < self.limit),
             wds.shuffle(self.buffer, rng=random.Random(seed)),
-            wds.batched(per_process, collation_fn=lambda ss: {k: torch.from_numpy(np.stack([s[k] for s in ss]))
-                                                              for k in FIELDS}),
+            wds.batched(per_process, collation_fn=self.collate),
         )
+
+    def collate(self, samples: list[dict]) -> dict:
+        """A batch, refused when its samples are not the plan's shapes or hold NaN or inf (stores/checks.py)."""
+        arrays = {k: np.stack([s[k] for s in samples]) for k in (*FIELDS, "index")}
+        require_shapes(arrays, self.plan, self.root)
+        require_finite(arrays, self.root)
+        return {k: torch.from_numpy(arrays[k]) for k in FIELDS}
 
     def batches(self, start: int, rank: int = 0, world: int = 1):
         """Resampled shards draw per (seed, rank), so processes read different data; resume replays the stream."""
@@ -113,5 +123,5 @@ def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, ca
         arrays = read_all(path, require_complete)
         tensors = {k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}
     else:
-        tensors = {k: ZarrColumn(reader.arrays[k], n) for k in FIELDS}
+        tensors = {k: ZarrColumn(reader.arrays[k], n, path) for k in FIELDS}
     return TensorSource(tensors, batch_size, seed), info
