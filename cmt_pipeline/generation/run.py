@@ -11,7 +11,6 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,11 +23,12 @@ from ..priors import draw_priors
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
 from ..stores.checks import name_samples, nonfinite_samples
-from ..stores.layout import (STORE_VERSION, claim_plan, finalize, marker_problems, num_shards, read_marker,
-                             shard_range, write_marker)
+from ..stores.layout import (STORE_VERSION, claim_plan, commit_shard, finalize, marker_problems, num_shards,
+                             read_marker, shard_range)
+from ..stores.location import Location
 from ..teachers import load_teacher
 from ..threads import one_thread_per_call, resolve_threads
-from ..utils import CMTError, disk_usage, full_fp32, resolve_device
+from ..utils import CMTError, full_fp32, resolve_device
 from .worker import Worker
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -127,6 +127,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete.
     A shard with a NaN or inf is refused before it is stored, unless allow_nonfinite (kept to be inspected)."""
     worker = worker or Worker()
+    out = Location.of(cfg.out)  # first: a URL whose fsspec package is missing fails before the teacher loads
     threads = resolve_threads(worker.threads or None)
     device = worker_device(cfg.device, worker)
     teacher = load_teacher(cfg.teacher, device, cfg.guidance_scale, cfg.null_label)
@@ -135,7 +136,6 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     vae = load_vae(cfg.vae, cfg.teacher, shape=teacher.shape)  # on the CPU: only described, never run here
     sigmas = make_grid(cfg.grid, cfg.steps, cfg.sigma_max, cfg.sigma_min)
     plan = make_plan(cfg, teacher, sigmas, vae)
-    out = Path(cfg.out)
     claim_plan(out, plan)
     writer = WRITERS[cfg.format](out, plan)
     writer.prepare()
@@ -148,7 +148,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
                desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
     def publish(k: int, arrays: dict) -> None:
         try:
-            write_marker(out, plan, k, writer.write_shard(k, arrays))
+            commit_shard(out, plan, k, writer.write_shard(k, arrays))
         except FileNotFoundError:  # whoever completed the set cleared .tmp under us: fine if k is done
             if not shard_done(out, plan, k):
                 raise
@@ -171,13 +171,14 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
         if pending is not None:
             pending.result()
     bar.close()
+    out.clean_scratch()
     elapsed = time.perf_counter() - t0
     manifest = finalize(out, strict=False)
     return {
         "out": str(out), "generated": n_todo, "shards_written": len(todo), "seconds": elapsed,
         "samples_per_s": n_todo / elapsed if elapsed > 0 and n_todo else math.nan,
         "complete": manifest is not None, "num_samples": plan["num_samples"],
-        "bytes_on_disk": disk_usage(out),
+        "bytes_on_disk": out.usage(),
     }
 
 
@@ -190,9 +191,10 @@ def worker_device(spec: str, worker: Worker) -> torch.device:
     return device
 
 
-def shard_done(out: Path, plan: dict, k: int, report: bool = False) -> bool:
+def shard_done(out: Location, plan: dict, k: int, report: bool = False) -> bool:
     """A shard counts as done when its marker names this plan and its files have the recorded sizes (a cheap
-    stat); a marker whose files were truncated or deleted since, or copied from another dataset, is redone. Flipped bytes need `cmt verify --repair`."""
+    stat); a marker whose files were truncated or deleted since, or copied from another dataset, is redone.
+    Flipped bytes need `cmt verify --repair`."""
     marker = read_marker(out, k)
     if marker is None:
         return False

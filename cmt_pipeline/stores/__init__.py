@@ -1,17 +1,18 @@
-"""Stores: a writer/reader pair per format over one folder layout (see layout.py).
+"""Stores: a writer/reader pair per format over one layout (layout.py), in a folder or under any fsspec URL
+(location.py).
 
-Writers: `prepare()`, `write_shard(k, arrays) -> files`, `shard_files(k)`. Readers: `read_shard(k)`, `len()`.
+Writers: `prepare()`, `write_shard(k, arrays) -> {key: local file}` (published by layout.commit_shard),
+`shard_files(k)`. Readers: `read_shard(k)`, `len()`.
 Arrays per shard: prior (n,C,H,W) float32 unit noise, traj (n,K,C,H,W) states at sigma_0..sigma_{K-1},
 x0 (n,C,H,W) the solver's final sample, labels (n,) int64 (-1 = unconditional), index (n,) int64.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..utils import CMTError
 from .checks import require_finite
 from .layout import MANIFEST, finalize, num_shards, read_json, read_plan, shard_range
+from .location import Location
 from .verify import Report, manifest_problems, repair, verify
 from .wds_store import WdsReader, WdsWriter
 from .zarr_store import ZarrReader, ZarrWriter
@@ -20,7 +21,7 @@ WRITERS = {"zarr": ZarrWriter, "wds": WdsWriter}
 READERS = {"zarr": ZarrReader, "wds": WdsReader}
 
 __all__ = ["WRITERS", "READERS", "open_store", "read_all", "read_range", "finalize", "num_shards", "shard_range", "verify",
-           "repair", "Report"]
+           "repair", "Report", "Location"]
 
 
 def open_store(root, require_complete: bool = True):
@@ -31,10 +32,10 @@ def open_store(root, require_complete: bool = True):
     cheap stat per file. The plan, not the manifest, says what the data is; the reader checks the arrays' real
     shapes against it. The full sha256 and content check reads every byte and is `cmt verify`'s job.
     """
-    root = Path(root)
+    root = Location.of(root)
     plan = read_plan(root)
-    if require_complete and (root / MANIFEST).exists():
-        manifest = read_json(root / MANIFEST)
+    if require_complete and root.exists(MANIFEST):
+        manifest = read_json(root, MANIFEST)
         problems = manifest_problems(root, manifest, plan)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -20,25 +20,26 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..utils import CMTError, sha256_file
+from ..utils import CMTError
 from .checks import name_samples, nonfinite_samples
 from .layout import (MANIFEST, PLAN, build_manifest, differing_keys, finalize, leftovers, marker_path, marker_problems,
                      num_shards, plan_fingerprint, plan_of, read_json, read_marker, read_plan, shard_range)
+from .location import Location
 
 MAX_LISTED = 20  # shard lines printed before "... and N more"
 
 
 @dataclass
 class Report:
-    root: Path
+    root: Location
     plan: dict
     full: bool
     missing: list[int] = field(default_factory=list)
     corrupt: dict[int, str] = field(default_factory=dict)
     manifest: str = "absent"  # ok | absent | stale
     leftovers: list[Path] = field(default_factory=list)
-    repaired: list[Path] = field(default_factory=list)
-    seen: dict[Path, object] = field(default_factory=dict)  # what the scan read of the files repair may delete
+    repaired: list[str] = field(default_factory=list)
+    seen: dict[str, object] = field(default_factory=dict)  # what the scan read of the files repair may delete
 
     @property
     def intact(self) -> bool:
@@ -61,7 +62,7 @@ class Report:
         if len(bad) > MAX_LISTED:
             lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
         if self.repaired:
-            lines.append(f"repaired: removed {', '.join(str(p.relative_to(self.root)) for p in self.repaired)}")
+            lines.append(f"repaired: removed {', '.join(self.repaired)}")
         if self.intact:
             lines.append(f"all {n} shards check out; " + {
                 "ok": "manifest.json matches: ready for training",
@@ -69,7 +70,7 @@ class Report:
                 "stale": f"manifest.json does not match the shards: run `cmt verify "
                          f"{shlex.quote(str(self.root))} --finalize` to rewrite it"}[self.manifest])
         else:
-            pending = [k for k in self.corrupt if marker_path(self.root, k).exists()]
+            pending = [k for k in self.corrupt if self.root.exists(marker_path(k))]
             lines.append(f"INCOMPLETE: {len(self.missing)} missing and {len(self.corrupt)} corrupt of {n} shards; "
                          "to fix:")
             step = 1
@@ -96,13 +97,13 @@ def regenerate_command(plan: dict, root) -> str:
     return shlex.join([*args, "--out", str(root)])
 
 
-def check_shard(root: Path, plan: dict, writer, reader, k: int, marker: dict, full: bool) -> str | None:
+def check_shard(root: Location, plan: dict, writer, reader, k: int, marker: dict, full: bool) -> str | None:
     """Why shard k, which has a marker, is not intact (None when it is)."""
     start, stop = shard_range(plan, k)
     if (marker.get("index"), marker.get("start"), marker.get("stop")) != (k, start, stop):
         return (f"its marker records shard {marker.get('index')} samples [{marker.get('start')}, "
                 f"{marker.get('stop')}); the plan says shard {k} samples [{start}, {stop})")
-    expected = sorted(str(f.relative_to(root)) for f in writer.shard_files(k))
+    expected = sorted(writer.shard_files(k))
     if sorted(marker["files"]) != expected:
         return f"its marker lists files {sorted(marker['files'])}, expected {expected}"
     problems = marker_problems(root, plan, marker)
@@ -111,7 +112,7 @@ def check_shard(root: Path, plan: dict, writer, reader, k: int, marker: dict, fu
     if not full:
         return None
     for rel, rec in marker["files"].items():
-        if sha256_file(root / rel) != rec["sha256"]:
+        if root.sha256(rel) != rec["sha256"]:
             return f"{rel} does not match the sha256 in its marker (its bytes changed after it was written)"
     arrays = reader.read_shard(k)
     index = arrays["index"]
@@ -127,7 +128,7 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
     """Check every shard of the dataset in `root` against its marker and the plan; never modifies anything."""
     from . import READERS, WRITERS  # the package imports this module, so not at the top
 
-    root = Path(root)
+    root = Location.of(root)
     plan = read_plan(root)
     writer_cls, reader_cls = WRITERS[plan["format"]], READERS[plan["format"]]
     report = Report(root, plan, full, leftovers=leftovers(root))
@@ -137,13 +138,13 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
         try:
             marker = read_marker(root, k)
         except CMTError:
-            report.corrupt[k] = f"its marker {marker_path(root, k).relative_to(root)} is unreadable"
-            report.seen[marker_path(root, k)] = None
+            report.corrupt[k] = f"its marker {marker_path(k)} is unreadable"
+            report.seen[marker_path(k)] = None
             continue
         if marker is None:
             report.missing.append(k)
             continue
-        report.seen[marker_path(root, k)] = marker
+        report.seen[marker_path(k)] = marker
         try:
             if full and reader is None:
                 reader = reader_cls(root, plan)
@@ -153,16 +154,16 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
         if why:
             report.corrupt[k] = why
         markers[k] = marker
-    if (root / MANIFEST).exists():
-        manifest = report.seen[root / MANIFEST] = read_or_none(root / MANIFEST)
+    if root.exists(MANIFEST):
+        manifest = report.seen[MANIFEST] = read_or_none(root, MANIFEST)
         same = manifest == build_manifest(plan, [markers[k] for k in sorted(markers)])
         report.manifest = "ok" if same and report.intact else "stale"
     return report
 
 
-def read_or_none(path: Path):
+def read_or_none(root: Location, rel: str):
     try:
-        return read_json(path)
+        return read_json(root, rel)
     except CMTError:
         return None
 
@@ -171,13 +172,14 @@ def repair(report: Report) -> Report:
     """Delete the markers of corrupt shards, and a manifest that no longer holds, so a rerun regenerates them.
     Only files still as the scan read them: a marker or manifest written since (a generator finishing while
     verify ran) is newer than the report and is kept."""
-    doomed = [marker_path(report.root, k) for k in sorted(report.corrupt)]
+    root = report.root
+    doomed = [marker_path(k) for k in sorted(report.corrupt)]
     if not report.intact:
-        doomed.append(report.root / MANIFEST)
-    for p in doomed:
-        if p.exists() and p in report.seen and read_or_none(p) == report.seen[p]:
-            p.unlink()
-            report.repaired.append(p)
+        doomed.append(MANIFEST)
+    for rel in doomed:
+        if rel in report.seen and root.exists(rel) and read_or_none(root, rel) == report.seen[rel]:
+            root.remove(rel)
+            report.repaired.append(rel)
     if report.repaired and report.manifest == "stale":
         report.manifest = "absent"
     return report
@@ -195,7 +197,6 @@ def finalize_verified(report: Report) -> Report:
 def manifest_problems(root, manifest, plan: dict) -> list[str]:
     """The cheap check readers run at open: the manifest is plan.json's, bound to it by its fingerprint, lists
     every shard by a marker of this plan, and each shard's files have their recorded sizes."""
-    root = Path(root)
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
         return [f"{MANIFEST} is not a trajectory manifest"]
     if plan_of(manifest) != plan:
