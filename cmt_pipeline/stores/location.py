@@ -246,5 +246,5 @@ class Location:
         if self.local:
             return zarr.storage.LocalStore(self.path / rel, read_only=read_only)
         with self.errors("open", rel):
-            return zarr.storage.FsspecStore.from_url(self.name(rel), read_only=read_only,
-                                                     storage_options={"use_listings_cache": False})
+            return zarr.storage.FsspecStore.from_url(self.name(rel), read_only=read_only, storage_options={
+                "use_listings_cache": False, "skip_instance_cache": True})
