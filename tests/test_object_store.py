@@ -99,12 +99,19 @@ def test_verify_catches_a_truncated_and_a_missing_object_and_the_rerun_fixes_the
                    ["data.zarr/traj/c/0/0/0/0/0", "data.zarr/x0/c/2/0/0/0"])
     fs.pipe_file(f"cmt/damaged/{fmt}/{first}", fs.cat_file(f"cmt/damaged/{fmt}/{first}")[:-100])
     fs.rm_file(f"cmt/damaged/{fmt}/{last}")
+    middle = next(k for k in fs.find(f"cmt/damaged/{fmt}") if "shard-000001" in k or "/x0/c/1/" in k)
+    data = bytearray(fs.cat_file(middle))
+    data[len(data) // 2] ^= 0xFF  # same size: only the sha256 tells
+    fs.pipe_file(middle, bytes(data))
     r = cmd("verify", "--quiet", url)
     assert r.exit_code == 1, r.output
     assert f"shard 0 (samples 0..15): corrupt: {first} has" in r.output
+    assert "shard 1 (samples 16..31): corrupt: " in r.output and "does not match the sha256" in r.output
     assert f"shard 2 (samples 32..47): corrupt: {last} is missing" in r.output
     with pytest.raises(Exception, match="is damaged: shard 0"):
         read_all(url)
+    r = cmd("verify", "--quiet", "--repair", url)
+    assert "repaired: removed done/000000.json, done/000001.json, done/000002.json, manifest.json" in r.output
     generate(GenerateConfig(**SMALL, format=fmt, out=url), progress=False)  # redoes exactly those shards
     assert bucket_tree(url) == local_tree(stores / fmt)
 

@@ -152,7 +152,7 @@ def _claim_in_process(root, seed, barrier, results):
 
 def test_plan_claims_cannot_race_processes(tmp_path):
     ctx = multiprocessing.get_context("fork")
-    for trial in range(20):
+    for trial in range(10):
         barrier, results = ctx.Barrier(6), ctx.Queue()
         procs = [ctx.Process(target=_claim_in_process, args=(tmp_path / str(trial), s, barrier, results))
                  for s in range(6)]

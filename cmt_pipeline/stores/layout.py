@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..utils import CMTError
+from ..utils import CMTError, sha256_file
 from .location import TMP, Location
 
 PLAN = "plan.json"
@@ -98,18 +98,10 @@ def marker_path(k: int) -> str:
     return f"{DONE}/{k:06d}.json"
 
 
-def file_record(path: Path) -> dict:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
-
-
 def commit_shard(root, plan: dict, k: int, files: dict[str, Path]) -> None:
     """Publish shard k: its finished local files {key: path}, hashed here, then put in place, then its marker."""
     root = Location.of(root)
-    entries = {rel: file_record(tmp) for rel, tmp in files.items()}
+    entries = {rel: {"bytes": tmp.stat().st_size, "sha256": sha256_file(tmp)} for rel, tmp in files.items()}
     for rel, tmp in files.items():
         root.put(tmp, rel)
     start, stop = shard_range(plan, k)
