@@ -249,3 +249,22 @@ def test_older_store_format_is_refused_naming_the_fix(copy):
         one_line_error(cmd(*args), "is a store of format 1; this cmt reads format 2", "regenerate it into a new --out")
     with pytest.raises(CMTError, match="store of format 1"):
         gen(root)
+
+
+@pytest.mark.slow
+def test_two_generate_commands_with_different_seeds_on_one_out(tmp_path):
+    """Through the CLI, as the probe did: one run wins, the other exits 2 with one line; the winner's data is whole."""
+    import subprocess
+    import sys
+
+    for trial in range(2):
+        out = tmp_path / str(trial)
+        procs = [subprocess.Popen([sys.executable, "-m", "cli", "generate-trajectories", "--quiet", "--teacher",
+                                   "gmm:gmm8x8", "--num-samples", "64", "--shard-size", "16", "--device", "cpu",
+                                   "--seed", str(seed), "--out", str(out)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for seed in (0, 7)]
+        results = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
+        assert sorted(rc for rc, _ in results) == [0, 2], results
+        loser = next(text for rc, text in results if rc == 2).strip().splitlines()
+        assert len(loser) == 1 and "holds a different dataset (differs in: config)" in loser[0], loser
+        assert cmd("verify", "--quiet", out).exit_code == 0
