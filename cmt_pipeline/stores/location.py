@@ -79,12 +79,6 @@ class Location:
     def __str__(self) -> str:
         return str(self.path) if self.local else self.url
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Location) and str(self) == str(other)
-
-    def __hash__(self):
-        return hash(str(self))
-
     def name(self, rel: str) -> str:
         """What a user is shown for `rel`: a local path, or the full URL."""
         return str(self.path / rel) if self.local else f"{self.url.rstrip('/')}/{rel}"
