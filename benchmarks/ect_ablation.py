@@ -47,6 +47,8 @@ VARIANTS = {
     "teacher samples as data": dict(data="teacher"),  # resolved to the store's x0 (digits only)
     "warm-up + l2 at q 256": dict(warmup_steps=-1, distance="l2", q=256.0),
     "warm-up + lr / 10": dict(warmup_steps=-1, lr=1e-5),
+    "warm-up + lr / 3": dict(warmup_steps=-1, lr=3e-5),
+    "warm-up + lr / 30": dict(warmup_steps=-1, lr=3.3e-6),
     "batch x 4": dict(batch_size=-4),  # resolved to 4 x --batch
     "fresh mixture samples": dict(gmm_samples=1 << 18),  # gmm only: no sample seen twice
     "warm-up + fresh mixture samples": dict(warmup_steps=-1, gmm_samples=1 << 18),
@@ -56,10 +58,11 @@ METRICS = {"gmm": ("1step_flow_map_mse", "1step_sliced_w2", "2step_sliced_w2"),
 
 
 def teacher_samples(store: Path, out: Path) -> str:
-    """The store's solver samples x0 as an (N, C, H, W) .npy: ECT on the teacher's distribution, not the data's."""
+    """The store's solver samples x0 (clipped to the data range [-1, 1]) as an (N, C, H, W) .npy: ECT on the
+    teacher's distribution, not the data's."""
     path = out / "teacher-samples.npy"
     if not path.exists():
-        x0 = read_range(open_store(store), 0)["x0"].astype(np.float32)
+        x0 = np.clip(read_range(open_store(store), 0)["x0"].astype(np.float32), -1, 1)  # as images are stored
         out.mkdir(parents=True, exist_ok=True)
         np.save(path, x0)
     return str(path)
