@@ -303,7 +303,7 @@ def load_config(cls, path: str | Path | None = None, section: str | None = None,
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
+        except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
             raise CMTError(f"cannot read config {path}: {e}") from e
         values = data.get(section, {}) if section else data
     values.update({k: v for k, v in overrides.items() if v is not None})

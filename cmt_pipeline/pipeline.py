@@ -38,7 +38,7 @@ def load_pipeline(path, out: str | None = None) -> dict:
     """The stage configs of a pipeline file, with the run folder wiring applied."""
     try:
         data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
         raise CMTError(f"cannot read pipeline config {path}: {e}") from e
     unknown = sorted(set(data) - SECTIONS)
     if unknown:
