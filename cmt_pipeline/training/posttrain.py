@@ -40,6 +40,7 @@ from ..sampling import StudentSampler, run_sampler, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, seeded
 from .data import TensorSource
+from .lock import holds_run_folder
 from .loop import SampleGrid, due, train
 
 STUDENT_KINDS = {"ect": ("mid-cm", "post-ect"), "meanflow": ("mid-mf", "post-meanflow")}
@@ -210,6 +211,7 @@ class EvalLog:
             self.measure(s.ema, s.step)
 
 
+@holds_run_folder
 def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
     """Run (or resume) post-training; returns a summary with the final 1- and 2-step metrics."""
     cfg = validate(cfg)
