@@ -17,8 +17,9 @@ from .errors import CMTError
 
 
 def temp_name(path: Path, tag: str = "tmp") -> Path:
-    """A unique hidden sibling of `path` (.NAME.tmp-XXXXXXXX): same file system, so renaming it is atomic."""
-    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+    """A unique hidden sibling of `path` (.NAME.tmp-XXXXXXXX): same file system, so renaming it is atomic. NAME is
+    cut to 32 characters, so that the temporary of a name the file system accepts is accepted too."""
+    return path.with_name(f".{path.name[:32]}.{tag}-{uuid.uuid4().hex[:8]}")
 
 
 def replace_file(tmp: Path, path: Path) -> None:
