@@ -18,11 +18,12 @@ from .main import cli
 @click.option("--steps", type=click.IntRange(1, 2), default=1, show_default=True, help="Network evaluations.")
 @click.option("--sigma-max", type=float, default=SIGMA_MAX, show_default=True, help="x_T = sigma_max * noise.")
 @click.option("--sigma-mid", type=float, default=SIGMA_MID, show_default=True, help="2 steps: the re-noise level.")
-@click.option("--num-samples", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True, help="Sample i depends only on (seed, i).")
+@click.option("--num-samples", type=click.IntRange(1, 2**31 - 1), default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Sample i depends only on (seed, i).")
 @click.option("--class-labels", default="random", show_default=True,
               help="random, or one class index (class-conditional students).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--out", "png", type=click.Path(dir_okay=False), help="PNG grid of the samples.")
 @click.option("--npz", type=click.Path(dir_okay=False), help=".npz with samples, prior, labels (and renoise, latents).")
 @click.option("--vae", type=click.Path(file_okay=False), help="Latent student: the AutoencoderKL that decodes its "

@@ -132,6 +132,25 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux: MemAvailable; elsewhere the free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_batch_memory(batch_size: int, sample_bytes: int, what: str = "samples") -> None:
+    """Refuse a batch whose inputs alone would take over a quarter of the memory available (the network's
+    activations take several times more): a clear estimate before anything is allocated, not minutes of swapping."""
+    need, free = batch_size * sample_bytes, available_memory()
+    if need > free / 4:
+        raise CMTError(f"--batch-size {batch_size} needs about {need / 2**30:.1f} GiB for one batch of {what} "
+                       f"({sample_bytes:,} bytes each) before any activation, more than a quarter of the "
+                       f"{free / 2**30:.1f} GiB of memory available; lower --batch-size")
+
+
 def disk_usage(path: str | os.PathLike) -> int:
     """Bytes in a file or under a folder; files that vanish while we look (a worker clearing .tmp) count as 0."""
     if os.path.isfile(path):

@@ -23,10 +23,15 @@ import torch
 
 from ..stores import open_store, read_all
 from ..stores.wds_store import shard_path
-from ..utils import CMTError, sample_seed
+from ..utils import CMTError, check_batch_memory, sample_seed
 from .data import TensorSource
 
 FIELDS = ("traj", "x0", "labels")
+
+
+def sample_bytes(plan: dict) -> int:
+    """Bytes of one stored trajectory: its K states and x0."""
+    return (plan["num_states"] + 1) * int(np.prod(plan["shape"])) * np.dtype(plan["dtype"]).itemsize
 
 
 def dataset_info(path, plan: dict, holdout: int) -> dict:
@@ -60,6 +65,7 @@ class WdsSource:
         self.urls = [str(shard_path(root, k)) for k in range(len(plan["shards"]))]
         self.limit = plan["num_samples"] - holdout
         self.batch_size, self.seed, self.workers, self.buffer = batch_size, seed, workers, buffer
+        check_batch_memory(batch_size, sample_bytes(plan), "trajectories")
 
     def pipeline(self, per_process: int, seed: int):
         import webdataset as wds
@@ -107,8 +113,7 @@ def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, ca
     if plan["format"] == "wds":
         return WdsSource(Path(path), plan, batch_size, seed, holdout), info
     if cache is None:
-        per_sample = (plan["num_states"] + 1) * int(np.prod(plan["shape"])) * np.dtype(plan["dtype"]).itemsize
-        cache = per_sample * n <= max_cache_bytes
+        cache = sample_bytes(plan) * n <= max_cache_bytes
     if cache:
         arrays = read_all(path, require_complete)
         tensors = {k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}
