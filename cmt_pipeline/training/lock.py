@@ -1,7 +1,7 @@
-"""A training run folder belongs to its trainer. A trainer writes only into an empty (or new) folder or a run folder
-(one holding RUN/.lock, a run's config.json or checkpoints/): never into unrelated files, which its student/ or teacher/ swap
-would replace. And one trainer at a time: RUN/.lock is held by the running trainer's main process, so two commands
-with one --out cannot interleave their logs, evaluations and checkpoints.
+"""A training run folder belongs to its trainer. A trainer writes only into an empty (or new) folder or a run
+folder (one holding RUN/.lock, a run's config.json or checkpoints/): never among unrelated files, which its
+student/ or teacher/ swap would replace. And one trainer at a time: RUN/.lock is held by the running trainer's main
+process, so two commands with one --out cannot interleave their logs, evaluations and checkpoints.
 
 The exclusion is an flock on the file: the kernel releases it when its process dies, however it dies (SIGKILL
 included), so a dead trainer's lock is recognised without guessing from pids. The file's content (pid, host,
