@@ -96,7 +96,8 @@ def values(f: dataclasses.Field, hint):
     """Anything a TOML value can be, mostly of the field's own type (so that its range, not its type, is tested)."""
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
     small_ints, ints = st.integers(-3, 100), st.integers(-2**63, 2**63 - 1)
-    typed = {int: st.one_of(small_ints, ints), float: st.one_of(st.floats(), st.floats(-2, 2), small_ints),
+    edges = st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0, 1.0, 1e300])
+    typed = {int: st.one_of(small_ints, ints), float: st.one_of(st.floats(), st.floats(-2, 2), small_ints, edges),
              bool: st.booleans(), list: st.lists(st.one_of(small_ints, ints), max_size=3),
              str: st.one_of(st.text(max_size=6), st.sampled_from(f.metadata.get("choices") or [default]))}
     own = st.one_of(*(typed[t] for t in getattr(hint, "__args__", (hint,)) if t in typed))
