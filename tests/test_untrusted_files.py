@@ -5,6 +5,7 @@ ignores the file."""
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -123,3 +124,14 @@ def test_a_payload_config_file_never_runs(tmp_path):
     r = cmt("pretrain", "--config", toml, "--out", tmp_path / "run", *TINY)
     refused_or_ignored(r, marker)
     assert r.exit_code == 2
+
+
+def test_a_folder_naming_a_pipeline_as_its_model_is_refused(vp_teacher_dir, tmp_path):
+    """A config.json picks only a diffusers model class, never a pipeline (whose loading may run a folder's code)."""
+    folder, marker = tmp_path / "teacher", tmp_path / "ran"
+    shutil.copytree(vp_teacher_dir(), folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "_class_name": "DiffusionPipeline"}))
+    r = cmt("inspect", folder)
+    refused_or_ignored(r, marker)
+    assert r.exit_code == 2 and "no model class 'DiffusionPipeline'" in r.output, r.output
