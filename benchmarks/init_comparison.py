@@ -35,23 +35,19 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from cmt_pipeline.config import GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
-from cmt_pipeline.constants import SIGMA_MAX
+from cmt_pipeline.config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
 from cmt_pipeline.docs_sections import write_section
-from cmt_pipeline.evaluation.features import DigitsFD
-from cmt_pipeline.evaluation.metrics import mse_psnr, sliced_wasserstein
+from cmt_pipeline.evaluation.run import measure
 from cmt_pipeline.generation import generate
 from cmt_pipeline.pipeline import store_done
 from cmt_pipeline.plotting import save_curves
-from cmt_pipeline.priors import draw_priors
-from cmt_pipeline.sampling import TeacherSampler, run_sampler
+from cmt_pipeline.sampling import TeacherSampler
 from cmt_pipeline.stores import open_store
 from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.training.midtrain import mid_train
-from cmt_pipeline.training.posttrain import EVAL_SEED, gmm_truth, post_train
+from cmt_pipeline.training.posttrain import EVAL_SEED, post_train
 from cmt_pipeline.training.pretrain import pretrain
 from cmt_pipeline.utils import atomic_write_json
 
@@ -194,8 +190,8 @@ def provenance(stages: list[Path]) -> list[str]:
 
 # ---- the Gaussian mixture --------------------------------------------------------------------------------
 
-def gmm_part(args, out: Path, doc: Path) -> None:
-    root = out / "gmm"
+def gmm_cmt(args, root: Path) -> tuple[Path, Path]:
+    """The mixture's diffusion teacher run and its CMT (mid-trained) run, made once under `root` and reused."""
     teacher_run = root / "teacher"
     if not done(teacher_run, "teacher"):
         pretrain(PretrainConfig(data="gmm:gmm8x8", gmm_samples=8192, channels=args.gmm_channels, layers_per_block=1,
@@ -211,7 +207,12 @@ def gmm_part(args, out: Path, doc: Path) -> None:
         mid_train(MidTrainConfig(data=str(store), init="teacher", flavour="cm", holdout=256, steps=args.gmm_mid_steps,
                                  batch_size=8, lr=args.gmm_lr, ema_decay=args.ema, eval_every=args.gmm_mid_steps,
                                  out=str(fresh(mid)), **QUIET), progress=False)
+    return teacher_run, mid
 
+
+def gmm_part(args, out: Path, doc: Path) -> None:
+    root = out / "gmm"
+    teacher_run, mid = gmm_cmt(args, root)
     steps = args.gmm_post_steps
     post = dict(steps=steps, batch_size=args.gmm_batch, lr=args.gmm_lr, ema_decay=args.ema, gmm_samples=8192,
                 eval_every=max(1, steps // args.evals), eval_samples=args.eval_samples, checkpoint_every=steps)
@@ -226,14 +227,9 @@ def gmm_part(args, out: Path, doc: Path) -> None:
     summary = summarise(runs, METRICS["gmm"], "1step_flow_map_mse", "diffusion", steps)
 
     # references: the teacher's own 16-step solve and the sampling floor, on the same evaluation noise
-    exact, reference = gmm_truth("gmm:gmm8x8", args.eval_samples, SIGMA_MAX)
-    prior, _ = draw_priors(EVAL_SEED, np.arange(args.eval_samples), (1, 8, 8), 0, "random")
     teacher = load_teacher(str(teacher_run / "teacher"))
-    x = run_sampler(TeacherSampler(teacher, "dpm3", 16), prior)
-    gmm = load_teacher("gmm:gmm8x8")
-    floor = sliced_wasserstein(gmm.sample(args.eval_samples, torch.Generator().manual_seed(7)), reference)
-    summary["teacher"] = {"flow_map_mse": mse_psnr(x, exact)["mse"], "sliced_w2": sliced_wasserstein(x, reference),
-                          "sliced_w2_floor": floor}
+    ref = teacher_reference(args, teacher, load_teacher("gmm:gmm8x8"))
+    summary["teacher"] = {k: ref["metrics"][k] for k in ("flow_map_mse", "sliced_w2", "sliced_w2_floor")}
     mid_eval = json.loads((mid / "eval.jsonl").read_text().splitlines()[-1])
     summary["mid"] = {"steps": args.gmm_mid_steps, "points_per_step": 8 * 16, **mid_eval}
     summary["post"] = {**post, "protocol": args.protocol, "curriculum": curriculum(args, steps), "fixed": fixed_q(args)}
@@ -269,7 +265,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
         "",
         "![1-step error vs post-training step](images/init-comparison-gmm.png)",
         "",
-        *provenance([teacher_run, store, mid, *(root / f"post-{n}-seed{k}" for n in inits
+        *provenance([teacher_run, root / "trajectories", mid, *(root / f"post-{n}-seed{k}" for n in inits
                                                  for k in range(args.seeds))]),
     ]
     write_section(doc, "init-comparison:gmm", "\n".join(lines))
@@ -303,11 +299,11 @@ def digits_post(args) -> dict:
                 eval_every=max(1, steps // args.digits_evals), eval_samples=args.eval_samples, checkpoint_every=steps)
 
 
-def digits_teacher_fd(args) -> dict:
-    prior, _ = draw_priors(EVAL_SEED, np.arange(args.eval_samples), (1, 8, 8), 0, "random")
-    x = run_sampler(TeacherSampler(load_teacher("builtin"), "dpm3", 16), prior)
-    fd = DigitsFD()
-    return {"teacher_fd": fd(x), "fd_floor": fd.noise_floor(), "images": x[:64]}
+def teacher_reference(args, teacher, gmm=None) -> dict:
+    """The teacher's 16-step DPM-Solver++(3) solve, measured as the students are (evaluation's `measure` on
+    post-training's evaluation noise): {metrics, x, images}."""
+    cfg = EvaluateConfig(num_samples=args.eval_samples, seed=EVAL_SEED)
+    return measure(cfg, TeacherSampler(teacher, "dpm3", 16), None, gmm, None, "cpu", EVAL_SEED, False)
 
 
 def digits_part(args, out: Path, doc: Path) -> None:
@@ -323,8 +319,8 @@ def digits_part(args, out: Path, doc: Path) -> None:
              "CMT": (str(mid / "model.ckpt"), "", cmt_schedule)}
     runs = post_runs(args, "digits", root, "digits", inits, digits_post(args), range(args.seeds))
     summary = summarise(runs, METRICS["digits"], "1step_digits_fd", "diffusion", steps)
-    ref = digits_teacher_fd(args)
-    summary["teacher"] = {k: v for k, v in ref.items() if k != "images"}
+    ref = teacher_reference(args, load_teacher("builtin"))
+    summary["teacher"] = {k: ref["metrics"][k] for k in ("digits_fd", "digits_kid", "digits_fd_floor")}
     summary["mid"] = {"steps": args.digits_mid_steps, "trajectories": max(args.sizes),
                       "points_per_step": 8 * args.points_per_traj,
                       **json.loads((mid / "eval.jsonl").read_text().splitlines()[-1])}
@@ -335,7 +331,7 @@ def digits_part(args, out: Path, doc: Path) -> None:
     best = root / "post-CMT-seed0"
     for k in (1, 2):
         shutil.copyfile(best / f"samples-{k}step.png", images / f"post-digits-cmt-{k}step.png")
-    save_image_grid(ref["images"], images / "digits-teacher-16step.png")
+    save_image_grid(ref["images"][:64], images / "digits-teacher-16step.png")
 
     t = summary["teacher"]
     lines = [
@@ -348,8 +344,8 @@ def digits_part(args, out: Path, doc: Path) -> None:
         f"digits for {steps} steps of batch {args.digits_batch}, lr {args.digits_lr} (RAdam, linear decay), EMA "
         f"{args.ema}, seeds {list(range(args.seeds))}; protocol `{args.protocol}` (see the mixture section).",
         f"Digits FD on {args.eval_samples} samples (EMA weights), mean ± std over seeds. The teacher's 16-step "
-        f"DPM-Solver++(3) on the same noise: **{t['teacher_fd']:.3f}**; floor (two halves of the real digits): "
-        f"{t['fd_floor']:.3f}.",
+        f"DPM-Solver++(3) on the same noise: **{t['digits_fd']:.3f}**; floor (two halves of the real digits): "
+        f"{t['digits_fd_floor']:.3f}.",
         "",
         *render_table(summary, METRICS["digits"]),
         "",
@@ -412,7 +408,7 @@ def size_part(args, out: Path, doc: Path) -> None:
     write_section(doc, "init-comparison:size", "\n".join(lines))
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", default="runs/init-comparison")
     p.add_argument("--doc", default="docs/results.md")
@@ -440,7 +436,11 @@ def main():
     p.add_argument("--digits-batch", type=int, default=32)
     p.add_argument("--digits-lr", type=float, default=2e-4)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine's cores are shared)")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = parser().parse_args()
     torch.set_num_threads(args.threads)
     out, doc = Path(args.out), Path(args.doc)
     parts = {"gmm": gmm_part, "digits": digits_part, "size": size_part}

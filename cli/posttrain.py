@@ -20,8 +20,9 @@ def post_train_cmd(config_path, resume, quiet, **opts):
     """ECT or MeanFlow post-training of a flow-map student from a mid-training checkpoint (CMT), a diffusion
     teacher or random weights, on the real data; then its 1- and 2-step quality.
 
-    Writes OUT/model.ckpt (for `cmt sample` / `cmt export`), OUT/metrics.json (final 1/2-step digits FD, or for
-    gmm data the exact flow-map error and sliced W2), OUT/eval.jsonl (the same from step 0), and sample grids.
+    Writes OUT/model.ckpt (for `cmt sample` / `cmt export`), OUT/metrics.json (final 1/2-step digits FD and KID,
+    or for gmm data the exact flow-map error and sliced W2), OUT/eval.jsonl (the same from step 0), and sample
+    grids.
     Multi-GPU/multi-node: `accelerate launch $(which cmt) post-train ...`.
     """
     from cmt_pipeline.training.posttrain import post_train

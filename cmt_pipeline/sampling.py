@@ -70,6 +70,19 @@ def student_sigmas(steps: int, sigma_max: float = SIGMA_MAX, sigma_mid: float = 
     return [sigma_max] if steps == 1 else [sigma_max, sigma_mid]
 
 
+def student_grid(prior: torch.Tensor, labels: torch.Tensor | None, sigma_max: float, vae=None):
+    """sample_fn(model) for a trainer's sample grids: the student's 1-step samples from fixed unit noise (and
+    labels), decoded by `vae` (a LatentCodec) for a latent student."""
+
+    def sample_fn(model):
+        dev = next(model.parameters()).device
+        x = StudentSampler(as_denoiser(model).eval(), [sigma_max])(
+            prior.to(dev), labels.to(dev) if labels is not None else None)
+        return x if vae is None else vae.to(dev).decode(x)
+
+    return sample_fn
+
+
 def load_student(spec: str, device="cpu") -> Denoiser:
     """A student through the denoiser seam, as its one-step map: whatever open_network opens, so a model.ckpt of
     any kind (a post-/mid-trained consistency or MeanFlow student), a folder written by `cmt export`, a folder in the

@@ -277,3 +277,20 @@ def test_post_training_from_a_teacher_folder_writes_a_loadable_checkpoint(tmp_pa
                                    batch_size=8, eval_samples=8, out=str(tmp_path / "run"), **FAST), progress=False)
     ckpt = load_model(r["checkpoint"], kind="post-ect")
     assert ckpt["data"]["init_origin"] == "diffusion" and model_from_checkpoint(ckpt).precond.boundary_sigma == 0.003
+
+
+def test_post_training_numbers_are_cmt_evaluates_numbers(tmp_path):
+    """Evaluation lives in one place: the trainer's 1- and 2-step metrics are `cmt evaluate`'s on the saved model at
+    the trainer's evaluation seed (1) and sample count, to round-off."""
+    out = tmp_path / "run"
+    metrics = post_train(PostTrainConfig(init="random", data="gmm:gmm8x8", gmm_samples=64, channels=[8, 16],
+                                         layers_per_block=1, steps=3, batch_size=8, lr=5e-3, eval_samples=64,
+                                         out=str(out), **FAST), progress=False)
+    for steps, keys in ((1, ("flow_map_mse", "sliced_w2")), (2, ("sliced_w2",))):
+        r = CliRunner().invoke(cli, ["evaluate", "--student", str(out / "model.ckpt"), "--gmm", "gmm:gmm8x8",
+                                     "--steps", str(steps), "--seed", "1", "--num-samples", "64", "--device", "cpu",
+                                     "--quiet", "--out", str(tmp_path / f"eval{steps}")])
+        assert r.exit_code == 0, r.output
+        ours = json.loads((tmp_path / f"eval{steps}" / "evaluation.json").read_text())["metrics"]
+        for key in keys:
+            assert metrics[f"{steps}step_{key}"] == pytest.approx(ours[key], rel=1e-5), (steps, key)

@@ -135,7 +135,8 @@ def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int
     x, prior, _, _ = sample(sampler, cfg.num_samples, seed, cfg.batch_size, device, cfg.class_labels, progress)
     metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
     if not torch.isfinite(x).all():
-        raise CMTError("the generator produced non-finite samples (NaN/inf); check the model and --sigma-max")
+        raise CMTError("the generator produced non-finite samples (NaN/inf); a diverged training run (lower --lr, "
+                       "--distance huber) or a --sigma-max the model was not made for")
     images = x if vae is None else vae.decode(x)
     if tuple(images.shape[1:]) == DigitsFD.shape:
         metrics.update(DigitsFD(device).metrics(images, seed))

@@ -74,6 +74,31 @@ class SampleGrid:
             save_image_grid(self.sample_fn(s.ema), s.run_dir / "samples" / f"step-{s.step:07d}.png")
 
 
+class EvalLog:
+    """Callback: append {"step": step, **measure(ema)} to `path` (a run's eval.jsonl) every `every` steps and at the
+    end; `start` measures the initialisation as step 0 on a fresh run, so every curve begins where training did."""
+
+    def __init__(self, measure, path: Path, every: int):
+        self.measure_fn, self.path, self.every, self.last = measure, Path(path), every, {}
+
+    def measure(self, model, step: int) -> dict:
+        self.last = {"step": step, **self.measure_fn(model)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(self.last) + "\n")
+        return self.last
+
+    def start(self, model, resume: str | None, is_main_process: bool) -> None:
+        run = self.path.parent
+        if resume is None and is_main_process and not any((run / "checkpoints").glob("step-*")):
+            run.mkdir(parents=True, exist_ok=True)
+            self.path.unlink(missing_ok=True)
+            self.measure(model, 0)
+
+    def __call__(self, s: LoopState):
+        if due(s, self.every):
+            self.measure(s.ema, s.step)
+
+
 def lr_at(cfg: TrainConfig, step: int) -> float:
     """LR for 1-based `step`: optional linear warm-up, then constant or linear decay to 0 at cfg.steps."""
     lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr

@@ -19,12 +19,12 @@ from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import build_network, export_denoiser, network_spec
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..plotting import save_curves
-from ..sampling import StudentSampler
+from ..sampling import StudentSampler, student_grid
 from ..stores import open_store
 from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, seeded
 from .lock import holds_run_folder
-from .loop import SampleGrid, due, train
+from .loop import EvalLog, SampleGrid, train
 from .trajectories import trajectory_source
 
 
@@ -56,25 +56,17 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
         raise CMTError(str(e)) from e
 
 
-class HoldoutError:
-    """Callback: the EMA student's 1-step error on held-out trajectories, against the stored solver sample
-    (teacher matching) and, for a Gaussian-mixture teacher, against the exact flow map."""
+def holdout_error(data: dict, sigma_max: float, exact=None):
+    """measure(model) for the loop's EvalLog: the 1-step error on held-out trajectories (evaluation's paired error
+    against the stored solver sample: teacher matching) and, for a Gaussian-mixture teacher, against the exact
+    flow map."""
 
-    def __init__(self, run: Path, data: dict, sigma_max: float, every: int, exact=None):
-        self.path, self.data, self.sigma_max, self.every, self.exact = run / "eval.jsonl", data, sigma_max, every, exact
+    def measure(model) -> dict:
+        x, err = paired_samples(StudentSampler(as_denoiser(model).eval(), [sigma_max]), data,
+                                device=next(model.parameters()).device)
+        return {"teacher_mse": err["mse"], **({"exact_mse": mse_psnr(x, exact)["mse"]} if exact is not None else {})}
 
-    def measure(self, model, step: int, device) -> dict:
-        x, err = paired_samples(StudentSampler(as_denoiser(model).eval(), [self.sigma_max]), self.data, device=device)
-        row = {"step": step, "teacher_mse": err["mse"]}
-        if self.exact is not None:
-            row["exact_mse"] = mse_psnr(x, self.exact)["mse"]
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        return row
-
-    def __call__(self, s):
-        if due(s, self.every):
-            self.measure(s.ema, s.step, s.accelerator.device)
+    return measure
 
 
 def plot_curve(path: Path, out: Path, title: str) -> None:
@@ -111,30 +103,17 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     run = Path(cfg.out)
     callbacks = list(callbacks)
     if cfg.holdout > 0:
+        from accelerate import PartialState
+
         data = read_tail(cfg.data, min(cfg.eval_samples, cfg.holdout))  # as `cmt evaluate`'s paired error
         exact = exact_flow_map(teacher, data["prior"], plan["sigmas"][0], plan["sigmas"][-1]).float() \
             if isinstance(teacher, GMMDenoiser) else None
-        evaluator = HoldoutError(run, data, plan["sigmas"][0], cfg.eval_every, exact)
-        callbacks.append(evaluator)
-        from accelerate import PartialState
-
-        # step 0 (the initialisation) is measured once, by the main process, before the loop starts
-        if resume is None and PartialState(cpu=cfg.device == "cpu").is_main_process \
-                and not any((run / "checkpoints").glob("step-*")):
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "eval.jsonl").unlink(missing_ok=True)
-            evaluator.measure(student, 0, "cpu")
+        log = EvalLog(holdout_error(data, plan["sigmas"][0], exact), run / "eval.jsonl", cfg.eval_every)
+        log.start(student, resume, PartialState(cpu=cfg.device == "cpu").is_main_process)
+        callbacks.append(log)
     grid_prior = torch.randn(cfg.num_grid_samples, *plan["shape"], generator=torch.Generator().manual_seed(cfg.seed))
     grid_labels = torch.arange(cfg.num_grid_samples) % teacher.num_classes if teacher.num_classes else None
-
-    def one_step(model):
-        dev = next(model.parameters()).device
-        lab = grid_labels.to(dev) if grid_labels is not None else None
-        with torch.no_grad():
-            x = as_denoiser(model).eval()(grid_prior.to(dev) * plan["sigmas"][0], plan["sigmas"][0], lab)
-        return x if vae is None else vae.to(dev).decode(x)
-
-    callbacks.append(SampleGrid(one_step, cfg.sample_every))
+    callbacks.append(SampleGrid(student_grid(grid_prior, grid_labels, plan["sigmas"][0], vae), cfg.sample_every))
     info = {**info, "teacher": teacher_spec, "vae": vae.describe(plan["shape"]) if vae is not None else None}
     t0 = time.perf_counter()
     state = train(student, objective, source, cfg, kind=f"mid-{cfg.flavour}", data_info=info, resume=resume,

@@ -8,8 +8,9 @@ initialisations, so they can be compared at equal budget:
 
 Writes run/model.ckpt (kind "post-ect" / "post-meanflow"), run/eval.jsonl (1- and 2-step quality at step 0 = the
 init, every eval_every steps and at the end), run/metrics.json (the final quality), run/samples-{1,2}step.png.
-Quality: digits FD for digits data; for gmm:<preset> data the 1-step error to the exact flow map and the sliced
-W2 to the true mixture. Every evaluation uses the same seeded noise, so numbers compare across steps and runs.
+Quality is `cmt evaluate`'s: digits FD and KID for digits data; for gmm:<preset> data the 1-step error to the
+exact flow map and the sliced W2 to the true mixture. Every evaluation uses the same seeded noise (evaluation
+seed EVAL_SEED), so numbers compare across steps and runs.
 A latent student (its VAE from --vae, else the one recorded with --init or --arch) trains on the data encoded
 once to latents; its samples are decoded before they are measured or drawn.
 """
@@ -17,31 +18,28 @@ once to latents; its samples are decoded before they are measured or drawn.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..config import PostTrainConfig
+from ..config import EvaluateConfig, PostTrainConfig
 from ..datasets import load_images
-from ..evaluation.features import DigitsFD
-from ..evaluation.metrics import exact_flow_map, mse_psnr, sliced_wasserstein
+from ..evaluation.run import measure
 from ..latents import encode_images, load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import build_network, is_checkpoint, network_spec, open_network
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
-from ..priors import REFERENCE, draw_priors, draw_renoise, stream_seed
-from ..sampling import StudentSampler, run_sampler, student_sigmas
+from ..priors import draw_priors
+from ..sampling import StudentSampler, sample, student_grid, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, seeded
 from .data import TensorSource
 from .lock import holds_run_folder
-from .loop import SampleGrid, due, train
+from .loop import EvalLog, SampleGrid, train
 
 STUDENT_KINDS = {"ect": ("mid-cm", "post-ect"), "meanflow": ("mid-mf", "post-meanflow")}
 MID_FLAVOUR = {"ect": "cm", "meanflow": "mf"}
@@ -140,75 +138,43 @@ def validate(cfg: PostTrainConfig) -> PostTrainConfig:
                                p_std=p_std if cfg.p_std is None else cfg.p_std)
 
 
-@functools.lru_cache(maxsize=4)
-def gmm_truth(spec: str, n: int, sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(exact flow map of the n evaluation priors, n exact mixture samples from the priors' reference stream, so
-    no mixture sample shares a seed with an evaluation prior); cached, as the float64 reference
-    solve costs more than a short run's evaluations and every run of a comparison shares it."""
-    gmm = load_teacher(spec)
-    prior, _ = draw_priors(EVAL_SEED, np.arange(n), gmm.shape, 0, "random")
-    exact = exact_flow_map(gmm, prior, sigma_max).float()
-    return exact, gmm.sample(n, torch.Generator().manual_seed(stream_seed(EVAL_SEED, 0, REFERENCE)))
-
-
 class FewStepEval:
-    """1- and 2-step quality of a student on fixed seeded noise: digits FD (digits data); exact flow-map MSE
-    (1 step: a deterministic map of x_T) and sliced W2 to the true mixture (gmm:<preset> data). A latent
-    student's samples are decoded by `vae` (a LatentCodec) first."""
+    """measure(model) for the loop's EvalLog: `cmt evaluate`'s metrics of the student at 1 and 2 steps on the
+    same seeded noise every time (evaluation seed EVAL_SEED), keyed '<steps>step_<metric>': digits FD and KID for
+    digits data, the exact-flow-map error (1 step) and sliced W2 to the true mixture for gmm:<preset> data. A
+    latent student's samples are decoded by `vae` (a LatentCodec) first."""
 
-    def __init__(self, cfg: PostTrainConfig, shape, num_classes: int, device, vae=None):
-        idx = np.arange(cfg.eval_samples)
-        self.device, self.sigma_max, self.vae = device, cfg.sigma_max, vae
-        self.prior, self.labels = draw_priors(EVAL_SEED, idx, shape, num_classes, "random")
-        self.renoise = draw_renoise(EVAL_SEED, idx, shape, 1)
-        self.sigmas = {k: student_sigmas(k, cfg.sigma_max, cfg.sigma_mid) for k in (1, 2)}
-        self.fd = DigitsFD(device) if cfg.data == "digits" else None
-        self.exact, self.reference = gmm_truth(cfg.data, cfg.eval_samples, cfg.sigma_max) \
-            if cfg.data.startswith("gmm:") else (None, None)
+    KEYS = ("digits_fd", "digits_kid", "fid", "flow_map_mse", "sliced_w2")
 
-    def samples(self, model, steps: int, num: int | None = None) -> torch.Tensor:
-        """The first `num` (default all) samples, in eval mode (no dropout); the model's mode is left as it was."""
-        was_training = model.training
-        sampler = StudentSampler(as_denoiser(model).eval(), self.sigmas[steps])
+    def __init__(self, cfg: PostTrainConfig, device, vae=None):
+        self.cfg = EvaluateConfig(num_samples=cfg.eval_samples, seed=EVAL_SEED, sigma_max=cfg.sigma_max,
+                                  sigma_mid=cfg.sigma_mid)
+        self.device, self.vae = device, vae
+        self.gmm = load_teacher(cfg.data) if cfg.data.startswith("gmm:") else None
+
+    def sampler(self, model, steps: int) -> StudentSampler:
+        return StudentSampler(as_denoiser(model), student_sigmas(steps, self.cfg.sigma_max, self.cfg.sigma_mid))
+
+    def __call__(self, model) -> dict:
+        out, was_training = {}, model.training
         try:
-            x = run_sampler(sampler, self.prior[:num], self.labels[:num],
-                            self.renoise[:num] if steps == 2 else None, device=self.device)
+            for steps in (1, 2):
+                m = measure(self.cfg, self.sampler(model.eval(), steps), self.vae, self.gmm, None, self.device,
+                            EVAL_SEED, False)["metrics"]
+                out.update({f"{steps}step_{k}": v for k, v in m.items() if k in self.KEYS})
+        finally:
+            model.train(was_training)
+        return out
+
+    def samples(self, model, steps: int, num: int) -> torch.Tensor:
+        """The first `num` evaluation samples (at most eval_samples; decoded), for the final pictures."""
+        was_training = model.training
+        try:
+            x = sample(self.sampler(model.eval(), steps), min(num, self.cfg.num_samples), EVAL_SEED,
+                       device=self.device)[0]
         finally:
             model.train(was_training)
         return x if self.vae is None else self.vae.decode(x)
-
-    def __call__(self, model) -> dict:
-        """{'1step_<metric>': value, '2step_<metric>': value, ...} for the metrics that apply to the data."""
-        out = {}
-        for steps in (1, 2):
-            x = self.samples(model, steps)
-            if not torch.isfinite(x).all():
-                raise CMTError(f"the student's {steps}-step samples are not finite (training diverged); "
-                               "lower --lr or use --distance huber")
-            if self.fd is not None:
-                out[f"{steps}step_digits_fd"] = self.fd(x)
-            if self.exact is not None:
-                if steps == 1:
-                    out["1step_flow_map_mse"] = mse_psnr(x, self.exact)["mse"]
-                out[f"{steps}step_sliced_w2"] = sliced_wasserstein(x, self.reference)
-        return out
-
-
-class EvalLog:
-    """Callback: append the EMA student's FewStepEval row to run/eval.jsonl every `every` steps and at the end."""
-
-    def __init__(self, evaluator: FewStepEval, path: Path, every: int):
-        self.evaluator, self.path, self.every, self.last = evaluator, path, every, {}
-
-    def measure(self, model, step: int) -> dict:
-        self.last = {"step": step, **self.evaluator(model)}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(self.last) + "\n")
-        return self.last
-
-    def __call__(self, s):
-        if due(s, self.every):
-            self.measure(s.ema, s.step)
 
 
 @holds_run_folder
@@ -233,25 +199,17 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     info = {**data.description, "fingerprint": source.fingerprint(), "init": cfg.init, "init_origin": origin}
 
     run = Path(cfg.out)
-    evaluator = FewStepEval(cfg, data.shape, student.num_classes, process.device, vae)
+    evaluator = FewStepEval(cfg, process.device, vae)
     log = EvalLog(evaluator, run / "eval.jsonl", cfg.eval_every)
-    if resume is None and process.is_main_process and not any((run / "checkpoints").glob("step-*")):
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "eval.jsonl").unlink(missing_ok=True)
-        log.measure(student.to(process.device), 0)
-    grid = torch.from_numpy(evaluator.prior[: cfg.num_grid_samples])
-    grid_labels = torch.from_numpy(evaluator.labels[: cfg.num_grid_samples]) if student.num_classes else None
-
-    def one_step(model):
-        dev = next(model.parameters()).device
-        with torch.no_grad():
-            x = as_denoiser(model).eval()(grid.to(dev) * cfg.sigma_max, cfg.sigma_max,
-                                          grid_labels.to(dev) if grid_labels is not None else None)
-        return x if vae is None else vae.to(dev).decode(x)
+    log.start(student.to(process.device), resume, process.is_main_process)
+    grid_prior, grid_labels = draw_priors(EVAL_SEED, np.arange(cfg.num_grid_samples), data.shape,
+                                          student.num_classes, "random")
+    grid = student_grid(torch.from_numpy(grid_prior), torch.from_numpy(grid_labels) if student.num_classes else None,
+                        cfg.sigma_max, vae)
 
     t0 = time.perf_counter()
     state = train(student, build_objective(cfg, student), source, cfg, kind=f"post-{cfg.objective}", data_info=info,
-                  resume=resume, progress=progress, callbacks=[log, SampleGrid(one_step, cfg.sample_every, at_end=False),
+                  resume=resume, progress=progress, callbacks=[log, SampleGrid(grid, cfg.sample_every, at_end=False),
                                                                *callbacks])
     metrics = {"step": state.step, "init": cfg.init, "init_origin": origin, "objective": cfg.objective,
                "sigma_max": cfg.sigma_max, "sigma_mid": cfg.sigma_mid, "eval_samples": cfg.eval_samples,
