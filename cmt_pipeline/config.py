@@ -148,7 +148,7 @@ class EvaluateConfig(Checked):
     sigma_min: float = option(SIGMA_MIN, "The teacher solve's last sigma.", **POSITIVE)
     sigma_mid: float = option(SIGMA_MID, "A 2-step student's intermediate sigma.", **POSITIVE)
     # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
-    num_samples: int = option(5000, "Generated samples.", **POSITIVE, max=MAX_SAMPLES)
+    num_samples: int = option(5000, "Generated samples.", min=2, max=MAX_SAMPLES)
     # not generate-trajectories' default 0, so a student is not scored on its training priors
     seed: int = option(1, "Sample i's noise depends only on (seed, i).", **NONNEGATIVE)
     seeds: int | list = option(1, "Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric "

@@ -141,14 +141,13 @@ def available_memory() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def check_batch_memory(batch_size: int, sample_bytes: int, what: str = "samples") -> None:
-    """Refuse a batch whose inputs alone would take over a quarter of the memory available (the network's
+def check_memory(option: str, count: int, item_bytes: int, what: str) -> None:
+    """Refuse `option` = count when its `what` alone would take over a quarter of the memory available (a network's
     activations take several times more): a clear estimate before anything is allocated, not minutes of swapping."""
-    need, free = batch_size * sample_bytes, available_memory()
+    need, free = count * item_bytes, available_memory()
     if need > free / 4:
-        raise CMTError(f"--batch-size {batch_size} needs about {need / 2**30:.1f} GiB for one batch of {what} "
-                       f"({sample_bytes:,} bytes each) before any activation, more than a quarter of the "
-                       f"{free / 2**30:.1f} GiB of memory available; lower --batch-size")
+        raise CMTError(f"{option} {count} needs about {need / 2**30:.1f} GiB for {what} ({item_bytes:,} bytes each) "
+                       f"alone, more than a quarter of the {free / 2**30:.1f} GiB of memory available; lower {option}")
 
 
 def disk_usage(path: str | os.PathLike) -> int:

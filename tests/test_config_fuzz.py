@@ -61,6 +61,8 @@ PROBES = [  # (command, options, TOML [table] lines, what the error names)
     ("generate-trajectories", ["--num-samples", "1000000000000"], "", "--num-samples must be positive and <="),
     ("generate-trajectories", [], "steps = 2.5", "steps = 2.5 (expected an integer"),
     ("generate-trajectories", [], "sigma_max = inf", "--sigma-max must be a finite number"),
+    ("evaluate", ["--num-samples", "2000000000"], "", "GiB for its samples"),
+    ("evaluate", ["--num-samples", "1"], "", "--num-samples must be in [2, "),
 ]
 
 
@@ -68,8 +70,8 @@ PROBES = [  # (command, options, TOML [table] lines, what the error names)
 def test_each_probe_is_one_line_before_anything_is_written(tmp_path, command, options, table, phrase):
     section = next(k for k, v in COMMANDS.items() if v == command)
     (tmp_path / "c.toml").write_text(f"[{section}]\n{table}\n")
-    r = cmt(command, "--config", tmp_path / "c.toml", "--teacher" if command == "generate-trajectories" else "--data",
-            "gmm:gmm8x8", *options, "--out", tmp_path / "out")
+    source = {"generate-trajectories": "--teacher", "evaluate": "--teacher"}.get(command, "--data")
+    r = cmt(command, "--config", tmp_path / "c.toml", source, "gmm:gmm8x8", *options, "--out", tmp_path / "out")
     one_line_error(r, phrase)
     assert not (tmp_path / "out").exists()
 

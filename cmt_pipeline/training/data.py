@@ -15,7 +15,7 @@ from itertools import count
 
 import torch
 
-from ..utils import CMTError, check_batch_memory, sample_seed
+from ..utils import CMTError, check_memory, sample_seed
 
 
 class TensorSource:
@@ -32,7 +32,8 @@ class TensorSource:
         self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
         self.n = next(iter(sizes.values()))
         first = [v[torch.zeros(1, dtype=torch.long)] for v in tensors.values()]  # one sample (a ZarrColumn too)
-        check_batch_memory(batch_size, sum(t.numel() * t.element_size() for t in first) + 8)  # + its index
+        check_memory("--batch-size", batch_size, sum(t.numel() * t.element_size() for t in first) + 8,  # + index
+                     "one batch of samples")
 
     def indices(self, step: int) -> torch.Tensor:
         """Sample indices of global batch `step` (1-based)."""

@@ -23,7 +23,7 @@ import torch
 
 from ..stores import open_store, read_all
 from ..stores.wds_store import shard_path
-from ..utils import CMTError, check_batch_memory, sample_seed
+from ..utils import CMTError, check_memory, sample_seed
 from .data import TensorSource
 
 FIELDS = ("traj", "x0", "labels")
@@ -65,7 +65,7 @@ class WdsSource:
         self.urls = [str(shard_path(root, k)) for k in range(len(plan["shards"]))]
         self.limit = plan["num_samples"] - holdout
         self.batch_size, self.seed, self.workers, self.buffer = batch_size, seed, workers, buffer
-        check_batch_memory(batch_size, sample_bytes(plan), "trajectories")
+        check_memory("--batch-size", batch_size, sample_bytes(plan), "one batch of trajectories")
 
     def pipeline(self, per_process: int, seed: int):
         import webdataset as wds
