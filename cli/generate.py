@@ -21,15 +21,17 @@ from .options import config_options
               "that many batches at once, one thread each, so the bytes do not depend on it.  [default: this "
               "process's share of the CPUs: OMP_NUM_THREADS, else the cores it may use (affinity, cgroup quota), "
               "divided among a launcher's local processes]")
+@click.option("--allow-nonfinite", is_flag=True, help="Store trajectories holding NaN or inf instead of stopping "
+              "with an error naming them (to inspect a broken teacher; trainers and `cmt verify` refuse them).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def generate_trajectories(config_path, worker_index, num_workers, num_threads, quiet, **opts):
+def generate_trajectories(config_path, worker_index, num_workers, num_threads, allow_nonfinite, quiet, **opts):
     """Run the teacher's ODE solver from seeded noise and store (prior, trajectory, x0) per sample.
 
     Re-running the same command resumes: finished shards are kept, missing ones are generated.
     """
     cfg = load_config(GenerateConfig, config_path, "generate", **opts)
     worker = worker_from_env(worker_index, num_workers, num_threads=num_threads)
-    stats = generate(cfg, worker, progress=not quiet)
+    stats = generate(cfg, worker, progress=not quiet, allow_nonfinite=allow_nonfinite)
     n, size = stats["num_samples"], stats["bytes_on_disk"]
     state = "complete" if stats["complete"] else "incomplete (other workers' shards pending)"
     work = (f"this worker wrote {stats['generated']} samples in {stats['shards_written']} shards, "

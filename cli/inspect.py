@@ -16,7 +16,9 @@ from .main import cli, human_bytes
 @click.option("--vae", type=click.Path(file_okay=False), help="Latent stores: the AutoencoderKL that decodes --png.  "
               "[default: the one the store recorded]")
 def inspect_cmd(path, png, num, vae):
-    """Summarise a trajectory store, a model.ckpt or a teacher/student folder."""
+    """Summarise a trajectory store, a model.ckpt or a teacher/student folder.
+
+    A store may be a folder or any fsspec URL (s3://bucket/path, file://...)."""
     info = inspect_path(path)
     width = max(map(len, info))
     for k, v in info.items():

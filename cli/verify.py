@@ -13,7 +13,7 @@ from .main import cli
 
 
 @cli.command("verify")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False))
+@click.argument("directory")
 @click.option("--finalize", "do_finalize", is_flag=True,
               help="When every shard checks out, write manifest.json (if missing or stale) and remove leftover "
                    "temporary files.")
@@ -27,10 +27,12 @@ from .main import cli
 def verify_command(directory, do_finalize, do_repair, quick, quiet):
     """Check every shard of the dataset in DIRECTORY against its done marker and plan.json.
 
+    DIRECTORY is a folder or any fsspec URL (s3://bucket/path, file://...).
+
     Full check: each shard present, its sample range as planned, each file's size and sha256 as recorded, and
     its content decodes to exactly its sample indices. Prints missing or corrupt shards with the command that
     regenerates them. Exit status 0 when the dataset is complete, intact and finalized (ready for training),
-    1 otherwise, 2 when DIRECTORY is not a dataset.
+    1 otherwise, 2 when DIRECTORY is not a dataset or cannot be reached.
     """
     report = verify(directory, full=not quick, progress=not quiet)
     if do_repair:

@@ -11,18 +11,18 @@ import torch
 from .latents import load_vae
 from .models.io import is_checkpoint, load_model, open_network
 from .plotting import save_image_grid, save_scatter
-from .stores import open_store, read_all
-from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_json
+from .stores import Location, open_store, read_range
+from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_plan
 from .utils import CMTError, disk_usage
 
 
-def inspect_store(path: Path) -> dict:
-    complete = (path / MANIFEST).exists()
-    plan = read_json(path / (MANIFEST if complete else PLAN))
-    done = len(done_shards(path))
+def inspect_store(root: Location) -> dict:
+    complete = root.exists(MANIFEST)
+    plan = read_plan(root)
+    done = len(done_shards(root))
     sig = plan["sigmas"]
     desc, guide = plan["teacher"]["description"], plan.get("guidance")
-    size = disk_usage(path)
+    size = root.usage()
     return {
         "type": f"trajectory store ({plan['format']})", "samples": plan["num_samples"],
         "complete": complete, "shards done": f"{done}/{num_shards(plan)}",
@@ -62,11 +62,13 @@ def inspect_network_folder(path: Path) -> dict:
 
 
 def inspect_path(path) -> dict:
+    if "://" in str(path):  # a URL can only name a store
+        return inspect_store(Location(path))
     path = Path(path)
     if not path.exists():
         raise CMTError(f"{path} does not exist; pass a trajectory store, a model.ckpt or a teacher/student folder")
     if path.is_dir() and (path / PLAN).exists():
-        return inspect_store(path)
+        return inspect_store(Location(path))
     if is_checkpoint(path):
         return inspect_checkpoint(path)
     return inspect_network_folder(path)
@@ -78,9 +80,10 @@ def trajectory_png(path, out, num: int = 6, vae: str = "") -> None:
     a latent store's states are decoded by its VAE (or `vae`), so the columns are images."""
     reader = open_store(path, require_complete=False)
     plan = reader.plan
-    if not done_shards(path):
+    done = done_shards(reader.root)
+    if not done:
         raise CMTError(f"{path} has no finished shard yet; nothing to draw")
-    data = read_all(path, require_complete=False) if (Path(path) / MANIFEST).exists() else reader.read_shard(min(done_shards(path)))
+    data = read_range(reader, finite=False) if reader.root.exists(MANIFEST) else reader.read_shard(min(done))
     traj = torch.from_numpy(data["traj"][:num].astype(np.float32))
     x0 = torch.from_numpy(data["x0"][:num].astype(np.float32))
     sig = torch.tensor(plan["sigmas"], dtype=torch.float32)

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.io import load_model
+from .stores.layout import read_plan
 from .utils import CMTError, hash_weights
 
 VAE_DIR = "vae"
@@ -149,8 +150,8 @@ def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None]:
     recorded = None
     if path is not None and path.is_file():
         recorded = load_model(path).get("data", {}).get("vae")
-    elif path is not None and (path / "plan.json").is_file():
-        recorded = json.loads((path / "plan.json").read_text()).get("vae")
+    elif path is not None and ("://" in spec or (path / "plan.json").is_file()):  # a store, local or remote
+        recorded = read_plan(spec).get("vae")
     elif path is not None and (path / VAE_DIR / "config.json").is_file():
         return str(path / VAE_DIR), None
     return (recorded["path"], recorded["fingerprint"]) if recorded else (None, None)

@@ -6,7 +6,7 @@ import pytest
 from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import generate
 from cmt_pipeline.stores import READERS, WRITERS, read_all
-from cmt_pipeline.stores.layout import claim_plan, finalize, write_marker
+from cmt_pipeline.stores.layout import STORE_VERSION, claim_plan, commit_shard, finalize
 
 
 def tree_bytes(root):
@@ -17,7 +17,8 @@ def tree_bytes(root):
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_reader_returns_exactly_what_was_written(tmp_path, fmt, dtype):
     rng = np.random.default_rng(0)
-    plan = {"format": fmt, "num_samples": 10, "shard_size": 4, "shape": [3, 4, 4], "num_states": 5, "dtype": dtype}
+    plan = {"store_version": STORE_VERSION, "format": fmt, "num_samples": 10, "shard_size": 4, "shape": [3, 4, 4],
+            "num_states": 5, "dtype": dtype}
     claim_plan(tmp_path, plan)
     writer = WRITERS[fmt](tmp_path, plan)
     writer.prepare()
@@ -28,7 +29,7 @@ def test_reader_returns_exactly_what_was_written(tmp_path, fmt, dtype):
                   "traj": (80 * rng.standard_normal((n, 5, 3, 4, 4))).astype(dtype),
                   "x0": rng.standard_normal((n, 3, 4, 4)).astype(dtype),
                   "labels": rng.integers(-1, 10, n), "index": np.arange(a, b)}
-        write_marker(tmp_path, plan, k, writer.write_shard(k, arrays))
+        commit_shard(tmp_path, plan, k, writer.write_shard(k, arrays))
         written.append(arrays)
     finalize(tmp_path)
     reader = READERS[fmt](tmp_path, plan)

@@ -11,7 +11,6 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,10 +22,13 @@ from ..latents import load_vae
 from ..priors import draw_priors
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
-from ..stores.layout import claim_plan, finalize, num_shards, read_marker, shard_range, size_problems, write_marker
+from ..stores.checks import name_samples, nonfinite_samples
+from ..stores.layout import (STORE_VERSION, claim_plan, commit_shard, finalize, marker_problems, num_shards,
+                             read_marker, shard_range)
+from ..stores.location import Location
 from ..teachers import load_teacher
 from ..threads import one_thread_per_call, resolve_threads
-from ..utils import CMTError, disk_usage, full_fp32, resolve_device
+from ..utils import CMTError, full_fp32, resolve_device
 from .worker import Worker
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -71,7 +73,8 @@ def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor, vae=None) -> d
     config = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_ONLY}
     description = teacher.describe()
     return {
-        "format": cfg.format, "num_samples": cfg.num_samples, "shard_size": cfg.shard_size,
+        "store_version": STORE_VERSION, "format": cfg.format, "num_samples": cfg.num_samples,
+        "shard_size": cfg.shard_size,
         "shape": list(teacher.shape), "num_states": len(sigmas) - 1, "dtype": cfg.dtype,
         "sigmas": sigmas.tolist(), "solver": cfg.solver,
         "nfe_per_sample": NFE_PER_STEP[cfg.solver] * cfg.steps,
@@ -104,14 +107,27 @@ def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int
         if progress is not None:
             progress.update(len(x))
     dt = DTYPES[plan["dtype"]]
-    return {"prior": noise, "traj": np.concatenate(traj).astype(dt), "x0": np.concatenate(x0).astype(dt),
-            "labels": labels, "index": indices}
+    with np.errstate(over="ignore"):  # a float16 overflow becomes inf, which check_finite reports by sample
+        traj, x0 = np.concatenate(traj).astype(dt), np.concatenate(x0).astype(dt)
+    return {"prior": noise, "traj": traj, "x0": x0, "labels": labels, "index": indices}
+
+
+def check_finite(arrays: dict, plan: dict, k: int) -> None:
+    """Refuse shard k before anything of it is stored when the teacher's solve gave a NaN or inf."""
+    bad = nonfinite_samples(arrays)
+    if len(bad):
+        fp16 = ", or --dtype float32 (float16 overflows beyond 65504)" if plan["dtype"] == "float16" else ""
+        raise CMTError(f"the teacher's trajectories hold NaN or inf in {name_samples(bad)} of shard {k}; check the "
+                       f"teacher's weights{fp16}, or pass --allow-nonfinite to store them (trainers refuse them)")
 
 
 @full_fp32()
-def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True) -> dict:
-    """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete."""
+def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool = True,
+             allow_nonfinite: bool = False) -> dict:
+    """Generate (or resume) this worker's shards of the dataset in cfg.out; finalize when the set is complete.
+    A shard with a NaN or inf is refused before it is stored, unless allow_nonfinite (kept to be inspected)."""
     worker = worker or Worker()
+    out = Location.of(cfg.out)  # first: a URL whose fsspec package is missing fails before the teacher loads
     threads = resolve_threads(worker.threads or None)
     device = worker_device(cfg.device, worker)
     teacher = load_teacher(cfg.teacher, device, cfg.guidance_scale, cfg.null_label)
@@ -120,22 +136,21 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     vae = load_vae(cfg.vae, cfg.teacher, shape=teacher.shape)  # on the CPU: only described, never run here
     sigmas = make_grid(cfg.grid, cfg.steps, cfg.sigma_max, cfg.sigma_min)
     plan = make_plan(cfg, teacher, sigmas, vae)
-    out = Path(cfg.out)
     claim_plan(out, plan)
     writer = WRITERS[cfg.format](out, plan)
     writer.prepare()
     solver = get_solver(cfg.solver)
 
-    todo = [k for k in range(num_shards(plan)) if worker.owns(k) and not shard_done(out, k, report=True)]
+    todo = [k for k in range(num_shards(plan)) if worker.owns(k) and not shard_done(out, plan, k, report=True)]
     n_todo = sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in todo)
     t0 = time.perf_counter()
     bar = tqdm(total=n_todo, unit="sample", disable=not progress or n_todo == 0,
                desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
     def publish(k: int, arrays: dict) -> None:
         try:
-            write_marker(out, plan, k, writer.write_shard(k, arrays))
+            commit_shard(out, plan, k, writer.write_shard(k, arrays))
         except FileNotFoundError:  # whoever completed the set cleared .tmp under us: fine if k is done
-            if not shard_done(out, k):
+            if not shard_done(out, plan, k):
                 raise
 
     # Shard k is compressed and written on a second thread while the teacher solves shard k + 1: the
@@ -145,22 +160,25 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     with ThreadPoolExecutor(max_workers=1) as io, one_thread_per_call(threads if device.type == "cpu" else 1) as run:
         pending = None
         for k in todo:
-            if shard_done(out, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
+            if shard_done(out, plan, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
                 continue
             arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, run, bar)
+            if not allow_nonfinite:
+                check_finite(arrays, plan, k)
             if pending is not None:
                 pending.result()  # re-raises a failed write here
             pending = io.submit(publish, k, arrays)
         if pending is not None:
             pending.result()
     bar.close()
+    out.clean_scratch()
     elapsed = time.perf_counter() - t0
     manifest = finalize(out, strict=False)
     return {
         "out": str(out), "generated": n_todo, "shards_written": len(todo), "seconds": elapsed,
         "samples_per_s": n_todo / elapsed if elapsed > 0 and n_todo else math.nan,
         "complete": manifest is not None, "num_samples": plan["num_samples"],
-        "bytes_on_disk": disk_usage(out),
+        "bytes_on_disk": out.usage(),
     }
 
 
@@ -173,13 +191,14 @@ def worker_device(spec: str, worker: Worker) -> torch.device:
     return device
 
 
-def shard_done(out: Path, k: int, report: bool = False) -> bool:
-    """A shard counts as done when its marker exists and its files have the recorded sizes (a cheap stat);
-    a marker whose files were truncated or deleted since is redone. Flipped bytes need `cmt verify --repair`."""
+def shard_done(out: Location, plan: dict, k: int, report: bool = False) -> bool:
+    """A shard counts as done when its marker names this plan and its files have the recorded sizes (a cheap
+    stat); a marker whose files were truncated or deleted since, or copied from another dataset, is redone.
+    Flipped bytes need `cmt verify --repair`."""
     marker = read_marker(out, k)
     if marker is None:
         return False
-    problems = size_problems(out, marker)
+    problems = marker_problems(out, plan, marker)
     if problems and report:
         tqdm.write(f"shard {k}: {problems[0]}; regenerating it", file=sys.stderr)
     return not problems

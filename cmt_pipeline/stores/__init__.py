@@ -1,16 +1,18 @@
-"""Stores: a writer/reader pair per format over one folder layout (see layout.py).
+"""Stores: a writer/reader pair per format over one layout (layout.py), in a folder or under any fsspec URL
+(location.py).
 
-Writers: `prepare()`, `write_shard(k, arrays) -> files`, `shard_files(k)`. Readers: `read_shard(k)`, `len()`.
+Writers: `prepare()`, `write_shard(k, arrays) -> {key: local file}` (published by layout.commit_shard),
+`shard_files(k)`. Readers: `read_shard(k)`, `len()`.
 Arrays per shard: prior (n,C,H,W) float32 unit noise, traj (n,K,C,H,W) states at sigma_0..sigma_{K-1},
 x0 (n,C,H,W) the solver's final sample, labels (n,) int64 (-1 = unconditional), index (n,) int64.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..utils import CMTError
-from .layout import MANIFEST, PLAN, finalize, num_shards, read_json, shard_range
+from .checks import require_finite
+from .layout import MANIFEST, finalize, num_shards, read_json, read_plan, shard_range
+from .location import Location
 from .verify import Report, manifest_problems, repair, verify
 from .wds_store import WdsReader, WdsWriter
 from .zarr_store import ZarrReader, ZarrWriter
@@ -19,36 +21,36 @@ WRITERS = {"zarr": ZarrWriter, "wds": WdsWriter}
 READERS = {"zarr": ZarrReader, "wds": WdsReader}
 
 __all__ = ["WRITERS", "READERS", "open_store", "read_all", "read_range", "finalize", "num_shards", "shard_range", "verify",
-           "repair", "Report"]
+           "repair", "Report", "Location"]
 
 
 def open_store(root, require_complete: bool = True):
-    """A reader for the dataset in `root`.
+    """A reader for the dataset in `root`; its `plan` is the checked manifest (plan.json without require_complete).
 
-    Unless require_complete=False it refuses a dataset without a manifest (incomplete) or whose shard files are
-    missing or not the size their markers recorded (damaged): a cheap stat per file. The full sha256 and
-    content check reads every byte and is `cmt verify`'s job (see stores/verify.py).
+    Unless require_complete=False it refuses a dataset without a manifest (incomplete), whose manifest is not
+    plan.json's, or whose shard files are missing, foreign or not the size their markers recorded (damaged): a
+    cheap stat per file. The plan, not the manifest, says what the data is; the reader checks the arrays' real
+    shapes against it. The full sha256 and content check reads every byte and is `cmt verify`'s job.
     """
-    root = Path(root)
-    if not (root / PLAN).exists():
-        raise CMTError(f"{root} is not a trajectory dataset (no {PLAN}); make one with `cmt generate-trajectories`")
-    if (root / MANIFEST).exists():
-        plan = read_json(root / MANIFEST)
-        problems = manifest_problems(root, plan) if require_complete else []
+    root = Location.of(root)
+    plan = read_plan(root)
+    if require_complete and root.exists(MANIFEST):
+        manifest = read_json(root, MANIFEST)
+        problems = manifest_problems(root, manifest, plan)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise CMTError(f"{root} is damaged: {problems[0]}{more}; run `cmt verify {root}` for the command that "
                            "repairs it (or open it with require_complete=False to read it anyway)")
+        plan = manifest  # plan.json's content, as just checked, plus the shards
     elif require_complete:
         raise CMTError(f"{root} is incomplete (no {MANIFEST}); run `cmt verify {root}` to see what is missing "
                        "and the command that finishes it")
-    else:
-        plan = read_json(root / PLAN)
     return READERS[plan["format"]](root, plan)
 
 
-def read_range(reader, start: int = 0, stop: int | None = None) -> dict:
-    """Samples [start, stop) of an open store, concatenated in global order; reads only the shards that overlap."""
+def read_range(reader, start: int = 0, stop: int | None = None, finite: bool = True) -> dict:
+    """Samples [start, stop) of an open store, concatenated in global order; reads only the shards that overlap.
+    Refuses NaN or inf in them unless finite=False (inspection shows a store whatever it holds)."""
     import numpy as np
 
     plan = reader.plan
@@ -58,9 +60,12 @@ def read_range(reader, start: int = 0, stop: int | None = None) -> dict:
         a, b = shard_range(plan, k)
         if b > start and a < stop:
             parts.append({name: v[max(start - a, 0): stop - a] for name, v in reader.read_shard(k).items()})
-    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    if finite:
+        require_finite(arrays, reader.root)
+    return arrays
 
 
-def read_all(root, require_complete: bool = True):
+def read_all(root, require_complete: bool = True, finite: bool = True):
     """Every array of the dataset, concatenated in global sample order (small datasets, tests, inspection)."""
-    return read_range(open_store(root, require_complete))
+    return read_range(open_store(root, require_complete), finite=finite)

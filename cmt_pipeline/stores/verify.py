@@ -20,23 +20,26 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..utils import CMTError, sha256_file
-from .layout import (MANIFEST, PLAN, build_manifest, finalize, leftovers, marker_path, num_shards, read_json,
-                     read_marker, shard_range, size_problems)
+from ..utils import CMTError
+from .checks import name_samples, nonfinite_samples
+from .layout import (MANIFEST, PLAN, build_manifest, differing_keys, finalize, leftovers, marker_path, marker_problems,
+                     num_shards, plan_fingerprint, plan_of, read_json, read_marker, read_plan, shard_range)
+from .location import Location
 
 MAX_LISTED = 20  # shard lines printed before "... and N more"
 
 
 @dataclass
 class Report:
-    root: Path
+    root: Location
     plan: dict
     full: bool
     missing: list[int] = field(default_factory=list)
     corrupt: dict[int, str] = field(default_factory=dict)
     manifest: str = "absent"  # ok | absent | stale
     leftovers: list[Path] = field(default_factory=list)
-    repaired: list[Path] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    seen: dict[str, object] = field(default_factory=dict)  # what the scan read of the files repair may delete
 
     @property
     def intact(self) -> bool:
@@ -59,7 +62,7 @@ class Report:
         if len(bad) > MAX_LISTED:
             lines.append(f"  ... and {len(bad) - MAX_LISTED} more")
         if self.repaired:
-            lines.append(f"repaired: removed {', '.join(str(p.relative_to(self.root)) for p in self.repaired)}")
+            lines.append(f"repaired: removed {', '.join(self.repaired)}")
         if self.intact:
             lines.append(f"all {n} shards check out; " + {
                 "ok": "manifest.json matches: ready for training",
@@ -67,7 +70,7 @@ class Report:
                 "stale": f"manifest.json does not match the shards: run `cmt verify "
                          f"{shlex.quote(str(self.root))} --finalize` to rewrite it"}[self.manifest])
         else:
-            pending = [k for k in self.corrupt if marker_path(self.root, k).exists()]
+            pending = [k for k in self.corrupt if self.root.exists(marker_path(k))]
             lines.append(f"INCOMPLETE: {len(self.missing)} missing and {len(self.corrupt)} corrupt of {n} shards; "
                          "to fix:")
             step = 1
@@ -94,26 +97,30 @@ def regenerate_command(plan: dict, root) -> str:
     return shlex.join([*args, "--out", str(root)])
 
 
-def check_shard(root: Path, plan: dict, writer, reader, k: int, marker: dict, full: bool) -> str | None:
+def check_shard(root: Location, plan: dict, writer, reader, k: int, marker: dict, full: bool) -> str | None:
     """Why shard k, which has a marker, is not intact (None when it is)."""
     start, stop = shard_range(plan, k)
     if (marker.get("index"), marker.get("start"), marker.get("stop")) != (k, start, stop):
         return (f"its marker records shard {marker.get('index')} samples [{marker.get('start')}, "
                 f"{marker.get('stop')}); the plan says shard {k} samples [{start}, {stop})")
-    expected = sorted(str(f.relative_to(root)) for f in writer.shard_files(k))
+    expected = sorted(writer.shard_files(k))
     if sorted(marker["files"]) != expected:
         return f"its marker lists files {sorted(marker['files'])}, expected {expected}"
-    problems = size_problems(root, marker)
+    problems = marker_problems(root, plan, marker)
     if problems:
         return problems[0]
     if not full:
         return None
     for rel, rec in marker["files"].items():
-        if sha256_file(root / rel) != rec["sha256"]:
+        if root.sha256(rel) != rec["sha256"]:
             return f"{rel} does not match the sha256 in its marker (its bytes changed after it was written)"
-    index = reader.read_shard(k)["index"]
+    arrays = reader.read_shard(k)
+    index = arrays["index"]
     if not np.array_equal(index, np.arange(start, stop)):
         return f"holds sample indices {index[:3].tolist()}... ({len(index)}), expected {start}..{stop - 1}"
+    bad = nonfinite_samples(arrays)
+    if len(bad):
+        return f"holds NaN or inf in {name_samples(bad)}: a broken teacher (or --allow-nonfinite); not trainable"
     return None
 
 
@@ -121,12 +128,8 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
     """Check every shard of the dataset in `root` against its marker and the plan; never modifies anything."""
     from . import READERS, WRITERS  # the package imports this module, so not at the top
 
-    root = Path(root)
-    if not (root / PLAN).exists():
-        raise CMTError(f"{root} is not a trajectory dataset (no {PLAN}); make one with `cmt generate-trajectories`")
-    plan = read_json(root / PLAN)
-    if plan.get("format") not in WRITERS:
-        raise CMTError(f"{root / PLAN} names an unknown format {plan.get('format')!r}; the file is damaged")
+    root = Location.of(root)
+    plan = read_plan(root)
     writer_cls, reader_cls = WRITERS[plan["format"]], READERS[plan["format"]]
     report = Report(root, plan, full, leftovers=leftovers(root))
     writer, reader = writer_cls(root, plan), None
@@ -135,11 +138,13 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
         try:
             marker = read_marker(root, k)
         except CMTError:
-            report.corrupt[k] = f"its marker {marker_path(root, k).relative_to(root)} is unreadable"
+            report.corrupt[k] = f"its marker {marker_path(k)} is unreadable"
+            report.seen[marker_path(k)] = None
             continue
         if marker is None:
             report.missing.append(k)
             continue
+        report.seen[marker_path(k)] = marker
         try:
             if full and reader is None:
                 reader = reader_cls(root, plan)
@@ -149,24 +154,32 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
         if why:
             report.corrupt[k] = why
         markers[k] = marker
-    if (root / MANIFEST).exists():
-        try:
-            same = read_json(root / MANIFEST) == build_manifest(plan, [markers[k] for k in sorted(markers)])
-        except CMTError:
-            same = False
+    if root.exists(MANIFEST):
+        manifest = report.seen[MANIFEST] = read_or_none(root, MANIFEST)
+        same = manifest == build_manifest(plan, [markers[k] for k in sorted(markers)])
         report.manifest = "ok" if same and report.intact else "stale"
     return report
 
 
+def read_or_none(root: Location, rel: str):
+    try:
+        return read_json(root, rel)
+    except CMTError:
+        return None
+
+
 def repair(report: Report) -> Report:
-    """Delete the markers of corrupt shards, and a manifest that no longer holds, so a rerun regenerates them."""
-    doomed = [marker_path(report.root, k) for k in sorted(report.corrupt)]
+    """Delete the markers of corrupt shards, and a manifest that no longer holds, so a rerun regenerates them.
+    Only files still as the scan read them: a marker or manifest written since (a generator finishing while
+    verify ran) is newer than the report and is kept."""
+    root = report.root
+    doomed = [marker_path(k) for k in sorted(report.corrupt)]
     if not report.intact:
-        doomed.append(report.root / MANIFEST)
-    for p in doomed:
-        if p.exists():
-            p.unlink()
-            report.repaired.append(p)
+        doomed.append(MANIFEST)
+    for rel in doomed:
+        if rel in report.seen and root.exists(rel) and read_or_none(root, rel) == report.seen[rel]:
+            root.remove(rel)
+            report.repaired.append(rel)
     if report.repaired and report.manifest == "stale":
         report.manifest = "absent"
     return report
@@ -181,10 +194,16 @@ def finalize_verified(report: Report) -> Report:
     return report
 
 
-def manifest_problems(root, manifest: dict) -> list[str]:
-    """The cheap check readers run at open: the manifest lists every shard and their files have their sizes."""
-    root = Path(root)
-    shards = manifest.get("shards", [])
-    if [s.get("index") for s in shards] != list(range(num_shards(manifest))):
-        return [f"{MANIFEST} lists {len(shards)} shards, the plan has {num_shards(manifest)}"]
-    return [f"shard {s['index']}: {p}" for s in shards for p in size_problems(root, s)]
+def manifest_problems(root, manifest, plan: dict) -> list[str]:
+    """The cheap check readers run at open: the manifest is plan.json's, bound to it by its fingerprint, lists
+    every shard by a marker of this plan, and each shard's files have their recorded sizes."""
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
+        return [f"{MANIFEST} is not a trajectory manifest"]
+    if plan_of(manifest) != plan:
+        return [f"{MANIFEST} does not match {PLAN} (differs in: {differing_keys(plan_of(manifest), plan)})"]
+    if manifest.get("plan_fingerprint") != plan_fingerprint(plan):
+        return [f"{MANIFEST}'s plan_fingerprint is not {PLAN}'s"]
+    shards = manifest["shards"]
+    if [s.get("index") for s in shards] != list(range(num_shards(plan))):
+        return [f"{MANIFEST} lists {len(shards)} shards, the plan has {num_shards(plan)}"]
+    return [f"shard {s['index']}: {p}" for s in shards for p in marker_problems(root, plan, s)]

@@ -1,7 +1,7 @@
 """WebDataset store: one tar per shard, one sample per zero-padded global-index key, plain .npy entries.
 
-Each tar is written under a temporary name and renamed into place, with fixed mtime/owner so that the
-bytes depend only on the data. Entries: KEY.prior.npy, KEY.traj.npy, KEY.x0.npy, KEY.label.npy.
+Each tar is finished locally, with fixed mtime/owner so that the bytes depend only on the data, and published
+whole (layout.commit_shard). Entries: KEY.prior.npy, KEY.traj.npy, KEY.x0.npy, KEY.label.npy.
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import webdataset as wds
 
-from ..utils import atomic_file
+from .checks import require_shapes
 from .layout import shard_range
+from .location import Location
 
 SHARDS = "shards"
 KEY_DIGITS = 9  # room for a billion samples; keys sort in sample order
 ENTRIES = {"prior": "prior.npy", "traj": "traj.npy", "x0": "x0.npy", "labels": "label.npy"}
 
 
-def shard_path(root: Path, k: int) -> Path:
-    return Path(root) / SHARDS / f"shard-{k:06d}.tar"
+def shard_key(k: int) -> str:
+    return f"{SHARDS}/shard-{k:06d}.tar"
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -34,30 +35,35 @@ def _npy(a: np.ndarray) -> bytes:
 class WdsWriter:
     format = "wds"
 
-    def __init__(self, root: Path, plan: dict):
-        self.root, self.plan = Path(root), plan
+    def __init__(self, root, plan: dict):
+        self.root, self.plan = Location.of(root), plan
 
     def prepare(self) -> None:
-        (self.root / SHARDS).mkdir(parents=True, exist_ok=True)
+        pass  # a tar needs no folder made in advance (commit_shard makes it)
 
-    def shard_files(self, k: int) -> list[Path]:
-        return [shard_path(self.root, k)]
+    def shard_files(self, k: int) -> list[str]:
+        return [shard_key(k)]
 
-    def write_shard(self, k: int, arrays: dict[str, np.ndarray]) -> list[Path]:
-        final = shard_path(self.root, k)
-        with atomic_file(final) as f, wds.TarWriter(f, encoder=False, mtime=0, user="cmt", group="cmt") as sink:
-            for j, idx in enumerate(arrays["index"]):
-                sample = {"__key__": f"{int(idx):0{KEY_DIGITS}d}"}
-                sample.update({ext: _npy(arrays[name][j]) for name, ext in ENTRIES.items()})
-                sink.write(sample)
-        return [final]
+    def write_shard(self, k: int, arrays: dict[str, np.ndarray]) -> dict[str, Path]:
+        """Shard k's tar, finished locally: {store key: local path} (layout.commit_shard publishes it)."""
+        tmp = self.root.tmp(f"shard-{k:06d}.tar")
+        try:
+            with open(tmp, "wb") as f, wds.TarWriter(f, encoder=False, mtime=0, user="cmt", group="cmt") as sink:
+                for j, idx in enumerate(arrays["index"]):
+                    sample = {"__key__": f"{int(idx):0{KEY_DIGITS}d}"}
+                    sample.update({ext: _npy(arrays[name][j]) for name, ext in ENTRIES.items()})
+                    sink.write(sample)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return {shard_key(k): tmp}
 
 
 class WdsReader:
     """Reads whole shards with the standard library (no pickle); training streams them with webdataset."""
 
-    def __init__(self, root: Path, plan: dict):
-        self.root, self.plan = Path(root), plan
+    def __init__(self, root, plan: dict):
+        self.root, self.plan = Location.of(root), plan
 
     def __len__(self) -> int:
         return self.plan["num_samples"]
@@ -66,7 +72,7 @@ class WdsReader:
         start, stop = shard_range(self.plan, k)
         cols = {name: [] for name in (*ENTRIES, "index")}
         by_ext = {ext: name for name, ext in ENTRIES.items()}
-        with tarfile.open(shard_path(self.root, k)) as tar:
+        with self.root.open(shard_key(k)) as f, tarfile.open(fileobj=f) as tar:
             for m in tar:
                 key, ext = m.name.split(".", 1)
                 if ext == "prior.npy":
@@ -75,4 +81,5 @@ class WdsReader:
         out = {name: np.stack(v) for name, v in cols.items()}
         if len(out["index"]) != stop - start:
             raise ValueError(f"shard {k} holds {len(out['index'])} samples, expected {stop - start}")
+        require_shapes(out, self.plan, self.root)
         return out

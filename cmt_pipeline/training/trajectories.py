@@ -3,9 +3,11 @@
 `trajectory_source(path, batch_size, seed, holdout)` picks by format (from the manifest):
 - Zarr, map-style, shuffled by sample: batch k is a seeded permutation's k-th slice, so a resumed run and any
   number of processes see the same global batches. Held in memory when it fits (`cache`), else each batch
-  reads its samples from the store (one inner chunk per sample).
+  reads its samples from the store (one inner chunk per sample), a few batches ahead on a thread (ReadAhead)
+  so that the loop does not wait for object storage.
 - WebDataset, streaming: shards split by node (process) and by DataLoader worker, seeded shuffling of
-  shards and of samples in a buffer, and resampled epochs (shards drawn with replacement, forever).
+  shards and of samples in a buffer, and resampled epochs (shards drawn with replacement, forever). Shards
+  are opened through the store's Location: local files, or objects streamed from any fsspec URL.
 The last `holdout` trajectories (by global index) are never trained on; evaluation uses them.
 Every batch holds traj (B, K, C, H, W), x0 (B, C, H, W) in the stored dtype and labels (B,) int64.
 """
@@ -15,14 +17,17 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import queue
 import random
-from pathlib import Path
+import threading
 
 import numpy as np
 import torch
 
-from ..stores import open_store, read_all
-from ..stores.wds_store import shard_path
+from ..stores import open_store, read_range
+from ..stores.checks import require_finite, require_shapes
+from ..stores.location import Location
+from ..stores.wds_store import shard_key
 from ..utils import CMTError, check_memory, sample_seed
 from .data import TensorSource
 
@@ -44,26 +49,29 @@ def dataset_info(path, plan: dict, holdout: int) -> dict:
 
 
 class ZarrColumn:
-    """The first n samples of a zarr array, read lazily by a tensor of indices (any order, repeats allowed)."""
+    """The first n samples of a zarr array, read lazily by a tensor of indices (any order, repeats allowed);
+    NaN or inf in what it reads is refused (stores/checks.py)."""
 
-    def __init__(self, array, n: int):
-        self.array, self.n = array, n
+    def __init__(self, array, n: int, root):
+        self.array, self.n, self.root = array, n, root
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         uniq, inverse = np.unique(idx.numpy(), return_inverse=True)
-        return torch.from_numpy(np.ascontiguousarray(self.array.get_orthogonal_selection(uniq)[inverse]))
+        values = self.array.get_orthogonal_selection(uniq)
+        require_finite({"index": uniq, "values": values}, self.root)
+        return torch.from_numpy(np.ascontiguousarray(values[inverse]))
 
 
 class WdsSource:
     """Streaming batches from WebDataset shards (re-iterable; each process iterates its own split)."""
 
-    def __init__(self, root: Path, plan: dict, batch_size: int, seed: int, holdout: int, workers: int = 0,
+    def __init__(self, root: Location, plan: dict, batch_size: int, seed: int, holdout: int, workers: int = 0,
                  buffer: int = 1000):
-        self.urls = [str(shard_path(root, k)) for k in range(len(plan["shards"]))]
-        self.limit = plan["num_samples"] - holdout
+        self.urls = [shard_key(k) for k in range(len(plan["shards"]))]
+        self.root, self.plan, self.limit = root, plan, plan["num_samples"] - holdout
         self.batch_size, self.seed, self.workers, self.buffer = batch_size, seed, workers, buffer
         check_memory("--batch-size", batch_size, sample_bytes(plan), "one batch of trajectories")
 
@@ -79,13 +87,26 @@ class WdsSource:
         return wds.DataPipeline(
             wds.ResampledShards(self.urls, seed=seed, deterministic=True),
             wds.split_by_worker,
-            wds.tarfile_to_samples(),
+            self.open_shards,
+            wds.tariterators.tar_file_expander,
+            wds.tariterators.group_by_keys,
             wds.map(decode),
             wds.select(lambda s: s["index"] < self.limit),
             wds.shuffle(self.buffer, rng=random.Random(seed)),
-            wds.batched(per_process, collation_fn=lambda ss: {k: torch.from_numpy(np.stack([s[k] for s in ss]))
-                                                              for k in FIELDS}),
+            wds.batched(per_process, collation_fn=self.collate),
         )
+
+    def open_shards(self, src):
+        """{url: shard key} -> with its stream, opened through the store's Location (a file or a remote object)."""
+        for shard in src:
+            yield {**shard, "stream": self.root.open(shard["url"])}
+
+    def collate(self, samples: list[dict]) -> dict:
+        """A batch, refused when its samples are not the plan's shapes or hold NaN or inf (stores/checks.py)."""
+        arrays = {k: np.stack([s[k] for s in samples]) for k in (*FIELDS, "index")}
+        require_shapes(arrays, self.plan, self.root)
+        require_finite(arrays, self.root)
+        return {k: torch.from_numpy(arrays[k]) for k in FIELDS}
 
     def batches(self, start: int, rank: int = 0, world: int = 1):
         """Resampled shards draw per (seed, rank), so processes read different data; resume replays the stream."""
@@ -111,12 +132,45 @@ def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, ca
                        "use a smaller holdout")
     info = dataset_info(path, plan, holdout)
     if plan["format"] == "wds":
-        return WdsSource(Path(path), plan, batch_size, seed, holdout), info
+        return WdsSource(reader.root, plan, batch_size, seed, holdout), info
     if cache is None:
         cache = sample_bytes(plan) * n <= max_cache_bytes
     if cache:
-        arrays = read_all(path, require_complete)
-        tensors = {k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}
-    else:
-        tensors = {k: ZarrColumn(reader.arrays[k], n) for k in FIELDS}
-    return TensorSource(tensors, batch_size, seed), info
+        arrays = read_range(reader)
+        return TensorSource({k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}, batch_size, seed), info
+    columns = {k: ZarrColumn(reader.arrays[k], n, path) for k in FIELDS}
+    return ReadAhead(TensorSource(columns, batch_size, seed)), info
+
+
+class ReadAhead:
+    """A BatchSource reading the batches of `source` on a thread, at most `ahead` of the loop: the loop waits
+    only when the store is slower than a step, and memory stays bounded. The batches and their order are the
+    source's, so resuming and multi-process splitting behave as without it."""
+
+    def __init__(self, source, ahead: int = 4):
+        self.source, self.ahead = source, ahead
+
+    def batches(self, start: int, rank: int = 0, world: int = 1):
+        q, stop = queue.Queue(self.ahead), threading.Event()
+
+        def fill():
+            try:
+                for batch in self.source.batches(start, rank, world):
+                    while not stop.is_set():
+                        try:
+                            q.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            pass
+                    if stop.is_set():
+                        return
+            except Exception as e:  # raised in the loop's thread, where it names the problem
+                q.put(e)
+
+        threading.Thread(target=fill, daemon=True, name="read-ahead").start()
+        try:
+            while not isinstance(batch := q.get(), Exception):
+                yield batch
+            raise batch
+        finally:
+            stop.set()

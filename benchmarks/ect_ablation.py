@@ -1,0 +1,161 @@
+"""Why does ECT post-training make a CMT student worse, and what makes it better? One mid-trained (CMT) student is
+post-trained by ECT under variants that each change one setting of a reference-faithful base (sony/cmt's
+run_cmt+ecm_cifar.sh: RAdam, lr 1e-4, q 4096 fixed, the unsquared L2 norm over (t - r)), several training seeds
+each, the same evaluation noise for all. Per variant: each metric at the end, mean ± std over seeds, beside the
+init's value (step 0, the same for every run). Writes run folders under --out, OUT/<part>.json and its section of
+docs/results.md (`<!-- ect-ablation:<part> -->`).
+
+    python benchmarks/ect_ablation.py --part gmm                  # init_comparison.py's mixture teacher + CMT
+    python benchmarks/ect_ablation.py --part digits --init runs/digits/mid/model.ckpt --store runs/digits/trajectories
+
+--variants picks a subset by name (comma-separated). Finished runs are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from init_comparison import QUIET, done, eval_rows, fresh, gmm_cmt, parser as comparison_parser, stage_seconds
+
+from cmt_pipeline.config import PostTrainConfig
+from cmt_pipeline.docs_sections import write_section
+from cmt_pipeline.stores import open_store, read_range
+from cmt_pipeline.training.posttrain import post_train
+from cmt_pipeline.utils import atomic_write_json
+
+BASE = dict(objective="ect", optimizer="radam", lr=1e-4, lr_schedule="constant", q=4096.0, q_double_every=0,
+            distance="norm", huber_c=0.0, ema_decay=0.99, dropout=0.0)
+VARIANTS = {
+    "base (reference)": {},
+    "adam": dict(optimizer="adam"),
+    "warm-up 10% of steps": dict(warmup_steps=-1),  # resolved to steps // 10
+    "lr / 10": dict(lr=1e-5),
+    "lr x 10": dict(lr=1e-3),
+    "q 256": dict(q=256.0),
+    "l2 (mean sq) at q 256": dict(distance="l2", q=256.0),
+    "EMA 0.999": dict(ema_decay=0.999),
+    "dropout 0.2": dict(dropout=0.2),
+    "teacher samples as data": dict(data="teacher"),  # resolved to the store's x0 (digits only)
+    "warm-up + l2 at q 256": dict(warmup_steps=-1, distance="l2", q=256.0),
+    "warm-up + lr / 10": dict(warmup_steps=-1, lr=1e-5),
+    "batch x 4": dict(batch_size=-4),  # resolved to 4 x --batch
+    "fresh mixture samples": dict(gmm_samples=1 << 18),  # gmm only: no sample seen twice
+    "warm-up + fresh mixture samples": dict(warmup_steps=-1, gmm_samples=1 << 18),
+}
+METRICS = {"gmm": ("1step_flow_map_mse", "1step_sliced_w2", "2step_sliced_w2"),
+           "digits": ("1step_digits_fd", "2step_digits_fd", "1step_digits_kid", "2step_digits_kid")}
+
+
+def teacher_samples(store: Path, out: Path) -> str:
+    """The store's solver samples x0 as an (N, C, H, W) .npy: ECT on the teacher's distribution, not the data's."""
+    path = out / "teacher-samples.npy"
+    if not path.exists():
+        x0 = read_range(open_store(store), 0)["x0"].astype(np.float32)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(path, x0)
+    return str(path)
+
+
+def run_dir(args, name: str, seed: int) -> Path:
+    return Path(args.out) / args.part / f"{name.replace(' ', '_').replace('/', '')}-seed{seed}"
+
+
+def run_variant(args, name: str, overrides: dict, data: str, init: str) -> dict[int, dict]:
+    """{seed: last eval row}, with the init's row under seed -1."""
+    overrides = dict(overrides)
+    if overrides.get("warmup_steps") == -1:
+        overrides["warmup_steps"] = args.steps // 10
+    if overrides.get("batch_size", 0) < 0:
+        overrides["batch_size"] = -overrides["batch_size"] * args.batch
+    if overrides.get("data") == "teacher":
+        if not args.store:
+            raise SystemExit(f"variant {name!r} needs --store")
+        overrides["data"] = teacher_samples(Path(args.store), Path(args.out))
+    ends = {}
+    for seed in range(args.seeds):
+        run = run_dir(args, name, seed)
+        if not done(run, "metrics.json"):
+            t0 = time.perf_counter()
+            cfg = {**BASE, "data": data, "batch_size": args.batch, "gmm_samples": 8192, **overrides}
+            post_train(PostTrainConfig(init=init, seed=seed, steps=args.steps, eval_samples=args.eval_samples,
+                                       checkpoint_every=args.steps, out=str(fresh(run)), **cfg, **QUIET),
+                       progress=False)
+            print(f"[{args.part}] {name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+        rows = eval_rows(run)
+        ends[-1], ends[seed] = rows[0], rows[max(rows)]
+    return ends
+
+
+def fmt(values) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--part", choices=["gmm", "digits"], required=True)
+    p.add_argument("--init", default="", help="the CMT student (mid-cm model.ckpt); gmm: made here if not given")
+    p.add_argument("--store", default="", help="its trajectory store (the 'teacher samples' variant)")
+    p.add_argument("--out", default="runs/ect-ablation")
+    p.add_argument("--doc", default="docs/results.md")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--eval-samples", type=int, default=2000)
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = "gmm:gmm8x8" if args.part == "gmm" else "digits"
+    init = args.init
+    if not init:
+        if args.part != "gmm":
+            raise SystemExit("--init is required for digits: a mid-cm model.ckpt, e.g. runs/digits/mid/model.ckpt")
+        _, mid = gmm_cmt(comparison_parser().parse_args([]), Path(args.out) / "gmm-cmt")
+        init, args.store = str(mid / "model.ckpt"), args.store or str(Path(args.out) / "gmm-cmt" / "trajectories")
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if args.part == "gmm" and "teacher samples as data" in names:
+        names.remove("teacher samples as data")  # the mixture's data is exact: the teacher's samples are worse
+    if args.part == "digits":
+        names = [n for n in names if "mixture" not in n]
+    results = {n: run_variant(args, n, VARIANTS[n], data, init) for n in names}
+    minutes = sum(stage_seconds(run_dir(args, n, k)) for n in names for k in range(args.seeds)) / 60
+    metrics = METRICS[args.part]
+    first = next(iter(results.values()))[-1]
+    summary = {"init": init, "base": BASE, "steps": args.steps, "batch": args.batch, "seeds": args.seeds,
+               "eval_samples": args.eval_samples, "eval_seed": 1, "init_metrics": {m: first[m] for m in metrics},
+               "variants": {n: {m: [r[s][m] for s in range(args.seeds)] for m in metrics} for n, r in results.items()}}
+    atomic_write_json(Path(args.out) / f"{args.part}.json", summary)
+
+    cmd = " ".join(["python"] + [shlex.quote(a) for a in sys.argv])
+    lines = [f"## ECT post-training from a CMT student: ablation ({args.part})", "",
+             f"One CMT student (`{init}`), ECT for {args.steps} steps at batch {args.batch}, {args.seeds} training "
+             f"seeds per variant; metrics of the EMA student on {args.eval_samples} samples of evaluation seed 1 "
+             "(the same noise for every run), mean ± std over training seeds. Each variant changes one setting of "
+             "the base: " + ", ".join(f"{k} {v}" for k, v in BASE.items()) + ".", "",
+             "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|",
+             "| the init (step 0) | " + " | ".join(f"{first[m]:.4g}" for m in metrics) + " |"]
+    for n, r in results.items():
+        lines.append(f"| {n} | " + " | ".join(fmt([r[s][m] for s in range(args.seeds)]) for m in metrics) + " |")
+    lines += ["", f"Command: `{cmd}`; {minutes:.0f} min of wall time over its {len(names) * args.seeds} runs, one "
+              f"thread each, on 2 CPU cores shared with other jobs (load average {os.getloadavg()[2]:.1f} when "
+              "this section was written)."]
+    write_section(args.doc, f"ect-ablation:{args.part}", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
