@@ -61,8 +61,9 @@ def evaluate_cmd(config_path, quiet, **opts):
 @click.option("--epochs", type=int, default=60, show_default=True)
 def train_classifier_cmd(out, seed, epochs):
     """Train the digits feature classifier behind the digits FD (how the shipped one was made)."""
-    from cmt_pipeline.evaluation.features import save_classifier, train_classifier
+    from cmt_pipeline.evaluation.features import check_classifier_out, save_classifier, train_classifier
 
+    check_classifier_out(out)
     model, card = train_classifier(seed, epochs)
     save_classifier(model, card, out)
     click.echo(f"{out}: held-out accuracy {card['heldout_accuracy']:.4f} on {card['split']['held_out']} digits, "

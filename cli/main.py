@@ -43,6 +43,13 @@ COMMANDS = {
 }
 
 
+# what the file system refused -> the problem and its fix (then how to resume; nothing partial is published)
+FULL = "out of disk space writing {}; free space or choose another --out"
+DENIED = "{} is on a read-only file system or not writable by you; choose another --out or fix its permissions"
+OS_ERRORS = {errno.ENOSPC: FULL, errno.EDQUOT: FULL, errno.EROFS: DENIED, errno.EACCES: DENIED, errno.EPERM: DENIED,
+             errno.ENAMETOOLONG: "a name is too long for the file system: {}; choose a shorter path"}
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C: nothing half-written is renamed into
     place (every output is written under a temporary name first) and the same one-line hint is printed."""
@@ -64,7 +71,7 @@ THREADS_HELP = ("CPU threads for torch.  [default: this process's share of the C
 
 class CMTGroup(click.Group):
     """Loads each command's module on demand (click's lazy-group pattern), and turns library errors (CMTError)
-    and a full disk into a one-line message and exit status 2, not a traceback; Ctrl-C (exit 130) and SIGTERM
+    and a full disk, read-only folder or too long a name into a one-line message and exit status 2, not a traceback; Ctrl-C (exit 130) and SIGTERM
     (exit 143) into one line naming the command that resumes. Every command gets --num-threads (a command that
     declares its own, like generate-trajectories, uses that)."""
 
@@ -104,11 +111,10 @@ class CMTGroup(click.Group):
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
         except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            if e.errno not in OS_ERRORS:
                 raise
-            click.echo(f"Error: out of disk space writing {e.filename or 'the output'}; free space or choose another "
-                       "--out, then rerun the same command (finished parts are kept; nothing partial was published)",
-                       err=True)
+            click.echo(f"Error: {OS_ERRORS[e.errno].format(e.filename or 'the output')}, then "
+                       f"{self.resume_hint(ctx)}", err=True)
             sys.exit(2)
         finally:
             signal.signal(signal.SIGTERM, previous)

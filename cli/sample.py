@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import click
 
@@ -17,17 +18,21 @@ from .main import cli
 @click.option("--steps", type=click.IntRange(1, 2), default=1, show_default=True, help="Network evaluations.")
 @click.option("--sigma-max", type=float, default=SIGMA_MAX, show_default=True, help="x_T = sigma_max * noise.")
 @click.option("--sigma-mid", type=float, default=SIGMA_MID, show_default=True, help="2 steps: the re-noise level.")
-@click.option("--num-samples", type=int, default=64, show_default=True)
-@click.option("--seed", type=int, default=1, show_default=True, help="Sample i depends only on (seed, i).")
+@click.option("--num-samples", type=click.IntRange(1, 2**31 - 1), default=64, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Sample i depends only on (seed, i).")
 @click.option("--class-labels", default="random", show_default=True,
               help="random, or one class index (class-conditional students).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--out", "png", type=click.Path(dir_okay=False), help="PNG grid of the samples.")
 @click.option("--npz", type=click.Path(dir_okay=False), help=".npz with samples, prior, labels (and renoise, latents).")
 @click.option("--vae", type=click.Path(file_okay=False), help="Latent student: the AutoencoderKL that decodes its "
               "samples.  [default: the VAE recorded in the checkpoint, or the folder's vae/]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_labels, batch_size, png, npz, vae, device):
+@click.option("--overwrite", is_flag=True, help="Replace --out / --npz files written by an earlier cmt sample (never "
+              "other files).")
+def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_labels, batch_size, png, npz, vae, device,
+               overwrite):
     """Sample a student in 1 or 2 steps from seeded noise; write a PNG grid and/or an .npz of the raw samples.
 
     The .npz keeps the network's output unclamped (it strays a little outside [-1, 1]), so the samples can be
@@ -46,6 +51,8 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
     if num_samples < 1 or not 0 < sigma_mid < sigma_max:
         raise CMTError(f"need --num-samples >= 1 and 0 < --sigma-mid < --sigma-max, got {num_samples}, "
                        f"{sigma_mid}, {sigma_max}")
+    for path in filter(None, (png, npz)):
+        check_sample_out(Path(path), overwrite)
     dev = resolve_device(device)
     sampler = StudentSampler(load_student(ckpt, dev), student_sigmas(steps, sigma_max, sigma_mid))
     codec = load_vae(vae or "", ckpt, dev, sampler.shape, who="student")
@@ -60,6 +67,30 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
         np.savez(buf, **arrays, **({"renoise": renoise} if renoise is not None else {}))
         atomic_write_bytes(npz, buf.getvalue())
     click.echo(f"{num_samples} samples in {steps} step(s) from {ckpt}: " + ", ".join(p for p in (png, npz) if p))
+
+
+def check_sample_out(path: Path, overwrite: bool) -> None:
+    """An existing file is replaced only with --overwrite, and only when it is a PNG or an .npz holding `samples`
+    (what sample writes), so a mistyped --npz RUN/model.ckpt cannot destroy a model."""
+    from cmt_pipeline.utils import CMTError
+
+    if not path.exists():
+        return
+    if not overwrite:
+        raise CMTError(f"{path} exists; pass --overwrite to replace it, or choose another name")
+    with open(path, "rb") as f:
+        png = f.read(4) == b"\x89PNG"
+    if not png:
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                ours = "samples" in z.files
+        except Exception:  # not an .npz at all
+            ours = False
+        if not ours:
+            raise CMTError(f"{path} is not a sample grid or .npz written by cmt sample, so it is never replaced; "
+                           "choose another name")
 
 
 @cli.command("export")

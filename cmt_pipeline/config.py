@@ -8,6 +8,7 @@ when a config is built, so the CLI, the TOML files, the checks and docs/cli.md c
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, get_type_hints
@@ -21,6 +22,9 @@ SOLVERS = ("euler", "heun", "dpm2", "dpm3")
 GRIDS = ("logsnr", "karras")
 DISTANCES = ("norm", "l2", "huber")
 POSITIVE = {"min": 0, "min_open": True}
+NONNEGATIVE = {"min": 0}
+DECAY = {"min": 0, "max": 1, "max_open": True}  # a rate in [0, 1): EMA, Adam's betas, dropout
+MAX_SAMPLES = 2**31 - 1  # sample indices are int32-sized everywhere; a larger request is a typo, not a dataset
 
 
 def option(default, help: str, *, choices: tuple = (), min=None, max=None, min_open: bool = False,
@@ -45,24 +49,39 @@ def same_option(cls, name: str, default):
 def range_text(meta) -> str:
     """A field's range in words, for its error message: 'positive', '>= 0', 'in [0, 1)'."""
     lo, hi, lo_open, hi_open = (meta.get(k) for k in ("min", "max", "min_open", "max_open"))
+    if lo is None and hi is None:
+        return "finite"
+    if lo == 0 and lo_open:
+        return "positive" + (f" and {'<' if hi_open else '<='} {hi}" if hi is not None else "")
     if hi is None:
-        return "positive" if lo == 0 and lo_open else f"{'>' if lo_open else '>='} {lo}"
+        return f"{'>' if lo_open else '>='} {lo}"
     if lo is None:
         return f"{'<' if hi_open else '<='} {hi}"
     return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
 def option_error(f: dataclasses.Field, value) -> str | None:
-    """Why `value` is outside field `f`'s choices or range (None when it is not)."""
+    """Why `value` is outside field `f`'s choices or range (None when it is not). Every number must be finite; a
+    list must not be empty, and its elements are held to the field's range."""
     meta, name = f.metadata, "--" + f.name.replace("_", "-")
-    if value is None:
-        return None
-    if meta.get("choices") and value not in meta["choices"]:
-        return f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}"
+    if value is None or isinstance(value, (str, bool)):
+        return f"{name} must be one of {', '.join(meta['choices'])}, got {value!r}" \
+            if meta.get("choices") and value not in meta["choices"] else None
+    if isinstance(value, list):
+        return f"{name} must not be empty" if not value else next(
+            (f"every value of {name} must be {range_text(meta)}, got {value}" for v in value if out_of_range(meta, v)),
+            None)
+    if not math.isfinite(value):
+        return f"{name} must be a finite number, got {value}"
+    return f"{name} must be {range_text(meta)}, got {value}" if out_of_range(meta, value) else None
+
+
+def out_of_range(meta, value) -> bool:
     lo, hi = meta.get("min"), meta.get("max")
-    below = lo is not None and (value <= lo if meta.get("min_open") else value < lo)
-    above = hi is not None and (value >= hi if meta.get("max_open") else value > hi)
-    return f"{name} must be {range_text(meta)}, got {value}" if below or above else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        return True
+    return (lo is not None and (value <= lo if meta.get("min_open") else value < lo)) or \
+        (hi is not None and (value >= hi if meta.get("max_open") else value > hi))
 
 
 class Checked:
@@ -82,27 +101,31 @@ class GenerateConfig(Checked):
     teacher: str = option("builtin", "Teacher: a model folder (project EDM format or diffusers unet/+scheduler/), "
                           "gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped digits teacher).")
     out: str = option("runs/trajectories", "Output folder.", path="folder")
-    num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE)
+    num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE, max=MAX_SAMPLES)
     solver: str = option("dpm3", "ODE solver.", choices=SOLVERS)
     steps: int = option(16, "Solver steps K; each sample stores K states.", **POSITIVE)
     grid: str = option("logsnr", "Sigma grid (logsnr: the paper's).", choices=GRIDS)
-    sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.")
-    sigma_min: float = option(SIGMA_MIN, "The solve's last sigma.")
+    sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.", **POSITIVE)
+    sigma_min: float = option(SIGMA_MIN, "The solve's last sigma.", **POSITIVE)
     format: str = option("zarr", "Store format.", choices=("zarr", "wds"))
     dtype: str = option("float16", "Storage dtype of traj/x0 (the prior is always float32).",
                         choices=("float16", "float32"))
     batch_size: int = option(256, "Samples per teacher batch (never crosses a shard).", **POSITIVE)
-    shard_size: int = option(1024, "Samples per shard, the unit of work and of resumption.", **POSITIVE)
-    seed: int = option(0, "Sample i's noise and label depend only on (seed, i).")
+    shard_size: int = option(1024, "Samples per shard, the unit of work and of resumption (at most N).", **POSITIVE)
+    seed: int = option(0, "Sample i's noise and label depend only on (seed, i).", **NONNEGATIVE)
     class_labels: str = option("random", "random, none, or one class index for all samples.")
     guidance_scale: float = option(1.0, "Classifier-free guidance scale w of a class-conditional teacher: "
                                    "D = D(null) + w (D(label) - D(null)); 1 = no guidance.")
     null_label: int | None = option(None, "Guidance's 'no class' label.  [default: the model's own null row (DiT); "
-                                    "others must name it]")
+                                    "others must name it]", **NONNEGATIVE)
     vae: str = option("", "Latent teacher: the diffusers AutoencoderKL folder its latents belong to; recorded, so "
                       "later stages decode.  [default: the teacher folder's vae/ if it has one, else none (pixel "
                       "space)]", path="folder")
     device: str = option("auto", "auto, cpu, cuda or cuda:N (LOCAL_RANK picks the GPU under launchers).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.shard_size = min(self.shard_size, self.num_samples)  # one shard holds the whole dataset at most
 
 
 @dataclass
@@ -114,30 +137,31 @@ class EvaluateConfig(Checked):
     grid: str = option("logsnr", "The teacher's sigma grid.", choices=GRIDS)
     guidance_scale: float = option(1.0, "The teacher's classifier-free guidance scale (a class-conditional "
                                    "teacher; as in generate-trajectories); 1 = none.")
-    null_label: int | None = option(None, "Guidance's 'no class' label.  [default: the model's own null row (DiT)]")
+    null_label: int | None = option(None, "Guidance's 'no class' label.  [default: the model's own null row (DiT)]",
+                                    **NONNEGATIVE)
     student: str = option("", "A student model.ckpt (mid-/post-training, either flavour), a folder written by cmt "
                           "export, or a student folder (project EDM format); evaluated at --steps 1 or 2 instead of "
                           "the teacher.")
     steps: int | None = option(None, "Solver steps for a teacher [default: 16]; 1 or 2 for a student "
-                               "[default: 1].")
-    sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.")
-    sigma_min: float = option(SIGMA_MIN, "The teacher solve's last sigma.")
-    sigma_mid: float = option(SIGMA_MID, "A 2-step student's intermediate sigma.")
+                               "[default: 1].", **POSITIVE)
+    sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.", **POSITIVE)
+    sigma_min: float = option(SIGMA_MIN, "The teacher solve's last sigma.", **POSITIVE)
+    sigma_mid: float = option(SIGMA_MID, "A 2-step student's intermediate sigma.", **POSITIVE)
     # as configs/digits.toml's report and post-train's eval_samples: FD depends on it
-    num_samples: int = option(5000, "Generated samples.")
+    num_samples: int = option(5000, "Generated samples.", min=2, max=MAX_SAMPLES)
     # not generate-trajectories' default 0, so a student is not scored on its training priors
-    seed: int = option(1, "Sample i's noise depends only on (seed, i).")
+    seed: int = option(1, "Sample i's noise depends only on (seed, i).", **NONNEGATIVE)
     seeds: int | list = option(1, "Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric "
-                               "as mean ± std over them, each seed's values in evaluation.json.")
+                               "as mean ± std over them, each seed's values in evaluation.json.", **NONNEGATIVE)
     # see docs/evaluation.md
     teacher_seeds: int | list | None = option(None, "The pipeline's teacher-solve row's seeds; None = seeds.",
-                                              toml_only=True)
+                                              toml_only=True, **NONNEGATIVE)
     class_labels: str = option("random", "random, or one class index for all samples (conditional generators).")
-    batch_size: int = option(256, "Samples per batch.")
+    batch_size: int = option(256, "Samples per batch.", **POSITIVE)
     store: str = option("", "Trajectory store: paired MSE/PSNR of the generator vs the stored solver samples.",
                         path="existing folder")
     store_samples: int = option(256, "Use the store's last N samples, where `cmt mid-train --holdout` keeps its "
-                                "held-out trajectories (0 = all).")
+                                "held-out trajectories (0 = all).", **NONNEGATIVE)
     inception_weights: str = option("", "Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); "
                                     "enables FID. Never downloaded.")
     fid_reference: str = option("", "FID reference: .npz with mu/sigma, or .npy images (N, C, H, W) in [-1, 1].  "
@@ -145,7 +169,7 @@ class EvaluateConfig(Checked):
     vae: str = option("", "Latent generator: the AutoencoderKL that decodes its samples for the image metrics and "
                       "picture.  [default: the one it recorded, or its folder's vae/]", path="folder")
     gmm: str = option("", "gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
-    reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.")
+    reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.", **POSITIVE)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     out: str = option("runs/evaluate", "Folder for evaluation.json and samples.png.", path="folder")
 
@@ -160,23 +184,23 @@ class TrainConfig(Checked):
     batch_size: int = option(128, "Global batch per step, split over processes and --grad-accum.", **POSITIVE)
     grad_accum: int = option(1, "Micro-batches per step on each process.", **POSITIVE)
     optimizer: str = option("radam", "The optimizer.", choices=("adam", "radam", "adamw"))
-    lr: float = option(2e-4, "Peak learning rate.")
-    beta1: float = option(0.9, "The optimizer's first moment decay.")
-    beta2: float = option(0.999, "The optimizer's second moment decay.")
-    weight_decay: float = option(0.0, "Weight decay.")
+    lr: float = option(2e-4, "Peak learning rate.", **POSITIVE)
+    beta1: float = option(0.9, "The optimizer's first moment decay.", **DECAY)
+    beta2: float = option(0.999, "The optimizer's second moment decay.", **DECAY)
+    weight_decay: float = option(0.0, "Weight decay.", **NONNEGATIVE)
     lr_schedule: str = option("constant", "linear decays to 0 at --steps.", choices=("constant", "linear"))
-    warmup_steps: int = option(0, "Linear LR warm-up steps.")
-    grad_clip: float = option(0.0, "Max global gradient norm; 0 = off.")
-    ema_decay: float = option(0.999, "EMA decay per step.")
-    ema_halflife: float = option(0.0, "EMA half-life in samples; > 0 replaces --ema-decay.")
+    warmup_steps: int = option(0, "Linear LR warm-up steps.", **NONNEGATIVE)
+    grad_clip: float = option(0.0, "Max global gradient norm; 0 = off.", **NONNEGATIVE)
+    ema_decay: float = option(0.999, "EMA decay per step.", **DECAY)
+    ema_halflife: float = option(0.0, "EMA half-life in samples; > 0 replaces --ema-decay.", **NONNEGATIVE)
     mixed_precision: str = option("no", "accelerate's mixed precision.", choices=("no", "fp16", "bf16"))
     # resumed runs match uninterrupted ones because of this
-    seed: int = option(0, "Step k's batch and noise depend only on (seed, k).")
+    seed: int = option(0, "Step k's batch and noise depend only on (seed, k).", **NONNEGATIVE)
     log_every: int = option(10, "Steps between log lines (log.jsonl, TensorBoard, progress bar).", **POSITIVE)
     checkpoint_every: int = option(500, "Steps between resumable checkpoints (the last step is always saved).",
                                    **POSITIVE)
-    keep_checkpoints: int = option(2, "Newest checkpoints kept.")
-    sample_every: int = option(500, "Steps between sample-grid PNGs; 0 = only at the end.")
+    keep_checkpoints: int = option(2, "Newest checkpoints kept; 0 = all.", **NONNEGATIVE)
+    sample_every: int = option(500, "Steps between sample-grid PNGs; 0 = only at the end.", **NONNEGATIVE)
     tensorboard: bool = option(True, "Also log to TensorBoard if installed.")
     device: str = option("auto", "auto: accelerate's device (GPUs under `accelerate launch`); cpu forces CPU.",
                          choices=("auto", "cpu"))
@@ -196,19 +220,20 @@ class PretrainConfig(TrainConfig):
     lr: float = same_option(TrainConfig, "lr", 5e-4)
     lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
     data: str = option("digits", "digits, gmm:gmm8x8, a folder of images, or a .npy array (see docs/training.md).")
-    gmm_samples: int = option(8192, "Training-set size drawn from a gmm:<preset>.")
+    gmm_samples: int = option(8192, "Training-set size drawn from a gmm:<preset>.", **POSITIVE,
+                              max=MAX_SAMPLES)
     class_conditional: bool = option(False, "Train with the labels (digits only).", negative="--unconditional")
-    channels: list = option([48, 96], "UNet block widths, comma-separated, e.g. 48,96.")
-    layers_per_block: int = option(2, "ResNet layers per UNet block.")
+    channels: list = option([48, 96], "UNet block widths, comma-separated, e.g. 48,96.", **POSITIVE)
+    layers_per_block: int = option(2, "ResNet layers per UNet block.", **POSITIVE)
     attention: bool = option(False, "Self-attention in the lowest-resolution block.")
-    dropout: float = option(0.0, "Dropout of the UNet.")
-    sigma_data: float = option(SIGMA_DATA, "The data's standard deviation (EDM preconditioning).")
+    dropout: float = option(0.0, "Dropout of the UNet.", **DECAY)
+    sigma_data: float = option(SIGMA_DATA, "The data's standard deviation (EDM preconditioning).", **POSITIVE)
     p_mean: float = option(-1.2, "Training sigma ~ LogNormal(p_mean, p_std).")
-    p_std: float = option(1.2, "See --p-mean.")
+    p_std: float = option(1.2, "See --p-mean.", **POSITIVE)
     sample_solver: str = option("dpm3", "Solver of the sample grids.", choices=SOLVERS)
-    sample_steps: int = option(16, "Solver steps of the sample grids.")
+    sample_steps: int = option(16, "Solver steps of the sample grids.", **POSITIVE)
     sample_grid: str = option("logsnr", "Sigma grid of the sample grids.", choices=GRIDS)
-    num_grid_samples: int = option(64, "Samples in each sample grid.")
+    num_grid_samples: int = option(64, "Samples in each sample grid.", **POSITIVE, max=4096)
     export_dtype: str = option("float32", "Weights dtype of the exported teacher folder (float16 halves its size).",
                                choices=("float32", "float16"))
     vae: str = option("", "A diffusers AutoencoderKL folder: encode the images to its latents once and train the "
@@ -224,7 +249,7 @@ class MidTrainConfig(TrainConfig):
 
     out: str = same_option(TrainConfig, "out", "runs/mid")
     data: str = option("", "Trajectory store from `cmt generate-trajectories` (Zarr or WebDataset).", path="any")
-    holdout: int = option(256, "Last N trajectories kept out of training for evaluation.")
+    holdout: int = option(256, "Last N trajectories kept out of training for evaluation.", **NONNEGATIVE)
     flavour: str = option("cm", "cm: consistency flow map; mf: MeanFlow average velocity.", choices=("cm", "mf"))
     init: str = option("teacher", "Start from the teacher's weights or at random.", choices=("teacher", "random"))
     teacher: str = option("", "Network to start from (default: the store's teacher).")
@@ -233,17 +258,19 @@ class MidTrainConfig(TrainConfig):
     # trajectories per optimizer step (x K points each for cm)
     batch_size: int = same_option(TrainConfig, "batch_size", 8)
     lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
-    points_per_traj: int = option(0, "cm: points drawn per trajectory per step (0 = all K).")
-    pairs_per_traj: int = option(16, "mf: (t, r) pairs drawn per trajectory per step.")
+    points_per_traj: int = option(0, "cm: points drawn per trajectory per step (0 = all K).", **NONNEGATIVE)
+    pairs_per_traj: int = option(16, "mf: (t, r) pairs drawn per trajectory per step.", **POSITIVE)
     distance: str = option("l2", "cm: regression distance.", choices=("l2", "huber"))
-    huber_c: float = option(0.03, "Pseudo-Huber constant (data units).")
-    sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "cm: boundary sigma where f(x, s) = x.")
-    dropout: float = option(0.0, "Dropout of the student.")
-    channels: list = option([48, 96], "UNet widths for --init random without a network teacher.")
-    layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without a network teacher).")
-    eval_every: int = option(100, "Steps between held-out 1-step errors (eval.jsonl); 0 = only at the end.")
-    eval_samples: int = option(256, "Held-out trajectories used for that error.")
-    num_grid_samples: int = option(64, "Samples in each sample grid.")
+    huber_c: float = option(0.03, "Pseudo-Huber constant (data units).", **NONNEGATIVE)
+    sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "cm: boundary sigma where f(x, s) = x.", **POSITIVE)
+    dropout: float = option(0.0, "Dropout of the student.", **DECAY)
+    channels: list = option([48, 96], "UNet widths for --init random without a network teacher.", **POSITIVE)
+    layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without a network teacher).",
+                                   **POSITIVE)
+    eval_every: int = option(100, "Steps between held-out 1-step errors (eval.jsonl); 0 = only at the end.",
+                             **NONNEGATIVE)
+    eval_samples: int = option(256, "Held-out trajectories used for that error.", **POSITIVE)
+    num_grid_samples: int = option(64, "Samples in each sample grid.", **POSITIVE, max=4096)
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("eval_every", "eval_samples", "num_grid_samples",
                                                                 "vae")
@@ -259,39 +286,40 @@ class PostTrainConfig(TrainConfig):
     objective: str = option("ect", "Post-training objective: ect (a consistency student, from mid-cm) or meanflow "
                             "(average velocity, from mid-mf).", choices=("ect", "meanflow"))
     data: str = option("digits", "Real data: digits, gmm:gmm8x8, a folder of images or a .npy array.")
-    gmm_samples: int = option(8192, "Training-set size drawn from a gmm:<preset>.")
+    gmm_samples: int = option(8192, "Training-set size drawn from a gmm:<preset>.", **POSITIVE,
+                              max=MAX_SAMPLES)
     arch: str = option("", "--init random: re-initialise this network's architecture (teacher spec or "
                        "model.ckpt); without it --channels/--layers-per-block.")
     vae: str = option("", "Latent student: the AutoencoderKL folder; --data is encoded to its latents once, samples "
                       "are decoded.  [default: the VAE recorded with --init / --arch]", path="folder")
-    channels: list = option([48, 96], "UNet widths for --init random without --arch, e.g. 48,96.")
-    layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without --arch).")
-    dropout: float = option(0.0, "Dropout of the student (the same masks for prediction and target).", min=0, max=1,
-                            max_open=True)
+    channels: list = option([48, 96], "UNet widths for --init random without --arch, e.g. 48,96.", **POSITIVE)
+    layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without --arch).", **POSITIVE)
+    dropout: float = option(0.0, "Dropout of the student (the same masks for prediction and target).", **DECAY)
     sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "ect: boundary sigma of a student made from a diffusion/random "
-                                    "net.")
+                                    "net.", **POSITIVE)
     lr: float = same_option(TrainConfig, "lr", 1e-4)
     lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
     p_mean: float | None = option(None, "Noise levels ~ LogNormal(p_mean, p_std).  [default: ect -1.1, meanflow "
                                   "-0.4]")
-    p_std: float | None = option(None, "See --p-mean.  [default: ect 2.0, meanflow 1.0]")
+    p_std: float | None = option(None, "See --p-mean.  [default: ect 2.0, meanflow 1.0]", **POSITIVE)
     # 4096 = the reference after CMT (CIFAR-10)
     q: float = option(4096.0, "ect: r = t (1 - (1 + 8 sigmoid(-t)) / q).", **POSITIVE)
     q_double_every: int = option(0, "ect: q^(stage + 1) with a new stage every N steps (0 = fixed q).", min=0)
     distance: str = option("norm", "ect: distance between prediction and target: norm = sqrt(sum sq + c^2) - c (the "
                            "reference's), l2 = mean sq, huber = sqrt(mean sq + c^2) - c.", choices=DISTANCES)
     # the reference's 0 makes norm the plain L2 norm
-    huber_c: float = option(0.0, "ect: c of --distance norm / huber.")
+    huber_c: float = option(0.0, "ect: c of --distance norm / huber.", **NONNEGATIVE)
     edm_weighting: bool = option(False, "ect: extra weight (t^2 + sigma_data^2) / (t sigma_data)^2.")
     r_fraction: float = option(0.25, "meanflow: share of samples with r != t.", min=0, max=1)
-    adaptive_p: float = option(1.0, "meanflow: adaptive weight 1 / (L^2 + c)^p, L the summed squared error.")
-    adaptive_c: float = option(1e-3, "meanflow: the c of --adaptive-p.")
-    sigma_max: float = option(SIGMA_MAX, "Sampling: x_T = sigma_max * noise.")
-    sigma_mid: float = option(SIGMA_MID, "Sampling: 2-step re-noise level.")
-    eval_every: int = option(0, "Steps between 1/2-step evaluations (eval.jsonl); 0 = init and end.")
+    adaptive_p: float = option(1.0, "meanflow: adaptive weight 1 / (L^2 + c)^p, L the summed squared error.",
+                               **NONNEGATIVE)
+    adaptive_c: float = option(1e-3, "meanflow: the c of --adaptive-p.", **POSITIVE)
+    sigma_max: float = option(SIGMA_MAX, "Sampling: x_T = sigma_max * noise.", **POSITIVE)
+    sigma_mid: float = option(SIGMA_MID, "Sampling: 2-step re-noise level.", **POSITIVE)
+    eval_every: int = option(0, "Steps between 1/2-step evaluations (eval.jsonl); 0 = init and end.", **NONNEGATIVE)
     # as cmt evaluate's num_samples: FD depends on it
-    eval_samples: int = option(5000, "Samples per evaluation.", min=2)
-    num_grid_samples: int = option(64, "Samples in each sample grid.")
+    eval_samples: int = option(5000, "Samples per evaluation.", min=2, max=MAX_SAMPLES)
+    num_grid_samples: int = option(64, "Samples in each sample grid.", **POSITIVE, max=4096)
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("sigma_mid", "eval_every", "eval_samples",
                                                                 "num_grid_samples")
@@ -303,7 +331,7 @@ def load_config(cls, path: str | Path | None = None, section: str | None = None,
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as e:
+        except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
             raise CMTError(f"cannot read config {path}: {e}") from e
         values = data.get(section, {}) if section else data
     values.update({k: v for k, v in overrides.items() if v is not None})

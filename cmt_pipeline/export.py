@@ -24,6 +24,7 @@ import torch
 
 from .constants import SIGMA_MAX, SIGMA_MID
 from .models import BoundaryDenoiser, MeanFlowStudent
+from .paths import not_a_model
 from .teachers.edm import EDMDenoiser
 from .teachers.exported import GAP_DIR, INDEX, MODULE, is_export
 from .utils import CMTError, atomic_folder
@@ -90,7 +91,7 @@ def check_out(out_dir: Path, overwrite: bool) -> None:
     """Refuse to write over anything but a previous export, and over that only when asked to."""
     if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
         return
-    if not is_export(out_dir):
+    if not is_export(out_dir) or not_a_model(out_dir):  # a run or a store holding an export's index is no export
         raise CMTError(f"--out {out_dir} is not empty and is not a previous export (cmt export never replaces "
                        "other folders); choose another --out, or pass --overwrite to replace a previous export")
     if not overwrite:

@@ -38,7 +38,7 @@ def load_pipeline(path, out: str | None = None) -> dict:
     """The stage configs of a pipeline file, with the run folder wiring applied."""
     try:
         data = tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
         raise CMTError(f"cannot read pipeline config {path}: {e}") from e
     unknown = sorted(set(data) - SECTIONS)
     if unknown:
@@ -97,10 +97,13 @@ def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
 def run_pipeline(config_path, out: str | None = None, progress: bool = True, echo=print) -> dict:
     cfgs = load_pipeline(config_path, out)
     run = cfgs["run"]
+    if run.is_dir() and any(run.iterdir()) and not (run / "pipeline.json").is_file():
+        raise CMTError(f"--out {run} is not empty and is not a pipeline run (cmt pipeline never writes into other "
+                       "folders); choose a new or empty --out")
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / "pipeline.json", {k: to_dict(v) for k, v in cfgs.items() if k != "run"})
     times = run / "stage_times.json"
-    timings = dict(json.loads(times.read_text())) if times.exists() else {}  # [stage, seconds] pairs, in run order
+    timings = read_timings(times)
 
     def stage(name, done: bool, fn):
         if done:
@@ -129,6 +132,14 @@ def run_pipeline(config_path, out: str | None = None, progress: bool = True, ech
                      run / "losses.png")
     report = write_report(run, cfgs, results, timings)
     return {"run": str(run), "report": str(report), "timings": timings, "results": results}
+
+
+def read_timings(path: Path) -> dict:
+    """stage_times.json's [stage, seconds] pairs, in run order; an unreadable file only loses the report's times."""
+    try:
+        return {str(k): float(v) for k, v in json.loads(path.read_text())}
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def save_loss_curves(logs: dict, out: Path) -> None:

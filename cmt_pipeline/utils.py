@@ -17,8 +17,9 @@ from .errors import CMTError
 
 
 def temp_name(path: Path, tag: str = "tmp") -> Path:
-    """A unique hidden sibling of `path` (.NAME.tmp-XXXXXXXX): same file system, so renaming it is atomic."""
-    return path.with_name(f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}")
+    """A unique hidden sibling of `path` (.NAME.tmp-XXXXXXXX): same file system, so renaming it is atomic. NAME is
+    cut to 32 characters, so that the temporary of a name the file system accepts is accepted too."""
+    return path.with_name(f".{path.name[:32]}.{tag}-{uuid.uuid4().hex[:8]}")
 
 
 def replace_file(tmp: Path, path: Path) -> None:
@@ -129,6 +130,24 @@ def resolve_device(device: str | None) -> torch.device:
         if not torch.cuda.is_available():
             raise CMTError(f"--device {device} asked for CUDA but none is available; use --device cpu")
     return dev
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (Linux: MemAvailable; elsewhere the free pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_memory(option: str, count: int, item_bytes: int, what: str) -> None:
+    """Refuse `option` = count when its `what` alone would take over a quarter of the memory available (a network's
+    activations take several times more): a clear estimate before anything is allocated, not minutes of swapping."""
+    need, free = count * item_bytes, available_memory()
+    if need > free / 4:
+        raise CMTError(f"{option} {count} needs about {need / 2**30:.1f} GiB for {what} ({item_bytes:,} bytes each) "
+                       f"alone, more than a quarter of the {free / 2**30:.1f} GiB of memory available; lower {option}")
 
 
 def disk_usage(path: str | os.PathLike) -> int:

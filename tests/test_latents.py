@@ -125,7 +125,8 @@ def test_latent_store_records_its_vae_and_mid_training_sampling_evaluation_decod
     codec = LatentCodec.load(vae_dir)
     for spec in (run / "model.ckpt", run / "student"):
         npz, png = tmp_path / "s.npz", tmp_path / "s.png"
-        r = cmt("sample", "--ckpt", spec, "--num-samples", 5, "--npz", npz, "--out", png, "--device", "cpu")
+        r = cmt("sample", "--ckpt", spec, "--num-samples", 5, "--npz", npz, "--out", png, "--device", "cpu",
+                "--overwrite")  # the second spec replaces the first one's files
         assert r.exit_code == 0, r.output
         data = np.load(npz)
         assert data["samples"].shape == (5, *IMAGE) and data["latents"].shape == (5, *LATENT)

@@ -110,10 +110,20 @@ def heldout_accuracy(model: DigitsClassifier) -> float:
     return float((pred == labels[held]).mean())
 
 
+def check_classifier_out(path) -> None:
+    """A classifier is written into a new or empty folder, or over a previous one; never among other files (where
+    its config.json would replace a run's)."""
+    path = Path(path)
+    if path.is_dir() and {p.name for p in path.iterdir()} - {WEIGHTS, CARD, "README.md"}:
+        raise CMTError(f"--out {path} holds other files than a classifier's ({WEIGHTS}, {CARD}, README.md); choose "
+                       "a new or empty --out")
+
+
 def save_classifier(model: DigitsClassifier, card: dict, path) -> None:
     from safetensors.torch import save_file
 
     path = Path(path)
+    check_classifier_out(path)
     path.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / WEIGHTS))
     atomic_write_json(path / CARD, card)

@@ -24,7 +24,7 @@ from ..plotting import save_image_grid, save_scatter
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
 from ..stores import open_store
 from ..teachers import GMMDenoiser, load_teacher
-from ..utils import CMTError, atomic_write_json, full_fp32, resolve_device
+from ..utils import CMTError, atomic_write_json, check_memory, full_fp32, resolve_device
 from .features import DigitsFD, real_digits
 from .frechet import feature_stats, frechet_distance
 from .inception import inception_features, load_inception
@@ -75,10 +75,8 @@ def fid(cfg: EvaluateConfig, model, samples: torch.Tensor) -> float:
 
 def check(cfg: EvaluateConfig, sampler, image_shape) -> None:
     """Every input problem surfaces here, before any sampling is spent."""
+    check_memory("--num-samples", cfg.num_samples, 3 * 4 * math.prod(image_shape), "its samples, priors and images")
     checks = [
-        (cfg.num_samples >= 2, f"--num-samples must be at least 2, got {cfg.num_samples}"),
-        (cfg.batch_size > 0, f"--batch-size must be positive, got {cfg.batch_size}"),
-        (cfg.reference_steps > 0, f"--reference-steps must be positive, got {cfg.reference_steps}"),
         (sampler.num_classes or cfg.class_labels in ("random", "none"),
          f"--class-labels {cfg.class_labels} given, but the generator is unconditional"),
         (not sampler.num_classes or cfg.class_labels == "random"

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from ..coordinates import fm_state, fm_time
+from ..errors import CMTError
 from .base import Denoiser, sigma_column
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -174,15 +175,12 @@ class DiffusersDenoiser(Denoiser):
 
     @classmethod
     def from_spec(cls, spec: dict) -> "DiffusersDenoiser":
-        import diffusers
-
-        model = getattr(diffusers, spec["model_class"]).from_config(spec["model_config"])
-        return cls(model, getattr(diffusers, spec["scheduler_class"]).from_config(spec["scheduler_config"]))
+        model = diffusers_class(spec["model_class"], "ModelMixin").from_config(spec["model_config"])
+        return cls(model, diffusers_class(spec["scheduler_class"], "SchedulerMixin").from_config(
+            spec["scheduler_config"]))
 
     @classmethod
     def load(cls, path: str | Path) -> "DiffusersDenoiser":
-        import diffusers
-
         layout = find_layout(Path(path))
         if layout is None:
             raise FileNotFoundError(f"{path}: no diffusers unet/ or transformer/ + scheduler/ "
@@ -190,10 +188,18 @@ class DiffusersDenoiser(Denoiser):
         model_dir, sched_file = layout
         model_name = json.loads((model_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
         sched_cfg = json.loads(sched_file.read_text())
-        sched_name = sched_cfg.get("_class_name", "DDPMScheduler")
-        for name in (model_name, sched_name):
-            if not hasattr(diffusers, name):
-                raise ValueError(f"diffusers {diffusers.__version__} has no class {name!r}; "
-                                 f"supported backbones: {', '.join(SUPPORTED)}")
-        return cls(getattr(diffusers, model_name).from_pretrained(model_dir),
-                   getattr(diffusers, sched_name).from_config(sched_cfg))
+        return cls(diffusers_class(model_name, "ModelMixin").from_pretrained(model_dir),
+                   diffusers_class(sched_cfg.get("_class_name", "DDPMScheduler"), "SchedulerMixin").from_config(
+                       sched_cfg))
+
+
+def diffusers_class(name, base: str) -> type:
+    """diffusers' class `name` if it is a model (base ModelMixin) or a scheduler (SchedulerMixin): a name read from a
+    folder or a checkpoint picks nothing else, such as a pipeline, whose loading can run the folder's code."""
+    import diffusers
+
+    found = getattr(diffusers, name, None) if isinstance(name, str) else None
+    if not (isinstance(found, type) and issubclass(found, getattr(diffusers, base))):
+        raise CMTError(f"diffusers {diffusers.__version__} has no {base.removesuffix('Mixin').lower()} class "
+                       f"{name!r}; supported backbones: {', '.join(SUPPORTED)}")
+    return found

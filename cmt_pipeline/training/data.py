@@ -15,7 +15,7 @@ from itertools import count
 
 import torch
 
-from ..utils import CMTError, sample_seed
+from ..utils import CMTError, check_memory, sample_seed
 
 
 class TensorSource:
@@ -31,6 +31,9 @@ class TensorSource:
             raise CMTError(f"data tensors must be non-empty and of equal length, got {sizes}")
         self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
         self.n = next(iter(sizes.values()))
+        first = [v[torch.zeros(1, dtype=torch.long)] for v in tensors.values()]  # one sample (a ZarrColumn too)
+        check_memory("--batch-size", batch_size, sum(t.numel() * t.element_size() for t in first) + 8,  # + index
+                     "one batch of samples")
 
     def indices(self, step: int) -> torch.Tensor:
         """Sample indices of global batch `step` (1-based)."""

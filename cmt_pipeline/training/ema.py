@@ -21,7 +21,7 @@ def ema_decay(decay: float, halflife: float = 0.0, batch_size: int = 1) -> float
 
 
 class EMA(torch.nn.Module):
-    """An fp32 shadow copy of a model; a Module so accelerate checkpoints it with the rest of the state."""
+    """An fp32 shadow copy of a model; a Module so that .to(device) moves it."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()

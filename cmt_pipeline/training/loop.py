@@ -8,7 +8,9 @@
 
 Resume is exact: before every step torch's global generator is reseeded from (seed, step, rank), stateless
 sources serve batch k as a function of (seed, k), and model, optimizer, EMA and step come back from the
-accelerate checkpoint; so a run stopped after step k and resumed reproduces the uninterrupted run's losses.
+checkpoint (training/checkpoint.py, which never unpickles code); so a run stopped after step k and resumed
+reproduces the uninterrupted run's losses. Mixed precision is torch's own autocast (and a GradScaler for fp16)
+keyed on cfg.mixed_precision, so runs of different precisions can share one process.
 Runs unchanged under `accelerate launch` on any number of GPUs or nodes (checkpoints need a shared filesystem).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -29,11 +32,12 @@ from ..config import TrainConfig
 from ..models.io import save_model
 from ..plotting import save_image_grid
 from ..utils import CMTError, atomic_write_bytes, atomic_write_json, sample_seed
-from .checkpoint import resolve_resume, save_training_state
+from .checkpoint import load_training_state, resolve_resume, save_training_state
 from .data import batch_stream
 from .ema import EMA, ema_decay
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}
+AUTOCAST = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -117,7 +121,11 @@ def prepare_run_dir(accelerator, cfg: TrainConfig, kind: str, resume: str | None
         raise CMTError(f"{run} already holds a run's checkpoints; pass --resume latest to continue it "
                        "or choose a new --out")
     if resume is not None and (run / "config.json").exists():
-        old = json.loads((run / "config.json").read_text())["config"]
+        try:
+            old = json.loads((run / "config.json").read_text())["config"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise CMTError(f"{run / 'config.json'} is damaged ({type(e).__name__}), so the run's settings are unknown; "
+                           "start a new --out") from e
         diff = sorted(k for k, v in record["config"].items()
                       if k not in cfg.runtime_only and json.dumps(old.get(k)) != json.dumps(v))
         if diff:
@@ -133,16 +141,12 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
           resume: str | None = None, callbacks=(), progress: bool = True) -> LoopState:
     """Train `model` in place for cfg.steps optimizer steps; writes run/model.ckpt at the end (see module doc)."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import is_tensorboard_available
 
     run = Path(cfg.out)
     tracker = "tensorboard" if cfg.tensorboard and is_tensorboard_available() else None
-    # accelerate keeps its settings in a process-wide singleton: forget an earlier run's (not the process group),
-    # so a second train() in one process may choose another mixed precision
-    AcceleratorState._reset_state()
-    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision=cfg.mixed_precision, log_with=tracker,
-                      project_dir=str(run))
+    # accelerate's precision is process-wide (a singleton): it stays "no" and the loop applies cfg's itself
+    acc = Accelerator(cpu=cfg.device == "cpu", mixed_precision="no", log_with=tracker, project_dir=str(run))
     world, rank = acc.num_processes, acc.process_index
     validate(cfg, world)
     prepare_run_dir(acc, cfg, kind, resume, data_info or {})
@@ -152,18 +156,12 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                     weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(model, opt)
-    counter = StepCounter()
-    acc.register_for_checkpointing(ema, counter)
-    if resume is not None:
-        path = resolve_resume(resume, run / "checkpoints")
-        try:
-            acc.load_state(str(path))
-        except Exception as e:
-            raise CMTError(f"cannot resume from {path}: {str(e).splitlines()[0][:160]}; "
-                           "the checkpoint is damaged or was written for another model") from e
-    start = counter.step
+    scaler = torch.amp.GradScaler(acc.device.type, enabled=cfg.mixed_precision == "fp16")
+    parts = acc.unwrap_model(model), ema.model, opt, scaler
+    start = 0 if resume is None else load_training_state(resolve_resume(resume, run / "checkpoints"), *parts)
     if acc.is_main_process:
-        truncate_log(run / "log.jsonl", start)
+        for log in ("log.jsonl", "eval.jsonl"):  # the loop's log, and a stage's evaluations
+            truncate_log(run / log, start)
     if tracker:
         acc.init_trackers("tensorboard")
 
@@ -182,12 +180,14 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
             torch.manual_seed(sample_seed(cfg.seed, step * world + rank))
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step)
-            loss, logs = step_grads(acc, model, objective, batch, step, cfg.grad_accum)
+            loss, logs = step_grads(acc, model, objective, batch, step, cfg.grad_accum, cfg.mixed_precision, scaler)
+            scaler.unscale_(opt)
             grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip or math.inf)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             opt.zero_grad(set_to_none=True)
             ema.update(state.model, decay)
-            counter.step = state.step = step
+            state.step = step
             wait += t1 - t0
 
             if step % cfg.log_every == 0 or step == cfg.steps:
@@ -206,7 +206,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
                 bar.set_postfix(loss=f"{state.metrics['loss']:.4f}", data=f"{state.metrics['data_wait']:.0%}")
             bar.update(1)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                save_training_state(acc, run / "checkpoints", step, cfg.keep_checkpoints)
+                save_training_state(acc, run / "checkpoints", step, cfg.keep_checkpoints, *parts)
             for cb in callbacks:
                 cb(state)
     finally:
@@ -220,36 +220,35 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     return state
 
 
-def step_grads(acc, model, objective, batch, step: int, accum: int):
-    """Forward/backward over `accum` micro-batches (gradient sync only on the last); returns the mean loss and logs."""
+def step_grads(acc, model, objective, batch, step: int, accum: int, precision: str, scaler):
+    """Forward/backward over `accum` micro-batches (gradient sync only on the last), the forward and loss under
+    autocast for mixed precision and the fp16 loss scaled; returns the mean loss and logs."""
     micro = [dict(zip(batch, vals)) for vals in zip(*(v.chunk(accum) if torch.is_tensor(v) else [v] * accum
                                                       for v in batch.values()))]
     total, logs = 0.0, {}
     for j, mb in enumerate(micro):
         with acc.no_sync(model) if j < accum - 1 else nullcontext():
-            loss, info = objective(model, mb, step)
-            acc.backward(loss / accum)
+            with torch.autocast(acc.device.type, AUTOCAST[precision], enabled=precision != "no"):
+                loss, info = objective(model, mb, step)
+            acc.backward(scaler.scale(loss / accum))
         total = total + loss.detach() / accum
         for k, v in info.items():
             logs[k] = logs.get(k, 0.0) + torch.as_tensor(v).detach().float() / accum
     return total, logs
 
 
-class StepCounter:
-    """The optimizer step, checkpointed with the accelerate state."""
-
-    step = 0
-
-    def state_dict(self):
-        return {"step": self.step}
-
-    def load_state_dict(self, sd):
-        self.step = int(sd["step"])
-
-
 def truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past `step` (left by a run that died after its last checkpoint) before appending."""
-    if path.exists():
-        keep = [ln for ln in path.read_text().splitlines(keepends=True) if ln.strip()
-                and json.loads(ln)["step"] <= step]
-        atomic_write_bytes(path, "".join(keep).encode())
+    """Keep a run log's lines up to `step` before appending: later ones were left by a run that died after its last
+    checkpoint; a line that does not parse (torn by a crash or a full disk) is dropped, with a note."""
+    if not path.exists():
+        return
+    keep, torn = [], 0
+    for line in path.read_bytes().decode(errors="replace").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line + "\n")
+        except (ValueError, TypeError, KeyError, IndexError):  # not JSON, or not a record with a step
+            torn += bool(line.strip())
+    if torn:
+        print(f"note: dropped {torn} unreadable line(s) of {path} (torn by an earlier crash)", file=sys.stderr)
+    atomic_write_bytes(path, "".join(keep).encode())

@@ -23,6 +23,7 @@ from ..sampling import StudentSampler, student_grid
 from ..stores import open_store
 from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, seeded
+from .lock import holds_run_folder
 from .loop import EvalLog, SampleGrid, train
 from .trajectories import trajectory_source
 
@@ -80,6 +81,7 @@ def plot_curve(path: Path, out: Path, title: str) -> None:
     save_curves(out, {title: series}, xlabel="mid-training step", ylabel="held-out 1-step MSE")
 
 
+@holds_run_folder
 def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
     """Run (or resume) mid-training; `callbacks` are extra per-step hooks for library users (see training/loop.py)."""
     if not cfg.data:

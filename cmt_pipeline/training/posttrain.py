@@ -38,6 +38,7 @@ from ..sampling import StudentSampler, sample, student_grid, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, seeded
 from .data import TensorSource
+from .lock import holds_run_folder
 from .loop import EvalLog, SampleGrid, train
 
 STUDENT_KINDS = {"ect": ("mid-cm", "post-ect"), "meanflow": ("mid-mf", "post-meanflow")}
@@ -176,6 +177,7 @@ class FewStepEval:
         return x if self.vae is None else self.vae.decode(x)
 
 
+@holds_run_folder
 def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
     """Run (or resume) post-training; returns a summary with the final 1- and 2-step metrics."""
     cfg = validate(cfg)

@@ -20,6 +20,7 @@ from ..solvers import get_solver, make_grid
 from ..teachers.edm import EDMDenoiser, Precond, build_unet
 from ..utils import CMTError, seeded
 from .data import TensorSource
+from .lock import holds_run_folder
 from .loop import SampleGrid, train
 
 
@@ -54,6 +55,7 @@ def grid_sampler(cfg: PretrainConfig, shape, num_classes: int, vae=None):
     return sample
 
 
+@holds_run_folder
 def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = True) -> dict:
     from accelerate import PartialState
 

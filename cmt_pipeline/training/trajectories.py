@@ -28,10 +28,15 @@ from ..stores import open_store, read_range
 from ..stores.checks import require_finite, require_shapes
 from ..stores.location import Location
 from ..stores.wds_store import shard_key
-from ..utils import CMTError, sample_seed
+from ..utils import CMTError, check_memory, sample_seed
 from .data import TensorSource
 
 FIELDS = ("traj", "x0", "labels")
+
+
+def sample_bytes(plan: dict) -> int:
+    """Bytes of one stored trajectory: its K states and x0."""
+    return (plan["num_states"] + 1) * int(np.prod(plan["shape"])) * np.dtype(plan["dtype"]).itemsize
 
 
 def dataset_info(path, plan: dict, holdout: int) -> dict:
@@ -68,6 +73,7 @@ class WdsSource:
         self.urls = [shard_key(k) for k in range(len(plan["shards"]))]
         self.root, self.plan, self.limit = root, plan, plan["num_samples"] - holdout
         self.batch_size, self.seed, self.workers, self.buffer = batch_size, seed, workers, buffer
+        check_memory("--batch-size", batch_size, sample_bytes(plan), "one batch of trajectories")
 
     def pipeline(self, per_process: int, seed: int):
         import webdataset as wds
@@ -128,8 +134,7 @@ def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, ca
     if plan["format"] == "wds":
         return WdsSource(reader.root, plan, batch_size, seed, holdout), info
     if cache is None:
-        per_sample = (plan["num_states"] + 1) * int(np.prod(plan["shape"])) * np.dtype(plan["dtype"]).itemsize
-        cache = per_sample * n <= max_cache_bytes
+        cache = sample_bytes(plan) * n <= max_cache_bytes
     if cache:
         arrays = read_range(reader)
         return TensorSource({k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}, batch_size, seed), info
