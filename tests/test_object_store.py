@@ -178,7 +178,11 @@ def test_sigkill_at_random_moments_and_two_workers_give_the_local_bytes(s3, tmp_
     rng, url, interrupted = random.Random(fmt), f"s3://cmt/killed/{fmt}", 0
     for _ in range(3):
         p = start(url, fmt, s3)
-        time.sleep(rng.uniform(2.0, 7.0))
+        kill_at = rng.randrange(1, N // SHARD)  # after a random number of shard markers: a moment mid-run on any
+        while p.poll() is None:                 # machine, however long the start-up takes
+            if len(bucket().glob(f"cmt/killed/{fmt}/done/*")) >= kill_at:
+                break
+            time.sleep(0.05)
         p.send_signal(signal.SIGKILL)
         p.wait()
         if bucket().exists(f"cmt/killed/{fmt}/plan.json") and not bucket().exists(f"cmt/killed/{fmt}/manifest.json"):
