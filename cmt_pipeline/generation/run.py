@@ -141,10 +141,10 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     writer.prepare()
     solver = get_solver(cfg.solver)
 
-    todo = [k for k in range(num_shards(plan)) if worker.owns(k) and not shard_done(out, plan, k, report=True)]
-    n_todo = sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in todo)
+    to_write = [k for k in range(num_shards(plan)) if worker.owns(k) and not shard_done(out, plan, k, report=True)]
+    n_to_write = sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in to_write)
     t0 = time.perf_counter()
-    bar = tqdm(total=n_todo, unit="sample", disable=not progress or n_todo == 0,
+    bar = tqdm(total=n_to_write, unit="sample", disable=not progress or n_to_write == 0,
                desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
     def publish(k: int, arrays: dict) -> None:
         try:
@@ -159,7 +159,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     # then cannot depend on the thread count (threads.py). A GPU runs one batch at a time.
     with ThreadPoolExecutor(max_workers=1) as io, one_thread_per_call(threads if device.type == "cpu" else 1) as run:
         pending = None
-        for k in todo:
+        for k in to_write:
             if shard_done(out, plan, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
                 continue
             arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, run, bar)
@@ -175,8 +175,8 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     elapsed = time.perf_counter() - t0
     manifest = finalize(out, strict=False)
     return {
-        "out": str(out), "generated": n_todo, "shards_written": len(todo), "seconds": elapsed,
-        "samples_per_s": n_todo / elapsed if elapsed > 0 and n_todo else math.nan,
+        "out": str(out), "generated": n_to_write, "shards_written": len(to_write), "seconds": elapsed,
+        "samples_per_s": n_to_write / elapsed if elapsed > 0 and n_to_write else math.nan,
         "complete": manifest is not None, "num_samples": plan["num_samples"],
         "bytes_on_disk": out.usage(),
     }
