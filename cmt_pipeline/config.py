@@ -260,8 +260,16 @@ class MidTrainConfig(TrainConfig):
     lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
     points_per_traj: int = option(0, "cm: points drawn per trajectory per step (0 = all K).", **NONNEGATIVE)
     pairs_per_traj: int = option(16, "mf: (t, r) pairs drawn per trajectory per step.", **POSITIVE)
-    distance: str = option("l2", "cm: regression distance.", choices=("l2", "huber"))
+    distance: str = option("l2", "cm: regression distance: l2 = mean sq, huber = sqrt(mean sq + c^2) - c, lpips "
+                           "= LPIPS v0.1 vgg (the paper's; needs --lpips-vgg and --lpips-heads).",
+                           choices=("l2", "huber", "lpips"))
     huber_c: float = option(0.03, "Pseudo-Huber constant (data units).", **NONNEGATIVE)
+    lpips_vgg: str = option("", "--distance lpips: local torchvision VGG16 weights (vgg16-397923af.pth). Never "
+                            "downloaded.")
+    lpips_heads: str = option("", "--distance lpips: local LPIPS v0.1 vgg heads (vgg.pth of "
+                              "richzhang/PerceptualSimilarity). Never downloaded.")
+    # 16 = objectives/lpips.py's MIN_SIZE (tests/test_lpips.py checks): relu5_3 follows four max-pools
+    lpips_size: int = option(224, "--distance lpips: images are resized bilinearly to this side first.", min=16)
     sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "cm: boundary sigma where f(x, s) = x.", **POSITIVE)
     dropout: float = option(0.0, "Dropout of the student.", **DECAY)
     channels: list = option([48, 96], "UNet widths for --init random without a network teacher.", **POSITIVE)
@@ -274,6 +282,18 @@ class MidTrainConfig(TrainConfig):
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("eval_every", "eval_samples", "num_grid_samples",
                                                                 "vae")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.distance == "lpips":
+            if self.flavour != "cm":
+                raise CMTError("--distance lpips is for --flavour cm (mf regresses velocities, not images); "
+                               "use --distance l2 with --flavour mf")
+            unset = [o for o, v in (("--lpips-vgg", self.lpips_vgg), ("--lpips-heads", self.lpips_heads)) if not v]
+            if unset:
+                raise CMTError(f"--distance lpips needs {' and '.join(unset)}: local weight files, never downloaded "
+                               "(vgg16-397923af.pth from torchvision, vgg.pth v0.1 from richzhang/"
+                               "PerceptualSimilarity; see docs/training.md)")
 
 
 @dataclass

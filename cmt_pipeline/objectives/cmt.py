@@ -4,7 +4,8 @@ Batch (from a trajectory store): traj (B, K, C, H, W) states at sigmas[0..K-1], 
 final sample at sigmas[K], labels (B,) with -1 for unconditional. No stop-gradient, no target network,
 no time curriculum.
 
-CM flavour:  L = mean over the trajectory's points of d(f(x_i, sigma_i), x0)   (uniform weighting)
+CM flavour:  L = mean over the trajectory's points of d(f(x_i, sigma_i), x0)   (uniform weighting); d is l2,
+             huber (distances.py) or LPIPS (lpips.py, the paper's default)
 MF flavour:  in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)), for pairs i < j of one
              trajectory (t_i > t_j, x0 counted as the last point), drawn uniformly over all pairs:
              L = || u(z_i, r = t_j, t = t_i) - (z_i - z_j) / (t_i - t_j) ||^2 ;  j = the endpoint is the CM case.
@@ -15,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..coordinates import fm_state, fm_time
 from .distances import distance
@@ -31,8 +33,18 @@ def _labels(batch, repeat: int):
 class CMTLoss:
     sigmas: torch.Tensor  # (K + 1,) float64: the states' sigmas, then the endpoint's
     points_per_traj: int = 0  # 0 = all K points of every trajectory each step
-    distance: str = "l2"
+    distance: str = "l2"  # l2, huber (distances.py), or lpips: the `lpips` module below
     huber_c: float = 0.03
+    lpips: nn.Module | None = None  # objectives/lpips.py's LPIPS, loaded once; moved to the student's device
+
+    def __post_init__(self):
+        if self.distance == "lpips" and self.lpips is None:
+            raise ValueError("CMTLoss(distance='lpips') needs its LPIPS module: LPIPS.from_files(vgg, heads)")
+
+    def dist(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.distance == "lpips":
+            return self.lpips.to(pred.device)(pred, target)
+        return distance(pred, target, self.distance, self.huber_c)
 
     def __call__(self, model, batch, step):
         traj, x0 = batch["traj"].float(), batch["x0"].float()
@@ -45,7 +57,7 @@ class CMTLoss:
         else:
             sig_b = sig.expand(b, k)
         pred = model(traj.flatten(0, 1), sig_b.flatten(), _labels(batch, k))
-        per_point = distance(pred, x0.repeat_interleave(k, 0), self.distance, self.huber_c)
+        per_point = self.dist(pred, x0.repeat_interleave(k, 0))
         return per_point.mean(), {"loss_first_point": per_point.view(b, k)[:, 0].mean().detach()}
 
 

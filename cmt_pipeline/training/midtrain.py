@@ -18,6 +18,7 @@ from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import build_network, export_denoiser, network_spec
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
+from ..objectives.lpips import LPIPS
 from ..plotting import save_curves
 from ..sampling import StudentSampler, student_grid
 from ..stores import open_store
@@ -54,6 +55,18 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
         return MeanFlowStudent(net).train().requires_grad_(True)
     except ValueError as e:
         raise CMTError(str(e)) from e
+
+
+def lpips_distance(cfg: MidTrainConfig, plan: dict) -> LPIPS | None:
+    """--distance lpips: the frozen LPIPS network, loaded once from the two local weight files (the loss moves it
+    to the student's device); None for the other distances."""
+    if cfg.distance != "lpips":
+        return None
+    if plan["shape"][0] not in (1, 3) or plan.get("vae"):
+        raise CMTError(f"--distance lpips needs 1- or 3-channel pixel images, but {cfg.data} holds "
+                       f"{'latents' if plan.get('vae') else 'images'} of shape {tuple(plan['shape'])}; "
+                       "use --distance l2 or huber")
+    return LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_heads, cfg.lpips_size)
 
 
 def holdout_error(data: dict, sigma_max: float, exact=None):
@@ -97,8 +110,8 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     vae = load_vae(cfg.vae, cfg.data, shape=plan["shape"])  # a latent store's VAE: decodes the sample grids
     student = build_student(cfg, teacher, tuple(plan["shape"]))
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
-    objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c) if cfg.flavour == "cm"
-                 else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj))
+    objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c, lpips_distance(cfg, plan))
+                 if cfg.flavour == "cm" else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj))
 
     run = Path(cfg.out)
     callbacks = list(callbacks)
