@@ -193,6 +193,9 @@ class TrainConfig(Checked):
     grad_clip: float = option(0.0, "Max global gradient norm; 0 = off.", **NONNEGATIVE)
     ema_decay: float = option(0.999, "EMA decay per step.", **DECAY)
     ema_halflife: float = option(0.0, "EMA half-life in samples; > 0 replaces --ema-decay.", **NONNEGATIVE)
+    ema_rampup: float = option(0.0, "EDM's EMA ramp-up ratio (EDM uses 0.05): the half-life at step k is min("
+                               "--ema-halflife, samples seen before step k x this); 0 = off. Needs --ema-halflife.",
+                               **NONNEGATIVE)
     mixed_precision: str = option("no", "accelerate's mixed precision.", choices=("no", "fp16", "bf16"))
     # resumed runs match uninterrupted ones because of this
     seed: int = option(0, "Step k's batch and noise depend only on (seed, k).", **NONNEGATIVE)
@@ -208,6 +211,12 @@ class TrainConfig(Checked):
     # Settings a resumed run may change: they do not alter the trained weights.
     runtime_only: ClassVar[tuple] = ("out", "log_every", "checkpoint_every", "keep_checkpoints", "sample_every",
                                      "tensorboard", "device")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ema_rampup > 0 and not self.ema_halflife > 0:
+            raise CMTError("--ema-rampup ramps the EMA half-life up to --ema-halflife, which is not set; "
+                           "pass --ema-halflife SAMPLES or leave --ema-rampup at 0")
 
 
 @dataclass

@@ -43,6 +43,25 @@ def test_ema_decay_from_halflife():
     with pytest.raises(ValueError):
         ema_decay(1.0)
 
+def test_ema_rampup_is_edms_per_step_decay():
+    halflife, batch, ratio = 500_000.0, 512, 0.05  # EDM's defaults: 500 kimg, ema_rampup_ratio 0.05
+    for step in (1, 2, 10, 1000, 20_000, 40_000):
+        cur_nimg = (step - 1) * batch  # EDM's images before this step's update
+        beta = 0.5 ** (batch / max(min(halflife, cur_nimg * ratio), 1e-8))
+        assert ema_decay(0.999, halflife, batch, ratio, step) == pytest.approx(beta, rel=1e-12), step
+    assert ema_decay(0.999, halflife, batch, ratio, 1) == 0  # step 1 copies the weights
+    assert ema_decay(0.999, halflife, batch, ratio, 40_000) == ema_decay(0.999, halflife, batch)  # ramped up
+    assert ema_decay(0.999, 0, batch, ratio, 5) == 0.999  # no half-life: the fixed decay
+    assert ema_decay(0.999, halflife, batch, 0.0, 5) == ema_decay(0.999, halflife, batch)  # off
+
+
+def test_ema_rampup_needs_a_halflife():
+    with pytest.raises(CMTError, match="--ema-rampup ramps the EMA half-life up to --ema-halflife, which is not set"):
+        PretrainConfig(ema_rampup=0.05)
+    with pytest.raises(CMTError, match="--ema-rampup must be >= 0"):
+        TrainConfig(ema_rampup=-1, ema_halflife=100)
+    assert TrainConfig(ema_rampup=0.05, ema_halflife=1000).ema_rampup == 0.05
+
 
 def test_ema_update_matches_closed_form():
     torch.manual_seed(0)
@@ -136,20 +155,23 @@ def stop_at(k):
     return cb
 
 
-@pytest.mark.parametrize("kind", ["source", "iterable"])
+@pytest.mark.parametrize("kind", ["source", "iterable", "ema-rampup"])
 def test_resume_reproduces_uninterrupted_run(tmp_path, kind):
-    """Stop after step 4 (last checkpoint at 3), resume: steps 4-8 match an uninterrupted run exactly."""
+    """Stop after step 4 (last checkpoint at 3), resume: steps 4-8 match an uninterrupted run exactly (EDM's EMA
+    ramp-up included: its decay depends on the step alone)."""
+    ema = dict(ema_halflife=16.0, ema_rampup=0.5) if kind == "ema-rampup" else {}
+
     def data():
-        if kind == "source":
+        if kind != "iterable":
             return TensorSource({"image": IMAGES}, 8, seed=0)
         return [{"image": IMAGES[i:i + 8]} for i in (0, 8, 16)]
 
-    run(tmp_path / "a", data())
+    run(tmp_path / "a", data(), **ema)
     with pytest.raises(Stop):
-        run(tmp_path / "b", data(), callbacks=[stop_at(4)])
+        run(tmp_path / "b", data(), callbacks=[stop_at(4)], **ema)
     assert (tmp_path / "b" / "checkpoints" / "latest").read_text().strip() == "step-0000003"
     assert max(losses(tmp_path / "b")) == 4
-    run(tmp_path / "b", data(), resume="latest")
+    run(tmp_path / "b", data(), resume="latest", **ema)
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(b) == list(range(1, 9))  # the dead run's step-4 line was replaced, not duplicated
     for k in range(4, 9):
@@ -159,7 +181,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, kind):
         for name, t in ca[key].items():
             torch.testing.assert_close(cb[key][name], t, rtol=1e-6, atol=1e-7)
     # and the match is not trivial: another seed gives other losses after the resume point
-    run(tmp_path / "c", data(), seed=1)
+    run(tmp_path / "c", data(), seed=1, **ema)
     assert all(losses(tmp_path / "c")[k] != a[k] for k in range(4, 9))
 
 
@@ -213,6 +235,9 @@ def test_run_folder_guards(tmp_path):
     with pytest.raises(CMTError, match=r"different settings \['lr'\]"):
         run(tmp_path, steps=3, lr=1e-3, resume="latest")
     run(tmp_path, steps=3, resume="latest", log_every=2)  # runtime-only settings may change; nothing left to do
+    rec["config"].pop("ema_rampup")  # a run begun before the option existed ran with its default (off)
+    (tmp_path / "config.json").write_text(json.dumps(rec))
+    run(tmp_path, steps=3, resume="latest")
     with pytest.raises(CMTError, match="no checkpoint"):
         run(tmp_path / "new", resume="latest")
     with pytest.raises(CMTError, match="not a training checkpoint"):

@@ -126,6 +126,9 @@ def prepare_run_dir(accelerator, cfg: TrainConfig, kind: str, resume: str | None
         except (ValueError, TypeError, KeyError) as e:
             raise CMTError(f"{run / 'config.json'} is damaged ({type(e).__name__}), so the run's settings are unknown; "
                            "start a new --out") from e
+        # an option added since the run began is absent from its config.json: it ran with that option's default
+        defaults = asdict(type(cfg)())
+        old = {**{k: defaults[k] for k in defaults.keys() - old.keys()}, **old}
         diff = sorted(k for k, v in record["config"].items()
                       if k not in cfg.runtime_only and json.dumps(old.get(k)) != json.dumps(v))
         if diff:
@@ -165,7 +168,6 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     if tracker:
         acc.init_trackers("tensorboard")
 
-    decay = ema_decay(cfg.ema_decay, cfg.ema_halflife, cfg.batch_size)
     stream = batch_stream(data, start, rank, world)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc=kind,
                unit="step", dynamic_ncols=True)
@@ -186,7 +188,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
-            ema.update(state.model, decay)
+            ema.update(state.model, ema_decay(cfg.ema_decay, cfg.ema_halflife, cfg.batch_size, cfg.ema_rampup, step))
             state.step = step
             wait += t1 - t0
 
