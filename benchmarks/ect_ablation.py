@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from init_comparison import QUIET, done, eval_rows, fresh, gmm_cmt, parser as comparison_parser, stage_seconds
+from init_comparison import QUIET, done, eval_rows, fmt, fresh, gmm_cmt, parser as comparison_parser, stage_seconds
 
 from cmt_pipeline.config import PostTrainConfig
 from cmt_pipeline.docs_sections import write_section
@@ -98,12 +97,6 @@ def run_variant(args, name: str, overrides: dict, data: str, init: str) -> dict[
     return ends
 
 
-def fmt(values) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--part", choices=["gmm", "digits"], required=True)
@@ -152,7 +145,7 @@ def main():
              "| variant | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|",
              "| the init (step 0) | " + " | ".join(f"{first[m]:.4g}" for m in metrics) + " |"]
     for n, r in results.items():
-        lines.append(f"| {n} | " + " | ".join(fmt([r[s][m] for s in range(args.seeds)]) for m in metrics) + " |")
+        lines.append(f"| {n} | " + " | ".join(fmt([r[s][m] for s in range(args.seeds)], 4, 2) for m in metrics) + " |")
     lines += ["", f"Command: `{cmd}`; {minutes:.0f} min of wall time over its {len(names) * args.seeds} runs, one "
               f"thread each, on 2 CPU cores shared with other jobs (load average {os.getloadavg()[2]:.1f} when "
               "this section was written)."]

@@ -122,10 +122,12 @@ def summarise(runs: dict, metrics, target_metric: str, target_from: str, steps: 
     return {"table": table, "target": {"metric": target_metric, "value": target, "from": target_from}}
 
 
-def fmt(values, digits=3) -> str:
-    mean = statistics.mean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.{digits}g} ± {std:.1g}"
+def fmt(values, digits=3, std_digits=1) -> str:
+    """Mean ± std over seeds (the benchmarks' one formatter); each value alone where there is one or one is not
+    finite (a ratio to a route already there at step 0)."""
+    if len(values) > 1 and all(math.isfinite(v) for v in values):
+        return f"{statistics.mean(values):.{digits}g} ± {statistics.stdev(values):.{std_digits}g}"
+    return " / ".join(f"{v:.{digits}g}" for v in values)
 
 
 def reach_fmt(reach) -> str:
