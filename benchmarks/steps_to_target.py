@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from init_comparison import QUIET, done, eval_rows, fmt, fresh, gmm_cmt, provenance, stage_seconds, teacher_reference
+from init_comparison import (QUIET, done, eval_rows, fmt, fresh, gmm_cmt, parser as comparison_parser, provenance,
+                             stage_seconds, teacher_reference)
 
 from cmt_pipeline.config import MidTrainConfig, PostTrainConfig
 from cmt_pipeline.docs_sections import write_section
@@ -95,7 +96,7 @@ def main():
     p.add_argument("--doc", default="docs/results.md")
     p.add_argument("--images", default="docs/images")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--targets", type=lambda s: [float(c) for c in s.split(",")], default=[2.0, 2.5, 3.0],
+    p.add_argument("--targets", type=lambda s: [float(c) for c in s.split(",")], default=[2.0, 3.0, 4.0],
                    help="targets as multiples of the teacher's 16-step flow-map MSE")
     p.add_argument("--post-steps", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=25)
@@ -106,17 +107,11 @@ def main():
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--doublings", type=int, default=7)
     p.add_argument("--eval-samples", type=int, default=1000)
-    # init_comparison.gmm_cmt's teacher and store (its own defaults)
-    p.add_argument("--gmm-channels", type=lambda s: [int(c) for c in s.split(",")], default=[16, 32])
-    p.add_argument("--gmm-teacher-steps", type=int, default=1500)
-    p.add_argument("--gmm-trajectories", type=int, default=4096)
-    p.add_argument("--gmm-mid-steps", type=int, default=400)
-    p.add_argument("--gmm-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.out)
-    teacher_run, _ = gmm_cmt(args, root)
+    teacher_run, _ = gmm_cmt(comparison_parser().parse_args([]), root)  # init_comparison's teacher and store
     store = root / "trajectories"
     plan = open_store(store).plan
     k, n_traj = len(plan["sigmas"]) - 1, plan["num_samples"]  # generated: the 256 held out as well
@@ -180,7 +175,7 @@ def render(args, summary, runs, root, teacher_run, store) -> str:
     lines = [
         "## Compute to a fixed target: diffusion init vs CMT (gmm:gmm8x8)",
         "",
-        f"The mixture teacher of init_comparison.py (UNet {args.gmm_channels}); its own 16-step DPM-Solver++(3) solve "
+        "The mixture teacher of init_comparison.py (UNet [16, 32]); its own 16-step DPM-Solver++(3) solve "
         f"has flow-map MSE {t:.4g} on the {args.eval_samples} evaluation noises (seed 1) every curve here is "
         "measured on.",
         f"Diffusion route: ECT from the teacher's weights, {args.post_steps} steps of batch {args.batch}, RAdam lr "
