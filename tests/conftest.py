@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 torch.set_num_threads(1)  # CI has 2 cores; one thread per test process keeps timings predictable
+
+
+def copier(base, tmp_path):
+    """copy(name): a fresh copy of the pristine folder base/name under tmp_path, for a test that damages it."""
+    def copy(name):
+        shutil.copytree(base / name, tmp_path / name)
+        return tmp_path / name
+    return copy
 
 
 @pytest.fixture(scope="session")

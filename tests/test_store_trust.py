@@ -18,6 +18,7 @@ from cmt_pipeline.stores import open_store, repair, verify
 from cmt_pipeline.stores.layout import MANIFEST, PLAN, STORE_VERSION, claim_plan, marker_path, plan_fingerprint
 from cmt_pipeline.training.trajectories import trajectory_source
 from cmt_pipeline.utils import CMTError
+from conftest import copier
 
 GMM = dict(teacher="gmm:gmm8x8", num_samples=48, shard_size=16, batch_size=16, steps=4, device="cpu")
 
@@ -51,10 +52,7 @@ def stores(tmp_path_factory):
 
 @pytest.fixture
 def copy(stores, tmp_path):
-    def make(name):
-        shutil.copytree(stores / name, tmp_path / name)
-        return tmp_path / name
-    return make
+    return copier(stores, tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 command it prints; readers refuse damaged datasets at open."""
 
 import shlex
-import shutil
 
 import pytest
 from click.testing import CliRunner
@@ -12,6 +11,7 @@ from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import generate
 from cmt_pipeline.stores import open_store
 from cmt_pipeline.utils import CMTError
+from conftest import copier
 
 
 def tree(root):
@@ -30,10 +30,7 @@ def pristine(tmp_path_factory):
 
 @pytest.fixture
 def dataset(pristine, tmp_path):
-    def copy(fmt):
-        shutil.copytree(pristine / fmt, tmp_path / fmt)
-        return tmp_path / fmt
-    return copy
+    return copier(pristine, tmp_path)
 
 
 def verify(*args):
