@@ -170,7 +170,6 @@ def plot_curves(summary: dict, metric: str, path: Path, title: str) -> None:
         per_step = [t[metric][s] for s in t["steps"]]
         series[name] = (t["steps"], [statistics.mean(v) for v in per_step], [min(v) for v in per_step],
                         [max(v) for v in per_step])
-    path.parent.mkdir(parents=True, exist_ok=True)
     save_curves(path, {title: series}, "post-training step (ECT)", LABELS[metric] + " (EMA)", summary["target"]["value"])
 
 

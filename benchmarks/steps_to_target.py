@@ -158,7 +158,6 @@ def main():
         return steps, [statistics.mean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
     image = Path(args.images) / "steps-to-target-gmm.png"
-    image.parent.mkdir(parents=True, exist_ok=True)
     save_curves(image, {"ECT from the diffusion weights / from the CMT student": {
         "diffusion + ECT": band("diffusion"), "CMT mid + ECT": band("CMT mid + ECT")},
         "CMT mid-training from the diffusion weights": {"CMT mid": band("CMT mid")}},

@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .utils import atomic_write_bytes
+
+
+def write_png(path, save) -> None:
+    """The one way a picture reaches disk: save(buffer) renders the PNG, the file appears whole (atomically), and
+    its folder is made if missing."""
+    buf = io.BytesIO()
+    save(buf)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def save_image_grid(images: torch.Tensor, path, nrow: int | None = None, min_tile: int = 32, pad: int = 1) -> None:
@@ -28,9 +38,7 @@ def save_image_grid(images: torch.Tensor, path, nrow: int | None = None, min_til
     img = Image.fromarray(canvas[..., 0] if c == 1 else canvas)
     scale = max(1, math.ceil(min_tile / w))
     img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    write_png(path, lambda buf: img.save(buf, format="PNG"))
 
 
 def save_scatter(points: torch.Tensor, path, reference: torch.Tensor | None = None, title: str = "") -> None:
@@ -47,9 +55,7 @@ def save_scatter(points: torch.Tensor, path, reference: torch.Tensor | None = No
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=9)
     ax.legend(loc="upper right", fontsize=7, markerscale=4)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    write_png(path, lambda buf: fig.savefig(buf, format="png", bbox_inches="tight"))
 
 
 def save_curves(path, panels: dict, xlabel: str = "step", ylabel: str = "", target: float | None = None) -> None:
@@ -75,6 +81,4 @@ def save_curves(path, panels: dict, xlabel: str = "step", ylabel: str = "", targ
             ax.legend(fontsize=7)
     axes[0].set_ylabel(ylabel)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    write_png(path, lambda buf: fig.savefig(buf, format="png"))

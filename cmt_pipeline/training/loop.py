@@ -70,7 +70,6 @@ class SampleGrid:
 
     def __call__(self, s: LoopState):
         if due(s, self.every, self.at_end):
-            (s.run_dir / "samples").mkdir(exist_ok=True)
             save_image_grid(self.sample_fn(s.ema), s.run_dir / "samples" / f"step-{s.step:07d}.png")
 
 
