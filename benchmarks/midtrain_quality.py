@@ -19,6 +19,7 @@ Finished runs are reused (delete a run folder to redo it).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -68,23 +69,21 @@ def store(args) -> Path:
     if not store_done(path):
         if args.store:
             raise SystemExit(f"--store {path} is not a finished trajectory store")
-        base = load_config(GenerateConfig, ROOT / "configs/digits.toml", "generate")
-        generate(GenerateConfig(**{**base.__dict__, "num_samples": args.trajectories + 256, "out": str(path),
-                                   "device": "cpu"}), progress=True)
+        generate(load_config(GenerateConfig, ROOT / "configs/digits.toml", "generate",
+                             num_samples=args.trajectories + 256, out=str(path), device="cpu"), progress=True)
     return path
 
 
 def run_variant(args, name: str, overrides: dict, data: Path) -> dict:
     """Train (or reuse) one variant; returns its curve, compute and final scores."""
     run = Path(args.out) / args.section / name.replace(" ", "_").replace("(", "").replace(")", "")
-    base = load_config(MidTrainConfig, ROOT / "configs/digits.toml", "mid_train")
     k = len(open_store(data).plan["sigmas"]) - 1
-    cfg = MidTrainConfig(**{**base.__dict__, **QUIET, "seed": args.seed, **overrides, "data": str(data),
-                            "out": str(run), "holdout": 256})
+    cfg = load_config(MidTrainConfig, ROOT / "configs/digits.toml", "mid_train",
+                      **{**QUIET, "seed": args.seed, **overrides, "data": str(data), "out": str(run), "holdout": 256})
     per_step = points_per_step(cfg, k)
     steps = max(1, args.budget // per_step)
     every = max(1, steps // args.evals)
-    cfg = MidTrainConfig(**{**cfg.__dict__, "steps": steps, "eval_every": every, "checkpoint_every": every})
+    cfg = dataclasses.replace(cfg, steps=steps, eval_every=every, checkpoint_every=every)
     result = run / "quality.json"
     if result.exists():
         return json.loads(result.read_text())
