@@ -9,11 +9,20 @@ docs/results.md (`<!-- ect-ablation:<part> -->`).
     python benchmarks/ect_ablation.py --part digits --init runs/digits/mid/model.ckpt --store runs/digits/trajectories
 
 --variants picks a subset by name (comma-separated). Finished runs are reused.
+
+    python benchmarks/ect_ablation.py --part gmm --mid-budgets 50,100,200,400 --variants 'gmm-post.toml recipe' --seeds 3
+    python benchmarks/ect_ablation.py --part digits --store runs/digits/trajectories --mid-budgets 300,1800 \
+        --variants 'warm-up + lr / 10' --seeds 2 --eval-samples 5000
+
+instead run the variants from CMT students mid-trained for each budget (gmm: init_comparison.py's teacher and store;
+digits: configs/digits.toml's [mid_train] on --store): whether ECT improves a CMT student depends on how far
+mid-training got (section `<!-- ect-ablation:<part>-mid-budgets -->`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import sys
@@ -25,10 +34,13 @@ import torch
 
 from init_comparison import QUIET, done, eval_rows, fmt, fresh, gmm_cmt, parser as comparison_parser, stage_seconds
 
-from cmt_pipeline.config import PostTrainConfig
+from cmt_pipeline.config import MidTrainConfig, PostTrainConfig, load_config
 from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.stores import open_store, read_range
+from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import post_train
+
+ROOT = Path(__file__).resolve().parents[1]
 from cmt_pipeline.utils import atomic_write_json
 
 BASE = dict(objective="ect", optimizer="radam", lr=1e-4, lr_schedule="constant", q=4096.0, q_double_every=0,
@@ -51,6 +63,7 @@ VARIANTS = {
     "batch x 4": dict(batch_size=-4),  # resolved to 4 x --batch
     "fresh mixture samples": dict(gmm_samples=1 << 18),  # gmm only: no sample seen twice
     "warm-up + fresh mixture samples": dict(warmup_steps=-1, gmm_samples=1 << 18),
+    "gmm-post.toml recipe": dict(distance="l2", q=256.0, lr=1e-3, lr_schedule="linear"),
 }
 METRICS = {"gmm": ("1step_flow_map_mse", "1step_sliced_w2", "2step_sliced_w2"),
            "digits": ("1step_digits_fd", "2step_digits_fd", "1step_digits_kid", "2step_digits_kid")}
@@ -109,20 +122,25 @@ def main():
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--eval-samples", type=int, default=2000)
+    p.add_argument("--mid-budgets", default="", help="comma-separated mid-training steps: CMT inits made here, one per budget (digits: needs --store)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = "gmm:gmm8x8" if args.part == "gmm" else "digits"
+    names = [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if args.mid_budgets:
+        if args.init or (args.part == "digits" and not args.store):
+            raise SystemExit("--mid-budgets mid-trains the CMT inits itself: drop --init (digits: give --store)")
+        return mid_budgets(args, names, [int(b) for b in args.mid_budgets.split(",")])
     init = args.init
     if not init:
         if args.part != "gmm":
             raise SystemExit("--init is required for digits: a mid-cm model.ckpt, e.g. runs/digits/mid/model.ckpt")
         _, mid = gmm_cmt(comparison_parser().parse_args([]), Path(args.out) / "gmm-cmt")
         init, args.store = str(mid / "model.ckpt"), args.store or str(Path(args.out) / "gmm-cmt" / "trajectories")
-    names = [n for n in args.variants.split(",") if n]
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     if args.part == "gmm" and "teacher samples as data" in names:
         names.remove("teacher samples as data")  # the mixture's data is exact: the teacher's samples are worse
     if args.part == "digits":
@@ -150,6 +168,59 @@ def main():
               f"thread each, on 2 CPU cores shared with other jobs (load average {os.getloadavg()[2]:.1f} when "
               "this section was written)."]
     write_section(args.doc, f"ect-ablation:{args.part}", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def cmt_init(args, steps: int) -> Path:
+    """A CMT student mid-trained for `steps`, made once and reused: gmm as init_comparison.py makes its own,
+    digits with configs/digits.toml's [mid_train] on --store."""
+    if args.part == "gmm":
+        return gmm_cmt(comparison_parser().parse_args([]), Path(args.out) / "gmm-cmt", steps)[1]
+    mid = Path(args.out) / "digits-cmt" / f"mid-{steps}"
+    if not done(mid, "model.ckpt"):
+        cfg = load_config(MidTrainConfig, ROOT / "configs/digits.toml", "mid_train", data=args.store,
+                          out=str(fresh(mid)), **QUIET)
+        mid_train(dataclasses.replace(cfg, steps=steps, eval_every=steps, checkpoint_every=steps), progress=False)
+    return mid
+
+
+def mid_budgets(args, names: list[str], budgets: list[int]) -> None:
+    """The variants from CMT inits mid-trained for each budget: step 0 (the init) against the end, per seed."""
+    data = "gmm:gmm8x8" if args.part == "gmm" else "digits"
+    results = {}
+    for b in budgets:
+        mid = cmt_init(args, b)
+        for n in names:
+            results[b, n] = run_variant(args, f"mid{b} {n}", VARIANTS[n], data, str(mid / "model.ckpt"))
+    seeds = range(args.seeds)
+    metrics = METRICS[args.part]
+    made = ("init_comparison.py's mixture teacher and store; CMT students mid-trained for each budget (8 "
+            "trajectories x all points per step, lr 1e-3 linear decay over the budget, EMA 0.99)" if args.part == "gmm"
+            else f"the store `{args.store}`; CMT students mid-trained from the built-in teacher for each budget with "
+                 "configs/digits.toml's [mid_train] settings")
+    atomic_write_json(Path(args.out) / f"{args.part}-mid-budgets.json", {
+        "base": BASE, "steps": args.steps, "batch": args.batch, "eval_samples": args.eval_samples, "eval_seed": 1,
+        "runs": [{"mid_steps": b, "variant": n, "init": {m: r[-1][m] for m in metrics},
+                  "end": {m: [r[s][m] for s in seeds] for m in metrics}} for (b, n), r in results.items()]})
+    cmd = " ".join(["python"] + [shlex.quote(a) for a in sys.argv])
+    minutes = sum(stage_seconds(run_dir(args, f"mid{b} {n}", k)) for b, n in results for k in seeds) / 60
+    lines = [f"## ECT post-training from CMT students at several mid-training budgets ({args.part})", "",
+             f"{made}; then ECT for {args.steps} steps at batch {args.batch}, training seeds 0-{args.seeds - 1}. Base: "
+             + ", ".join(f"{k} {v}" for k, v in BASE.items()) + "; the variants change "
+             + "; ".join(f"{n}: " + ", ".join(f"{k} {v}" for k, v in VARIANTS[n].items()) for n in names)
+             + (" (warmup_steps -1: a tenth of the steps)" if any(VARIANTS[n].get("warmup_steps") == -1 for n in names)
+                else "") + f". Metrics of the EMA student on {args.eval_samples} samples of evaluation seed 1, mean ± std "
+             "over training seeds; change = end - init per seed (the same evaluation noise).", "",
+             "| mid-training steps | ECT variant | " + " | ".join(f"{m} init -> end (change)" for m in metrics) + " |",
+             "|---" * (len(metrics) + 2) + "|"]
+    for (b, n), r in results.items():
+        cells = [f"{r[-1][m]:.4g} -> {fmt([r[s][m] for s in seeds], 3, 2)} "
+                 f"({fmt([r[s][m] - r[-1][m] for s in seeds], 2, 2)})" for m in metrics]
+        lines.append(f"| {b} | {n} | " + " | ".join(cells) + " |")
+    lines += ["", f"Command: `{cmd}`; {minutes:.0f} min of wall time over its {len(results) * args.seeds} "
+              f"post-training runs (plus {len(budgets)} short mid-training runs), one thread each, on 2 CPU cores "
+              f"shared with other jobs (load average {os.getloadavg()[2]:.1f} when this section was written)."]
+    write_section(args.doc, f"ect-ablation:{args.part}-mid-budgets", "\n".join(lines))
     print("\n".join(lines))
 
 

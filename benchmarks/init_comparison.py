@@ -191,8 +191,9 @@ def provenance(stages: list[Path]) -> list[str]:
 
 # ---- the Gaussian mixture --------------------------------------------------------------------------------
 
-def gmm_cmt(args, root: Path) -> tuple[Path, Path]:
-    """The mixture's diffusion teacher run and its CMT (mid-trained) run, made once under `root` and reused."""
+def gmm_cmt(args, root: Path, mid_steps: int | None = None) -> tuple[Path, Path]:
+    """The mixture's diffusion teacher run and its CMT (mid-trained) run, made once under `root` and reused; a
+    mid_steps other than --gmm-mid-steps gets its own mid-<steps> run beside the default one (same teacher, store)."""
     teacher_run = root / "teacher"
     if not done(teacher_run, "teacher"):
         pretrain(PretrainConfig(data="gmm:gmm8x8", gmm_samples=8192, channels=args.gmm_channels, layers_per_block=1,
@@ -203,10 +204,11 @@ def gmm_cmt(args, root: Path) -> tuple[Path, Path]:
     if not store_done(store):
         generate(GenerateConfig(teacher=str(teacher_run / "teacher"), num_samples=n_traj, out=str(fresh(store)),
                                 device="cpu", batch_size=512, shard_size=1024), progress=False)
-    mid = root / "mid"
+    mid_steps = mid_steps or args.gmm_mid_steps
+    mid = root / ("mid" if mid_steps == args.gmm_mid_steps else f"mid-{mid_steps}")
     if not done(mid, "model.ckpt"):
-        mid_train(MidTrainConfig(data=str(store), init="teacher", flavour="cm", holdout=256, steps=args.gmm_mid_steps,
-                                 batch_size=8, lr=args.gmm_lr, ema_decay=args.ema, eval_every=args.gmm_mid_steps,
+        mid_train(MidTrainConfig(data=str(store), init="teacher", flavour="cm", holdout=256, steps=mid_steps,
+                                 batch_size=8, lr=args.gmm_lr, ema_decay=args.ema, eval_every=mid_steps,
                                  out=str(fresh(mid)), **QUIET), progress=False)
     return teacher_run, mid
 
