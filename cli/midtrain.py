@@ -21,7 +21,8 @@ def mid_train_cmd(config_path, resume, quiet, **opts):
     trajectory's endpoint (plain regression: no stop-gradient, no target network, no curriculum).
 
     --batch-size counts trajectories (each gives K points in the cm flavour). Writes OUT/model.ckpt (input of
-    `cmt post-train --init`), OUT/eval.jsonl and OUT/eval.png (held-out 1-step error), OUT/student/ (cm).
+    `cmt post-train --init`), OUT/eval.jsonl and OUT/eval.png (1-step error on held-out and on
+    trained-on trajectories), OUT/student/ (cm).
     Multi-GPU/multi-node: `accelerate launch $(which cmt) mid-train ...`.
     """
     from cmt_pipeline.training.midtrain import mid_train

@@ -15,6 +15,7 @@ from cmt_pipeline.objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from cmt_pipeline.training.trajectories import trajectory_source
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
+from cmt_pipeline.stores import open_store, read_range
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.utils import CMTError
 
@@ -126,6 +127,28 @@ def test_cm_mid_training_on_gmm_approaches_the_exact_flow_map(gmm_store, tmp_pat
     x = torch.randn(2, 1, 8, 8)
     assert torch.allclose(student(x, 0.003), x, atol=1e-6)  # boundary condition survives export
     assert torch.equal(model_from_checkpoint(ckpt)(x, 5.0), student(x, 5.0))
+
+
+def test_mid_training_logs_the_error_on_trajectories_it_trains_on(gmm_store, tmp_path):
+    """eval.jsonl's train_mse is the 1-step error on the store's first trajectories (trained on), teacher_mse on
+    its last (held out): both recomputed here from the stored priors with the final EMA student."""
+    out = tmp_path / "run"
+    cfg = MidTrainConfig(data=str(gmm_store), out=str(out), init="random", holdout=64, eval_samples=32, steps=4,
+                         eval_every=4, batch_size=4, lr=2e-3, **TINY, **FAST)
+    mid_train(cfg, progress=False)
+    rows = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 4] and all("train_mse" in r for r in rows)
+    student = model_from_checkpoint(load_model(out / "model.ckpt", kind="mid-cm"))
+    store = read_range(open_store(gmm_store))
+    sigma_max = open_store(gmm_store).plan["sigmas"][0]
+
+    def error(rows):
+        prior, x0 = (torch.from_numpy(store[k][rows]).float() for k in ("prior", "x0"))
+        with torch.no_grad():
+            return float((student(sigma_max * prior, torch.full((len(prior),), sigma_max)) - x0).square().mean())
+
+    assert rows[-1]["train_mse"] == pytest.approx(error(slice(0, 32)), rel=1e-4)
+    assert rows[-1]["teacher_mse"] == pytest.approx(error(slice(160, 192)), rel=1e-4)
 
 
 @pytest.mark.slow

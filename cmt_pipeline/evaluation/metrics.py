@@ -30,12 +30,15 @@ def mse_psnr(x, target) -> dict:
     return {"mse": mse, "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
 
 
-def read_tail(root, num: int) -> dict:
+def read_tail(root, num: int, head: bool = False) -> dict:
     """The last `num` samples (all if num <= 0) of a complete store, where mid-training keeps its held-out
-    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan."""
+    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan. head=True: the
+    first `num` instead, which mid-training does train on (its error there against the tail's shows overfitting)."""
     reader = open_store(root)
     plan = reader.plan
-    arrays = read_range(reader, max(plan["num_samples"] - num, 0) if num > 0 else 0)
+    n = plan["num_samples"]
+    start, stop = (0, num if num > 0 else n) if head else (max(n - num, 0) if num > 0 else 0, n)
+    arrays = read_range(reader, start, stop)
     return {**{name: arrays[name] for name in ("prior", "labels", "x0", "index")}, "plan": plan}
 
 

@@ -1,6 +1,6 @@
 """Mid-training stage (`cmt mid-train`): a flow-map student regressed onto stored teacher trajectories (CMT),
-by the shared loop. Writes run/model.ckpt (kind "mid-cm" or "mid-mf"), run/eval.jsonl (the held-out 1-step
-error every eval_every steps, step 0 = the initialisation) with its curve run/eval.png, and for the CM flavour
+by the shared loop. Writes run/model.ckpt (kind "mid-cm" or "mid-mf"), run/eval.jsonl (the 1-step error on
+held-out and on trained-on trajectories every eval_every steps, step 0 = the initialisation) with its curve run/eval.png, and for the CM flavour
 run/student/ (teachers in the EDM folder format), the EMA student in that format."""
 
 from __future__ import annotations
@@ -69,15 +69,20 @@ def lpips_distance(cfg: MidTrainConfig, plan: dict) -> LPIPS | None:
     return LPIPS.from_files(cfg.lpips_vgg, cfg.lpips_heads, cfg.lpips_size)
 
 
-def holdout_error(data: dict, sigma_max: float, exact=None):
+def holdout_error(data: dict, sigma_max: float, exact=None, seen: dict | None = None):
     """measure(model) for the loop's EvalLog: the 1-step error on held-out trajectories (evaluation's paired error
-    against the stored solver sample: teacher matching) and, for a Gaussian-mixture teacher, against the exact
-    flow map."""
+    against the stored solver sample: teacher matching), for a Gaussian-mixture teacher also against the exact
+    flow map, and the same error on trajectories it trains on (`seen`) as train_mse: a held-out error well above
+    it means the student memorises its trajectories, and a bigger store is what helps."""
 
     def measure(model) -> dict:
-        x, err = paired_samples(StudentSampler(as_denoiser(model).eval(), [sigma_max]), data,
-                                device=next(model.parameters()).device)
-        return {"teacher_mse": err["mse"], **({"exact_mse": mse_psnr(x, exact)["mse"]} if exact is not None else {})}
+        sampler = StudentSampler(as_denoiser(model).eval(), [sigma_max])
+        device = next(model.parameters()).device
+        x, err = paired_samples(sampler, data, device=device)
+        out = {"teacher_mse": err["mse"], **({"exact_mse": mse_psnr(x, exact)["mse"]} if exact is not None else {})}
+        if seen is not None:
+            out["train_mse"] = paired_samples(sampler, seen, device=device)[1]["mse"]
+        return out
 
     return measure
 
@@ -89,9 +94,11 @@ def plot_curve(path: Path, out: Path, title: str) -> None:
         rows[row["step"]] = row  # a resumed run re-measures: keep the last
     steps = sorted(rows)
     series = {label: (steps, [rows[s][key] for s in steps])
-              for key, label in (("teacher_mse", "vs teacher's solver sample"), ("exact_mse", "vs exact flow map"))
-              if key in rows[steps[0]]}
-    save_curves(out, {title: series}, xlabel="mid-training step", ylabel="held-out 1-step MSE")
+              for key, label in (("teacher_mse", "held out, vs teacher's solver sample"),
+                                 ("exact_mse", "held out, vs exact flow map"),
+                                 ("train_mse", "trained on, vs teacher's solver sample"))
+              if all(key in rows[s] for s in steps)}  # a run resumed from an older version lacks train_mse early on
+    save_curves(out, {title: series}, xlabel="mid-training step", ylabel="1-step MSE")
 
 
 @holds_run_folder
@@ -118,10 +125,12 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     if cfg.holdout > 0:
         from accelerate import PartialState
 
-        data = read_tail(cfg.data, min(cfg.eval_samples, cfg.holdout))  # as `cmt evaluate`'s paired error
+        num = min(cfg.eval_samples, cfg.holdout)
+        data = read_tail(cfg.data, num)  # as `cmt evaluate`'s paired error
+        seen = read_tail(cfg.data, min(num, plan["num_samples"] - cfg.holdout), head=True)
         exact = exact_flow_map(teacher, data["prior"], plan["sigmas"][0], plan["sigmas"][-1]).float() \
             if isinstance(teacher, GMMDenoiser) else None
-        log = EvalLog(holdout_error(data, plan["sigmas"][0], exact), run / "eval.jsonl", cfg.eval_every)
+        log = EvalLog(holdout_error(data, plan["sigmas"][0], exact, seen), run / "eval.jsonl", cfg.eval_every)
         log.start(student, resume, PartialState(cpu=cfg.device == "cpu").is_main_process)
         callbacks.append(log)
     grid_prior = torch.randn(cfg.num_grid_samples, *plan["shape"], generator=torch.Generator().manual_seed(cfg.seed))
