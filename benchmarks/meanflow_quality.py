@@ -3,7 +3,7 @@
 Mid-trains one MeanFlow-flavour student (`flavour = "mf"`: the average velocity u(z, r, t) regressed onto the
 secant of pairs of points of the same stored trajectory) from the built-in teacher on a stored trajectory
 dataset, with configs/digits.toml's [mid_train] settings except the flavour and the distance (l2: the mf loss is a
-plain mean squared error whatever --distance says; lpips is refused), then post-trains it with MeanFlow
+plain mean squared error; mid-training refuses any other distance for mf), then post-trains it with MeanFlow
 (`objective = "meanflow"`, data digits) for --post-steps steps in a few variants, each changing one setting of the
 base: configs/digits.toml's [post_train] (batch 64, RAdam lr 1e-5 after a 30-step warm-up, constant, EMA 0.99)
 with objective meanflow and the project's MeanFlow defaults (noise LogNormal(-0.4, 1.0), r != t for 25% of the
@@ -144,8 +144,7 @@ def render(args, m: dict, rows: list[dict], data: Path, wall: float) -> str:
         f"configs/digits.toml's [mid_train] except the flavour and the distance: {c['steps']} steps of "
         f"{c['batch_size']} trajectories x {c['pairs_per_traj']} (t, r) pairs, {c['optimizer']} lr {c['lr']:g} "
         f"{c['lr_schedule']}, EMA {c['ema_decay']}, distance l2 (the mf loss is a plain mean squared error of "
-        "velocities: `MidTrainConfig` refuses lpips for mf but accepts huber and then ignores it, so the default's "
-        "pseudo-Huber would not have been used anyway), training seed "
+        "velocities; mid-training refuses the default's pseudo-Huber for mf), training seed "
         f"{c['seed']}. Post-training: MeanFlow (`objective = \"meanflow\"`, data digits) from that checkpoint for "
         f"{args.post_steps} steps; each variant changes one setting of the base, configs/digits.toml's [post_train] "
         f"with objective meanflow (batch {base.get('batch_size')}, {base.get('optimizer')} lr {base.get('lr', 0):g}, "

@@ -269,8 +269,8 @@ class MidTrainConfig(TrainConfig):
     lr_schedule: str = same_option(TrainConfig, "lr_schedule", "linear")
     points_per_traj: int = option(0, "cm: points drawn per trajectory per step (0 = all K).", **NONNEGATIVE)
     pairs_per_traj: int = option(16, "mf: (t, r) pairs drawn per trajectory per step.", **POSITIVE)
-    distance: str = option("l2", "cm: regression distance: l2 = mean sq, huber = sqrt(mean sq + c^2) - c, lpips "
-                           "= LPIPS v0.1 vgg (the paper's; needs --lpips-vgg and --lpips-heads).",
+    distance: str = option("l2", "cm: regression distance (mf: l2 only): l2 = mean sq, huber = sqrt(mean sq + "
+                           "c^2) - c, lpips = LPIPS v0.1 vgg (the paper's; needs --lpips-vgg and --lpips-heads).",
                            choices=("l2", "huber", "lpips"))
     huber_c: float = option(0.03, "Pseudo-Huber constant (data units).", **NONNEGATIVE)
     lpips_vgg: str = option("", "--distance lpips: local torchvision VGG16 weights (vgg16-397923af.pth). Never "
@@ -294,10 +294,10 @@ class MidTrainConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.flavour == "mf" and self.distance != "l2":
+            raise CMTError(f"--distance {self.distance} is for --flavour cm (mf regresses velocities with a mean "
+                           "squared error); use --distance l2 with --flavour mf")
         if self.distance == "lpips":
-            if self.flavour != "cm":
-                raise CMTError("--distance lpips is for --flavour cm (mf regresses velocities, not images); "
-                               "use --distance l2 with --flavour mf")
             unset = [o for o, v in (("--lpips-vgg", self.lpips_vgg), ("--lpips-heads", self.lpips_heads)) if not v]
             if unset:
                 raise CMTError(f"--distance lpips needs {' and '.join(unset)}: local weight files, never downloaded "

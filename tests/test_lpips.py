@@ -126,6 +126,8 @@ def test_lpips_options_are_checked_when_the_config_is_built(weights):
         MidTrainConfig(distance="lpips", lpips_vgg=str(weights["vgg"]))
     with pytest.raises(CMTError, match="--distance lpips is for --flavour cm"):
         MidTrainConfig(distance="lpips", flavour="mf", lpips_vgg="a", lpips_heads="b")
+    with pytest.raises(CMTError, match="--distance huber is for --flavour cm.*use --distance l2"):
+        MidTrainConfig(distance="huber", flavour="mf")  # the mf loss has no distance: refused, not ignored
     with pytest.raises(CMTError, match="--lpips-size must be >= 16"):
         MidTrainConfig(lpips_size=8)
     r = CliRunner().invoke(cli, ["mid-train", "--data", str(weights["vgg"].parent), "--distance", "lpips",
