@@ -68,6 +68,38 @@ def test_cm_loss_is_zero_for_a_perfect_flow_map_and_counts_every_point():
     assert loss.item() == pytest.approx((1 + 0.03**2) ** 0.5 - 0.03, rel=1e-5)
 
 
+def test_off_grid_points_lie_on_the_trajectory_between_grid_sigmas():
+    """For one data point c the probability-flow ODE is the line x(sigma) = c + sigma n, which the DDIM step is exact
+    on: every moved point must land on it at a sigma strictly between its grid sigma and the next; the last stored
+    state, and all points with off_grid 0, stay on the grid."""
+    sigmas = torch.tensor([80.0, 10.0, 1.0, 0.1, 0.002], dtype=torch.float64)
+    c, n = torch.randn(64, 1, 4, 4), torch.randn(64, 1, 4, 4)
+    traj = c[:, None] + sigmas[:4].float().view(1, 4, 1, 1, 1) * n[:, None]
+    batch = {"traj": traj, "x0": c, "labels": torch.full((64,), -1)}
+    seen = {}
+
+    def record(x, sigma, labels):
+        seen.update(x=x.view(64, -1, 1, 4, 4), sigma=sigma.view(64, -1))
+        return x
+
+    torch.manual_seed(0)
+    CMTLoss(sigmas, points_per_traj=3, off_grid=1.0)(record, batch, 1)
+    x, sig = seen["x"], seen["sigma"]
+    grid = sigmas[:4].float()
+    on_grid = (sig[..., None] == grid).any(-1)
+    assert torch.allclose(x, c[:, None] + sig.view(64, 3, 1, 1, 1) * n[:, None], atol=1e-4)
+    assert torch.equal(on_grid, sig == grid[3])  # with off_grid 1 only the last state (0.1) stays where it was
+    assert (((sig < 80) & (sig > 0.1)) | on_grid).all()
+    torch.manual_seed(0)
+    CMTLoss(sigmas, points_per_traj=3, off_grid=0.5)(record, batch, 1)
+    moved = ~(seen["sigma"][..., None] == grid).any(-1)
+    assert 0.3 < moved.float().mean() < 0.5  # half of the ~3/4 of points that may move
+    CMTLoss(sigmas, off_grid=0.0)(record, batch, 1)
+    assert torch.equal(seen["sigma"], grid.expand(64, 4)) and torch.equal(seen["x"], traj)
+    with pytest.raises(CMTError, match="--off-grid is for --flavour cm"):
+        MidTrainConfig(flavour="mf", off_grid=0.5)
+
+
 def test_mf_loss_targets_are_average_velocities_along_the_trajectory():
     """On a straight flow-matching line z_t = (1 - t) a + t b, every pair's average velocity is b - a."""
     sigmas = torch.tensor([80.0, 5.0, 0.5, 0.002], dtype=torch.float64)

@@ -5,7 +5,11 @@ final sample at sigmas[K], labels (B,) with -1 for unconditional. No stop-gradie
 no time curriculum.
 
 CM flavour:  L = mean over the trajectory's points of d(f(x_i, sigma_i), x0)   (uniform weighting); d is l2,
-             huber (distances.py) or LPIPS (lpips.py, the paper's default)
+             huber (distances.py) or LPIPS (lpips.py, the paper's default). With off_grid = p, a share p of
+             the points moves from sigma_i to a log-uniform sigma' between sigma_i and sigma_{i+1}, its state
+             interpolated by one first-order (DDIM) step whose denoised estimate is the one that carries x_i
+             exactly onto x_{i+1}: grid sigmas alone leave the student free to wiggle in sigma between them,
+             and continuous-time post-training (ECT's small gaps, MeanFlow's JVP) differentiates those wiggles.
 MF flavour:  in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)), for pairs i < j of one
              trajectory (t_i > t_j, x0 counted as the last point), drawn uniformly over all pairs:
              L = || u(z_i, r = t_j, t = t_i) - (z_i - z_j) / (t_i - t_j) ||^2 ;  j = the endpoint is the CM case.
@@ -36,6 +40,7 @@ class CMTLoss:
     distance: str = "l2"  # l2, huber (distances.py), or lpips: the `lpips` module below
     huber_c: float = 0.03
     lpips: nn.Module | None = None  # objectives/lpips.py's LPIPS, loaded once; moved to the student's device
+    off_grid: float = 0.0  # share of points moved between grid sigmas (the last stored state stays on the grid)
 
     def __post_init__(self):
         if self.distance == "lpips" and self.lpips is None:
@@ -50,15 +55,34 @@ class CMTLoss:
         traj, x0 = batch["traj"].float(), batch["x0"].float()
         b, k = traj.shape[:2]
         sig = self.sigmas[:k].to(traj.device, torch.float32)
+        rows = torch.arange(b, device=traj.device)[:, None]
+        idx = torch.arange(k, device=traj.device).expand(b, k)
         if self.points_per_traj and self.points_per_traj < k:
             idx = torch.rand(b, k, device=traj.device).argsort(1)[:, : self.points_per_traj]
-            traj, sig_b = traj[torch.arange(b, device=traj.device)[:, None], idx], sig[idx]
-            k = self.points_per_traj
-        else:
-            sig_b = sig.expand(b, k)
-        pred = model(traj.flatten(0, 1), sig_b.flatten(), _labels(batch, k))
+        x, sig_b = traj[rows, idx], sig[idx]
+        if self.off_grid > 0:
+            x, sig_b = self.between_grid(traj, sig, rows, idx, x, sig_b)
+        k = idx.shape[1]
+        pred = model(x.flatten(0, 1), sig_b.flatten(), _labels(batch, k))
         per_point = self.dist(pred, x0.repeat_interleave(k, 0))
         return per_point.mean(), {"loss_first_point": per_point.view(b, k)[:, 0].mean().detach()}
+
+    def between_grid(self, traj, sig, rows, idx, x, sig_b):
+        """Move a random share off_grid of the points (x_i, sigma_i), i < K - 1, to sigma' = sigma_i^(1-u)
+        sigma_{i+1}^u, u ~ U(0, 1): x' = (sigma'/sigma_i) x_i + (1 - sigma'/sigma_i) d with d = (x_{i+1} -
+        rho x_i) / (1 - rho), rho = sigma_{i+1} / sigma_i (the DDIM step's data estimate that lands on x_{i+1})."""
+        b, n = idx.shape
+        k = traj.shape[1]
+        move = (torch.rand(b, n, device=traj.device) < self.off_grid) & (idx < k - 1)
+        nxt = (idx + 1).clamp_max(k - 1)
+        u = torch.rand(b, n, device=traj.device)
+        s_i, s_n = sig[idx], sig[nxt]
+        s_new = torch.where(move, s_i ** (1 - u) * s_n ** u, s_i)
+        rho = torch.where(move, s_n / s_i, torch.zeros_like(s_i))
+        shape = (b, n) + (1,) * (traj.ndim - 2)
+        d = (traj[rows, nxt] - rho.view(shape) * x) / (1 - rho).view(shape)
+        a = (s_new / s_i).view(shape)
+        return torch.where(move.view(shape), a * x + (1 - a) * d, x), s_new
 
 
 @dataclass

@@ -117,7 +117,8 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     vae = load_vae(cfg.vae, cfg.data, shape=plan["shape"])  # a latent store's VAE: decodes the sample grids
     student = build_student(cfg, teacher, tuple(plan["shape"]))
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
-    objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c, lpips_distance(cfg, plan))
+    objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c, lpips_distance(cfg, plan),
+                         cfg.off_grid)
                  if cfg.flavour == "cm" else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj))
 
     run = Path(cfg.out)
