@@ -2,15 +2,19 @@
 # ECT from the default pipeline's mid-trained student improves for ~450 steps, then collapses (docs/results.md,
 # "ECT post-training from a CMT student"). Which one setting prevents it? Each run is configs/digits.toml's
 # [post_train] for 900 steps with one option changed, evaluated every 150 steps (2000 samples, evaluation seed 1).
-#     bash benchmarks/ect_collapse.sh runs/digits/mid/model.ckpt runs/ect-collapse
-# Finished runs are kept; prints each run's 1-/2-step digits FD curve.
+#     bash benchmarks/ect_collapse.sh runs/digits/mid/model.ckpt runs/ect-collapse [RUN ...]
+# RUN names a subset of the runs below (default: all). Finished runs are kept; prints each run's 1-/2-step digits
+# FD curve.
 set -u
-INIT=${1:?usage: ect_collapse.sh MID_MODEL_CKPT OUT}
-OUT=${2:?usage: ect_collapse.sh MID_MODEL_CKPT OUT}
+INIT=${1:?usage: ect_collapse.sh MID_MODEL_CKPT OUT [RUN ...]}
+OUT=${2:?usage: ect_collapse.sh MID_MODEL_CKPT OUT [RUN ...]}
+shift 2
+ONLY=" $* "
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 run() {
   name=$1; shift
+  if [ "$ONLY" != "  " ] && [[ "$ONLY" != *" $name "* ]]; then return; fi
   if [ ! -f "$OUT/$name/metrics.json" ]; then
     rm -rf "${OUT:?}/$name"
     cmt post-train --config configs/digits.toml --init "$INIT" --steps 900 --eval-every 150 --eval-samples 2000 \
