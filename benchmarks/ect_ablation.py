@@ -209,7 +209,8 @@ def mid_budgets(args, names: list[str], budgets: list[int]) -> None:
              + ", ".join(f"{k} {v}" for k, v in BASE.items()) + "; the variants change "
              + "; ".join(f"{n}: " + ", ".join(f"{k} {v}" for k, v in VARIANTS[n].items()) for n in names)
              + (" (warmup_steps -1: a tenth of the steps)" if any(VARIANTS[n].get("warmup_steps") == -1 for n in names)
-                else "") + f". Metrics of the EMA student on {args.eval_samples} samples of evaluation seed 1, mean ± std "
+                else "") + f". Metrics of the EMA student on {args.eval_samples} samples of evaluation seed 1, "
+             "mean ± std "
              "over training seeds; change = end - init per seed (the same evaluation noise).", "",
              "| mid-training steps | ECT variant | " + " | ".join(f"{m} init -> end (change)" for m in metrics) + " |",
              "|---" * (len(metrics) + 2) + "|"]

@@ -42,9 +42,13 @@ from cmt_pipeline.stores import open_store
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import DEFAULT_NOISE, post_train
 
-from midtrain_quality import QUIET, ROOT  # benchmarks/midtrain_quality.py: the run settings it trains with
+from midtrain_quality import BASE, QUIET, ROOT  # benchmarks/midtrain_quality.py: the run settings it trains with
 
-CONFIG = ROOT / "configs/digits.toml"
+# configs/digits.toml's [mid_train] and [post_train] as they were when this study ran, pinned so its numbers stay
+# reproducible when the config moves on
+MID = {**BASE, "flavour": "mf", "eval_every": 300, "checkpoint_every": 300}
+POST = dict(objective="meanflow", data="digits", batch_size=64, optimizer="radam", lr=1e-5, warmup_steps=30,
+            lr_schedule="constant", ema_decay=0.99, checkpoint_every=100)
 VARIANTS = {
     "base (lr 1e-5 after 30 warm-up steps)": {},  # configs/digits.toml's [post_train] with objective meanflow
     "lr 1e-4 linear decay (no warm-up)": dict(lr=1e-4, warmup_steps=0, lr_schedule="linear"),
@@ -84,19 +88,22 @@ def score(ckpt: Path, out: Path, args) -> dict:
     return final
 
 
-def mid(args, data: Path) -> dict:
-    run = Path(args.out) / "mid-mf"
-    cfg = load_config(MidTrainConfig, CONFIG, "mid_train",
-                      **{**QUIET, "seed": args.seed, "flavour": "mf", "distance": "l2", "data": str(data),
-                         "out": str(run), "holdout": 256})
-    cfg = dataclasses.replace(cfg, steps=args.mid_steps)
+def trained(run: Path, train_fn, cfg, args, what: str) -> dict:
+    """Run a stage once (its train.json marks it done) and return what it recorded."""
     done = run / "train.json"
     if not done.exists():
-        print(f"== mid-training (mf) {cfg.steps} steps", flush=True)
-        out = mid_train(cfg, progress=args.progress)
+        print(f"== {what}: {cfg.steps} steps", flush=True)
+        out = train_fn(cfg, progress=args.progress)
         done.write_text(json.dumps({"seconds": out["seconds"], "threads": torch.get_num_threads(),
-                                    "steps": cfg.steps}))
-    summary = json.loads(done.read_text())
+                                    "steps": cfg.steps, "loss": out.get("loss")}))
+    return json.loads(done.read_text())
+
+
+def mid(args, data: Path) -> dict:
+    run = Path(args.out) / "mid-mf"
+    cfg = load_config(MidTrainConfig, **{**MID, **QUIET, "seed": args.seed, "data": str(data), "out": str(run),
+                                         "holdout": 256, "steps": args.mid_steps})
+    summary = trained(run, mid_train, cfg, args, "mid-training (mf)")
     held = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     return {"name": "mid-mf", "config": dataclasses.asdict(cfg), "ckpt": str(run / "model.ckpt"), **summary,
             "heldout_mse": [(r["step"], r["teacher_mse"]) for r in held], "final": score(run / "model.ckpt", run, args)}
@@ -104,17 +111,9 @@ def mid(args, data: Path) -> dict:
 
 def post(args, name: str, overrides: dict, init: str) -> dict:
     run = Path(args.out) / "post" / folder(name)
-    cfg = load_config(PostTrainConfig, CONFIG, "post_train",
-                      **{**QUIET, "seed": args.seed, "objective": "meanflow", "data": "digits", "init": init,
-                         "out": str(run), "eval_samples": args.eval_samples, **overrides})
-    cfg = dataclasses.replace(cfg, steps=args.post_steps)
-    done = run / "train.json"
-    if not done.exists():
-        print(f"== post-training (meanflow) {name}: {cfg.steps} steps", flush=True)
-        out = post_train(cfg, progress=args.progress)
-        done.write_text(json.dumps({"seconds": out["seconds"], "threads": torch.get_num_threads(),
-                                    "steps": cfg.steps, "loss": out.get("loss")}))
-    summary = json.loads(done.read_text())
+    cfg = load_config(PostTrainConfig, **{**POST, **QUIET, "seed": args.seed, "init": init, "out": str(run),
+                                          "eval_samples": args.eval_samples, "steps": args.post_steps, **overrides})
+    summary = trained(run, post_train, cfg, args, f"post-training (meanflow) {name}")
     return {"name": name, "overrides": overrides, "config": dataclasses.asdict(cfg), **summary,
             "final": score(run / "model.ckpt", run, args)}
 
@@ -141,13 +140,14 @@ def render(args, m: dict, rows: list[dict], data: Path, wall: float) -> str:
         "",
         f"Mid-training: the MeanFlow flavour (`flavour = \"mf\"`) from the built-in teacher on one stored dataset "
         f"({plan['num_samples']} DPM-Solver++(3) x 16 trajectories, the last {c['holdout']} held out), "
-        f"configs/digits.toml's [mid_train] except the flavour and the distance: {c['steps']} steps of "
+        f"configs/digits.toml's [mid_train] of the time except the flavour and the distance: {c['steps']} steps of "
         f"{c['batch_size']} trajectories x {c['pairs_per_traj']} (t, r) pairs, {c['optimizer']} lr {c['lr']:g} "
         f"{c['lr_schedule']}, EMA {c['ema_decay']}, distance l2 (the mf loss is a plain mean squared error of "
         "velocities; mid-training refuses the default's pseudo-Huber for mf), training seed "
         f"{c['seed']}. Post-training: MeanFlow (`objective = \"meanflow\"`, data digits) from that checkpoint for "
-        f"{args.post_steps} steps; each variant changes one setting of the base, configs/digits.toml's [post_train] "
-        f"with objective meanflow (batch {base.get('batch_size')}, {base.get('optimizer')} lr {base.get('lr', 0):g}, "
+        f"{args.post_steps} steps; each variant changes one setting of the base, configs/digits.toml's "
+        f"[post_train] of the time with objective meanflow (batch {base.get('batch_size')}, {base.get('optimizer')} "
+        f"lr {base.get('lr', 0):g}, "
         f"warm-up {base.get('warmup_steps')}, {base.get('lr_schedule')}, EMA {base.get('ema_decay')}; MeanFlow "
         f"noise LogNormal{noise}, r != t for {base.get('r_fraction')} of the samples, adaptive weight power "
         f"{base.get('adaptive_p')}).",

@@ -1,7 +1,8 @@
 """Mid-training stage (`cmt mid-train`): a flow-map student regressed onto stored teacher trajectories (CMT),
 by the shared loop. Writes run/model.ckpt (kind "mid-cm" or "mid-mf"), run/eval.jsonl (the 1-step error on
-held-out and on trained-on trajectories every eval_every steps, step 0 = the initialisation) with its curve run/eval.png, and for the CM flavour
-run/student/ (teachers in the EDM folder format), the EMA student in that format."""
+held-out and on trained-on trajectories every eval_every steps, step 0 = the initialisation) with its curve
+run/eval.png, and for the CM flavour run/student/ (teachers in the EDM folder format), the EMA student in that
+format."""
 
 from __future__ import annotations
 
