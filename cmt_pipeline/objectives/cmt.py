@@ -61,13 +61,13 @@ class CMTLoss:
             idx = torch.rand(b, k, device=traj.device).argsort(1)[:, : self.points_per_traj]
         x, sig_b = traj[rows, idx], sig[idx]
         if self.off_grid > 0:
-            x, sig_b = self.between_grid(traj, sig, rows, idx, x, sig_b)
+            x, sig_b = self.between_grid(traj, sig, rows, idx, x)
         k = idx.shape[1]
         pred = model(x.flatten(0, 1), sig_b.flatten(), _labels(batch, k))
         per_point = self.dist(pred, x0.repeat_interleave(k, 0))
         return per_point.mean(), {"loss_first_point": per_point.view(b, k)[:, 0].mean().detach()}
 
-    def between_grid(self, traj, sig, rows, idx, x, sig_b):
+    def between_grid(self, traj, sig, rows, idx, x):
         """Move a random share off_grid of the points (x_i, sigma_i), i < K - 1, to sigma' = sigma_i^(1-u)
         sigma_{i+1}^u, u ~ U(0, 1): x' = (sigma'/sigma_i) x_i + (1 - sigma'/sigma_i) d with d = (x_{i+1} -
         rho x_i) / (1 - rho), rho = sigma_{i+1} / sigma_i (the DDIM step's data estimate that lands on x_{i+1})."""
