@@ -15,14 +15,13 @@ docs/results.md (`<!-- ect-ablation:<part> -->`).
         --variants 'warm-up + lr / 10' --seeds 2 --eval-samples 5000
 
 instead run the variants from CMT students mid-trained for each budget (gmm: init_comparison.py's teacher and store;
-digits: configs/digits.toml's [mid_train] on --store): whether ECT improves a CMT student depends on how far
+digits: midtrain_quality.py's pinned base settings on --store): whether ECT improves a CMT student depends on how far
 mid-training got (section `<!-- ect-ablation:<part>-mid-budgets -->`).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shlex
 import sys
@@ -33,14 +32,13 @@ import numpy as np
 import torch
 
 from init_comparison import QUIET, done, eval_rows, fmt, fresh, gmm_cmt, parser as comparison_parser, stage_seconds
+from midtrain_quality import BASE as MID_BASE
 
 from cmt_pipeline.config import MidTrainConfig, PostTrainConfig, load_config
 from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.stores import open_store, read_range
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import post_train
-
-ROOT = Path(__file__).resolve().parents[1]
 from cmt_pipeline.utils import atomic_write_json
 
 BASE = dict(objective="ect", optimizer="radam", lr=1e-4, lr_schedule="constant", q=4096.0, q_double_every=0,
@@ -173,14 +171,14 @@ def main():
 
 def cmt_init(args, steps: int) -> Path:
     """A CMT student mid-trained for `steps`, made once and reused: gmm as init_comparison.py makes its own,
-    digits with configs/digits.toml's [mid_train] on --store."""
+    digits with midtrain_quality.py's pinned base settings on --store."""
     if args.part == "gmm":
         return gmm_cmt(comparison_parser().parse_args([]), Path(args.out) / "gmm-cmt", steps)[1]
     mid = Path(args.out) / "digits-cmt" / f"mid-{steps}"
     if not done(mid, "model.ckpt"):
-        cfg = load_config(MidTrainConfig, ROOT / "configs/digits.toml", "mid_train", data=args.store,
-                          out=str(fresh(mid)), **QUIET)
-        mid_train(dataclasses.replace(cfg, steps=steps, eval_every=steps, checkpoint_every=steps), progress=False)
+        mid_train(load_config(MidTrainConfig, **{**MID_BASE, **QUIET, "data": args.store, "out": str(fresh(mid)),
+                                                 "holdout": 256, "steps": steps, "eval_every": steps,
+                                                 "checkpoint_every": steps}), progress=False)
     return mid
 
 
@@ -197,7 +195,8 @@ def mid_budgets(args, names: list[str], budgets: list[int]) -> None:
     made = ("init_comparison.py's mixture teacher and store; CMT students mid-trained for each budget (8 "
             "trajectories x all points per step, lr 1e-3 linear decay over the budget, EMA 0.99)" if args.part == "gmm"
             else f"the store `{args.store}`; CMT students mid-trained from the built-in teacher for each budget with "
-                 "configs/digits.toml's [mid_train] settings")
+                 "benchmarks/midtrain_quality.py's base settings (" + ", ".join(f"{k} {v}" for k, v in MID_BASE.items())
+                 + ")")
     atomic_write_json(Path(args.out) / f"{args.part}-mid-budgets.json", {
         "base": BASE, "steps": args.steps, "batch": args.batch, "eval_samples": args.eval_samples, "eval_seed": 1,
         "runs": [{"mid_steps": b, "variant": n, "init": {m: r[-1][m] for m in metrics},
