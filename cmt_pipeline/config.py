@@ -273,9 +273,9 @@ class MidTrainConfig(TrainConfig):
                            "c^2) - c, lpips = LPIPS v0.1 vgg (the paper's; needs --lpips-vgg and --lpips-heads).",
                            choices=("l2", "huber", "lpips"))
     huber_c: float = option(0.03, "Pseudo-Huber constant (data units).", **NONNEGATIVE)
-    off_grid: float = option(0.0, "cm: share of points moved to a random sigma between two grid sigmas (state by "
-                             "a DDIM step onto the next stored state), so the student is smooth in sigma between "
-                             "them.", min=0, max=1)
+    off_grid: float = option(0.0, "Share of points (mf: of the pairs' sources) moved to a random sigma between two "
+                             "grid sigmas (state by a DDIM step onto the next stored state), so the student is smooth "
+                             "in sigma between them.", min=0, max=1)
     lpips_vgg: str = option("", "--distance lpips: local torchvision VGG16 weights (vgg16-397923af.pth). Never "
                             "downloaded.")
     lpips_heads: str = option("", "--distance lpips: local LPIPS v0.1 vgg heads (vgg.pth of "
@@ -297,8 +297,6 @@ class MidTrainConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.flavour == "mf" and self.off_grid > 0:
-            raise CMTError("--off-grid is for --flavour cm; mf draws its (t, r) pairs from the grid")
         if self.flavour == "mf" and self.distance != "l2":
             raise CMTError(f"--distance {self.distance} is for --flavour cm (mf regresses velocities with a mean "
                            "squared error); use --distance l2 with --flavour mf")

@@ -96,8 +96,6 @@ def test_off_grid_points_lie_on_the_trajectory_between_grid_sigmas():
     assert 0.3 < moved.float().mean() < 0.5  # half of the ~3/4 of points that may move
     CMTLoss(sigmas, off_grid=0.0)(record, batch, 1)
     assert torch.equal(seen["sigma"], grid.expand(64, 4)) and torch.equal(seen["x"], traj)
-    with pytest.raises(CMTError, match="--off-grid is for --flavour cm"):
-        MidTrainConfig(flavour="mf", off_grid=0.5)
 
 
 def test_mf_loss_targets_are_average_velocities_along_the_trajectory():
@@ -111,6 +109,30 @@ def test_mf_loss_targets_are_average_velocities_along_the_trajectory():
     loss, logs = CMTMeanFlowLoss(sigmas, pairs_per_traj=8)(lambda zz, r, tt, l: (b - a).repeat_interleave(8, 0),
                                                            batch, 1)
     assert loss.item() < 1e-8 and 0 < logs["endpoint_pairs"] <= 1
+
+
+def test_mf_off_grid_sources_stay_on_the_line_strictly_before_their_targets():
+    """The mf flavour with off_grid 1: on the same straight line, a source moved between grid times must still
+    have average velocity b - a to its target (so it lies on the trajectory), sit strictly between two grid times
+    (or on x0's, never: the endpoint is never a source) and stay later than its target point."""
+    sigmas = torch.tensor([80.0, 5.0, 0.5, 0.002], dtype=torch.float64)
+    a, b = torch.randn(32, 1, 4, 4), torch.randn(32, 1, 4, 4)
+    t = (sigmas / (1 + sigmas)).float()
+    x = [((1 - ti) * a + ti * b) * (1 + s.item()) for ti, s in zip(t, sigmas)]
+    batch = {"traj": torch.stack(x[:3], 1), "x0": x[3], "labels": torch.full((32,), -1)}
+    seen = {}
+
+    def oracle(zz, r, tt, labels):
+        seen.update(r=r, t=tt)
+        return (b - a).repeat_interleave(8, 0)
+
+    torch.manual_seed(0)
+    loss, _ = CMTMeanFlowLoss(sigmas, pairs_per_traj=8, off_grid=1.0)(oracle, batch, 1)
+    assert loss.item() < 1e-8
+    assert (seen["t"] > seen["r"]).all()
+    assert not (seen["t"][:, None] == t).any()  # every source moved: no grid time left among them
+    CMTMeanFlowLoss(sigmas, pairs_per_traj=8)(oracle, batch, 1)
+    assert (seen["t"][:, None] == t).any(1).all()  # off_grid 0: every source on the grid
 
 
 def test_data_source_holds_out_the_last_trajectories_and_resumes_exactly(gmm_store, tmp_path):

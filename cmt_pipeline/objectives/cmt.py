@@ -13,6 +13,8 @@ CM flavour:  L = mean over the trajectory's points of d(f(x_i, sigma_i), x0)   (
 MF flavour:  in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)), for pairs i < j of one
              trajectory (t_i > t_j, x0 counted as the last point), drawn uniformly over all pairs:
              L = || u(z_i, r = t_j, t = t_i) - (z_i - z_j) / (t_i - t_j) ||^2 ;  j = the endpoint is the CM case.
+             off_grid moves a share of the sources z_i between t_i and t_{i+1} the same way (MeanFlow's JVP
+             differentiates u in t, so the same wiggles matter).
 """
 
 from __future__ import annotations
@@ -31,6 +33,25 @@ def _labels(batch, repeat: int):
     if labels is None or (labels < 0).all():
         return None
     return labels.repeat_interleave(repeat)
+
+
+def between_grid(points, sig, rows, idx, x, share: float):
+    """Move a random share of the points (x_i, sigma_i), i < N - 1 (N = points.shape[1]), to sigma' = sigma_i^(1-u)
+    sigma_{i+1}^u, u ~ U(0, 1): x' = (sigma'/sigma_i) x_i + (1 - sigma'/sigma_i) d with d = (x_{i+1} - rho x_i) /
+    (1 - rho), rho = sigma_{i+1} / sigma_i (the DDIM step's data estimate that lands on x_{i+1}).
+    Returns (x', sigma'), both shaped like idx (plus the state's dims)."""
+    b, n = idx.shape
+    k = points.shape[1]
+    move = (torch.rand(b, n, device=points.device) < share) & (idx < k - 1)
+    nxt = (idx + 1).clamp_max(k - 1)
+    u = torch.rand(b, n, device=points.device)
+    s_i, s_n = sig[idx], sig[nxt]
+    s_new = torch.where(move, s_i ** (1 - u) * s_n ** u, s_i)
+    rho = torch.where(move, s_n / s_i, torch.zeros_like(s_i))
+    shape = (b, n) + (1,) * (points.ndim - 2)
+    d = (points[rows, nxt] - rho.view(shape) * x) / (1 - rho).view(shape)
+    a = (s_new / s_i).view(shape)
+    return torch.where(move.view(shape), a * x + (1 - a) * d, x), s_new
 
 
 @dataclass
@@ -61,34 +82,18 @@ class CMTLoss:
             idx = torch.rand(b, k, device=traj.device).argsort(1)[:, : self.points_per_traj]
         x, sig_b = traj[rows, idx], sig[idx]
         if self.off_grid > 0:
-            x, sig_b = self.between_grid(traj, sig, rows, idx, x)
+            x, sig_b = between_grid(traj, sig, rows, idx, x, self.off_grid)
         k = idx.shape[1]
         pred = model(x.flatten(0, 1), sig_b.flatten(), _labels(batch, k))
         per_point = self.dist(pred, x0.repeat_interleave(k, 0))
         return per_point.mean(), {"loss_first_point": per_point.view(b, k)[:, 0].mean().detach()}
-
-    def between_grid(self, traj, sig, rows, idx, x):
-        """Move a random share off_grid of the points (x_i, sigma_i), i < K - 1, to sigma' = sigma_i^(1-u)
-        sigma_{i+1}^u, u ~ U(0, 1): x' = (sigma'/sigma_i) x_i + (1 - sigma'/sigma_i) d with d = (x_{i+1} -
-        rho x_i) / (1 - rho), rho = sigma_{i+1} / sigma_i (the DDIM step's data estimate that lands on x_{i+1})."""
-        b, n = idx.shape
-        k = traj.shape[1]
-        move = (torch.rand(b, n, device=traj.device) < self.off_grid) & (idx < k - 1)
-        nxt = (idx + 1).clamp_max(k - 1)
-        u = torch.rand(b, n, device=traj.device)
-        s_i, s_n = sig[idx], sig[nxt]
-        s_new = torch.where(move, s_i ** (1 - u) * s_n ** u, s_i)
-        rho = torch.where(move, s_n / s_i, torch.zeros_like(s_i))
-        shape = (b, n) + (1,) * (traj.ndim - 2)
-        d = (traj[rows, nxt] - rho.view(shape) * x) / (1 - rho).view(shape)
-        a = (s_new / s_i).view(shape)
-        return torch.where(move.view(shape), a * x + (1 - a) * d, x), s_new
 
 
 @dataclass
 class CMTMeanFlowLoss:
     sigmas: torch.Tensor  # (K + 1,)
     pairs_per_traj: int = 16
+    off_grid: float = 0.0  # share of source points moved between their grid sigma and the next point's
 
     def __call__(self, model, batch, step):
         traj, x0 = batch["traj"].float(), batch["x0"].float()
@@ -102,9 +107,12 @@ class CMTMeanFlowLoss:
         i, j = pairs[0, pick], pairs[1, pick]
         rows = torch.arange(b, device=traj.device)[:, None]
         shape = (-1, 1, 1, 1)
-        z_i = fm_state(points[rows, i], sig[i].view(b, -1, 1, 1, 1)).flatten(0, 1)
+        x_i, s_i = points[rows, i], sig[i]
+        if self.off_grid > 0:  # still before point j: sigma' lies above sigma_{i+1} >= sigma_j
+            x_i, s_i = between_grid(points, sig, rows, i, x_i, self.off_grid)
+        z_i = fm_state(x_i, s_i.view(b, -1, 1, 1, 1)).flatten(0, 1)
         z_j = fm_state(points[rows, j], sig[j].view(b, -1, 1, 1, 1)).flatten(0, 1)
-        t_i, t_j = t_all[i].flatten(), t_all[j].flatten()
+        t_i, t_j = fm_time(s_i).flatten(), t_all[j].flatten()
         target = (z_i - z_j) / (t_i - t_j).view(shape)
         u = model(z_i, t_j, t_i, _labels(batch, self.pairs_per_traj))
         per_pair = ((u.float() - target) ** 2).flatten(1).mean(1)

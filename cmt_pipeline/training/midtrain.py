@@ -120,7 +120,7 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
     objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c, lpips_distance(cfg, plan),
                          cfg.off_grid)
-                 if cfg.flavour == "cm" else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj))
+                 if cfg.flavour == "cm" else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj, cfg.off_grid))
 
     run = Path(cfg.out)
     callbacks = list(callbacks)
