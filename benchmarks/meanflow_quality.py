@@ -16,6 +16,8 @@ folders under --out, OUT/meanflow-quality.json and the section `<!-- meanflow-qu
 docs/results.md.
 
     python benchmarks/meanflow_quality.py --store /tmp/mq/trajectories --out /tmp/mfq
+    python benchmarks/meanflow_quality.py --store /tmp/mq/trajectories --out /tmp/mfq-og --mid-off-grid 0.5 \
+        --section digits-off-grid     # the sources between grid sigmas, as the CM flavour's --off-grid
 
 Finished runs and scores are reused (delete a run folder to redo it).
 """
@@ -56,6 +58,7 @@ VARIANTS = {
     # plain squared error (gradient 2 grad L while c << L^2), p 0 would weight by L^2 (a fourth power)
     "adaptive_p 0.5 (plain squared error)": dict(adaptive_p=0.5),
     "r_fraction 0.75": dict(r_fraction=0.75),
+    "r_fraction 1 (no plain flow-matching samples)": dict(r_fraction=1.0),
 }
 METRICS = ("digits_fd", "digits_kid")
 # CM-flavour mid students on the same store, 1800 steps of 8 x 8 points, scored under the same protocol
@@ -102,7 +105,7 @@ def trained(run: Path, train_fn, cfg, args, what: str) -> dict:
 def mid(args, data: Path) -> dict:
     run = Path(args.out) / "mid-mf"
     cfg = load_config(MidTrainConfig, **{**MID, **QUIET, "seed": args.seed, "data": str(data), "out": str(run),
-                                         "holdout": 256, "steps": args.mid_steps})
+                                         "holdout": 256, "steps": args.mid_steps, "off_grid": args.mid_off_grid})
     summary = trained(run, mid_train, cfg, args, "mid-training (mf)")
     held = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     return {"name": "mid-mf", "config": dataclasses.asdict(cfg), "ckpt": str(run / "model.ckpt"), **summary,
@@ -136,13 +139,17 @@ def render(args, m: dict, rows: list[dict], data: Path, wall: float) -> str:
     noise = DEFAULT_NOISE["meanflow"] if base.get("p_mean") is None else (base["p_mean"], base["p_std"])
     seeds = ", ".join(str(s) for s in range(1, args.eval_seeds + 1))
     lines = [
-        "### MeanFlow post-training from a MeanFlow-flavour mid-training (digits)",
+        "### MeanFlow post-training from a MeanFlow-flavour mid-training (digits"
+        + (f", sources off the grid: off_grid {c['off_grid']:g}" if c.get("off_grid") else "") + ")",
         "",
         f"Mid-training: the MeanFlow flavour (`flavour = \"mf\"`) from the built-in teacher on one stored dataset "
         f"({plan['num_samples']} DPM-Solver++(3) x 16 trajectories, the last {c['holdout']} held out), "
         f"configs/digits.toml's [mid_train] of the time except the flavour and the distance: {c['steps']} steps of "
         f"{c['batch_size']} trajectories x {c['pairs_per_traj']} (t, r) pairs, {c['optimizer']} lr {c['lr']:g} "
-        f"{c['lr_schedule']}, EMA {c['ema_decay']}, distance l2 (the mf loss is a plain mean squared error of "
+        f"{c['lr_schedule']}, EMA {c['ema_decay']}, "
+        + (f"a share {c['off_grid']:g} of the pairs' sources moved to a random sigma between their grid sigma and "
+           "the next point's (`--off-grid`), " if c.get("off_grid") else "")
+        + "distance l2 (the mf loss is a plain mean squared error of "
         "velocities; mid-training refuses the default's pseudo-Huber for mf), training seed "
         f"{c['seed']}. Post-training: MeanFlow (`objective = \"meanflow\"`, data digits) from that checkpoint for "
         f"{args.post_steps} steps; each variant changes one setting of the base, configs/digits.toml's "
@@ -200,6 +207,7 @@ def main():
     p.add_argument("--store", required=True, help="a finished digits trajectory store (read only)")
     p.add_argument("--out", default="runs/meanflow-quality")
     p.add_argument("--mid-steps", type=int, default=1800)
+    p.add_argument("--mid-off-grid", type=float, default=0.0, help="mid-training's --off-grid (mf: the sources)")
     p.add_argument("--post-steps", type=int, default=300)
     p.add_argument("--variants", default="", help="comma-separated names (default: all)")
     p.add_argument("--eval-samples", type=int, default=5000)
@@ -207,6 +215,7 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--progress", action="store_true")
+    p.add_argument("--section", default="digits", help="docs section meanflow-quality:SECTION")
     p.add_argument("--doc", default=str(ROOT / "docs/results.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -226,7 +235,7 @@ def main():
         print(json.dumps({k: rows[-1][k] for k in ("name", "seconds", "final")}), flush=True)
     wall = time.perf_counter() - t0
     (Path(args.out) / "meanflow-quality.json").write_text(json.dumps({"mid": m, "post": rows}, indent=1))
-    write_section(args.doc, "meanflow-quality:digits", render(args, m, rows, data, wall))
+    write_section(args.doc, f"meanflow-quality:{args.section}", render(args, m, rows, data, wall))
 
 
 if __name__ == "__main__":
