@@ -34,7 +34,7 @@ import torch
 
 from cmt_pipeline.config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config
 from cmt_pipeline.docs_sections import write_section
-from cmt_pipeline.evaluation.metrics import read_tail
+from cmt_pipeline.evaluation.metrics import read_head, read_tail
 from cmt_pipeline.evaluation.run import evaluate
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.generation import generate
@@ -131,7 +131,7 @@ def with_gap(summary: dict, run: Path, data: Path, result: Path) -> dict:
     if "gap" not in summary:
         student = model_from_checkpoint(load_model(run / "model.ckpt"))
         measure = holdout_error(read_tail(data, 256), open_store(data).plan["sigmas"][0], None,
-                                read_tail(data, 256, head=True))
+                                read_head(data, 256))
         summary["gap"] = measure(student)
     result.write_text(json.dumps(summary, indent=1))
     return summary

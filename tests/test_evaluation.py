@@ -15,7 +15,7 @@ from cmt_pipeline.evaluation import (DigitsFD, FIDInceptionV3, exact_flow_map, f
                                      inception_features, load_inception, paired_error, real_digits)
 from cmt_pipeline.evaluation.features import CARD, CLASSIFIER_DIR, heldout_accuracy, load_classifier
 from cmt_pipeline.evaluation.inception import resize_tf1
-from cmt_pipeline.evaluation.metrics import read_tail
+from cmt_pipeline.evaluation.metrics import read_head, read_tail
 from cmt_pipeline.generation import generate
 from cmt_pipeline.sampling import StudentSampler, TeacherSampler, load_student, sample
 from cmt_pipeline.teachers import Denoiser, EDMDenoiser, Precond, build_unet
@@ -225,6 +225,7 @@ def test_paired_error_is_zero_for_the_stores_own_solver_and_large_for_euler(gmm_
     euler = paired_error(TeacherSampler(gmm8x8(), "euler", 2), gmm_store, num=0)
     assert same["paired_samples"] == 50 and euler["paired_samples"] == 96
     assert read_tail(gmm_store, 50)["index"].tolist() == list(range(46, 96))  # the held-out tail, across shards
+    assert read_head(gmm_store, 70)["index"].tolist() == list(range(70))  # trained-on trajectories, across shards
     assert same["paired_mse"] < 1e-10 and euler["paired_mse"] > 1e-2 and euler["paired_psnr"] < 30
     with pytest.raises(CMTError, match="shape"):
         paired_error(TeacherSampler(gmm2d(), "dpm3", 16), gmm_store)

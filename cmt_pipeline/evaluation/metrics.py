@@ -30,16 +30,23 @@ def mse_psnr(x, target) -> dict:
     return {"mse": mse, "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
 
 
-def read_tail(root, num: int, head: bool = False) -> dict:
+def read_tail(root, num: int) -> dict:
     """The last `num` samples (all if num <= 0) of a complete store, where mid-training keeps its held-out
-    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan. head=True: the
-    first `num` instead, which mid-training does train on (its error there against the tail's shows overfitting)."""
+    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan."""
+    n = open_store(root).plan["num_samples"]
+    return _read(root, max(n - num, 0) if num > 0 else 0, n)
+
+
+def read_head(root, num: int) -> dict:
+    """The first `num` samples, as read_tail: ones mid-training does train on (its error there against the tail's
+    shows memorisation)."""
+    return _read(root, 0, num)
+
+
+def _read(root, start: int, stop: int) -> dict:
     reader = open_store(root)
-    plan = reader.plan
-    n = plan["num_samples"]
-    start, stop = (0, num if num > 0 else n) if head else (max(n - num, 0) if num > 0 else 0, n)
     arrays = read_range(reader, start, stop)
-    return {**{name: arrays[name] for name in ("prior", "labels", "x0", "index")}, "plan": plan}
+    return {**{name: arrays[name] for name in ("prior", "labels", "x0", "index")}, "plan": reader.plan}
 
 
 def check_store(plan: dict, sampler, store) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config import MidTrainConfig
-from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples, read_tail
+from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples, read_head, read_tail
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import build_network, export_denoiser, network_spec
@@ -129,7 +129,7 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
 
         num = min(cfg.eval_samples, cfg.holdout)
         data = read_tail(cfg.data, num)  # as `cmt evaluate`'s paired error
-        seen = read_tail(cfg.data, min(num, plan["num_samples"] - cfg.holdout), head=True)
+        seen = read_head(cfg.data, min(num, plan["num_samples"] - cfg.holdout))
         exact = exact_flow_map(teacher, data["prior"], plan["sigmas"][0], plan["sigmas"][-1]).float() \
             if isinstance(teacher, GMMDenoiser) else None
         log = EvalLog(holdout_error(data, plan["sigmas"][0], exact, seen), run / "eval.jsonl", cfg.eval_every)
