@@ -4,11 +4,12 @@ its teacher a property of the recipe, or of one lucky seed?
 For each training seed N, from one finished trajectory store:
 1. mid-training: `benchmarks/midtrain_quality.py --variants 'pseudo-Huber + off-grid 0.5' --budget 288000 --seed N`
    (4500 steps of its pinned base with pseudo-Huber and half the points between grid sigmas);
-2. post-training: `cmt post-train --config configs/digits.toml --steps 900 --seed N` from that student (ECT, constant
-   lr after the warm-up: the 900-step run of the quality run);
+2. post-training: `cmt post-train --config configs/digits.toml --steps 900 --seed N [--lr-schedule linear]` from
+   that student (ECT; lr 1e-5 after its warm-up, constant or decaying linearly to 0: the quality run's two 900-step
+   runs);
 3. scoring: `cmt evaluate --steps 1|2 --num-samples 5000 --seeds 3` (evaluation seeds 1, 2, 3).
 Then one table: each training seed's mean ± std over evaluation seeds, and the mean ± std over training seeds of those
-means, beside the teacher's FD under the same protocol. Written to the section `<!-- quality-run:seeds -->` of
+means (a schedule's cells are left empty for a seed not run with it), beside the teacher's FD under the same protocol. Written to the section `<!-- quality-run:seeds -->` of
 docs/results.md.
 
     cmt generate-trajectories --config configs/digits.toml --num-samples 65792 --out STORE     # 19 min, once
@@ -31,7 +32,8 @@ from cmt_pipeline.docs_sections import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "pseudo-Huber + off-grid 0.5"
-TEACHER_FD = (3.49, 0.63)  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
+TEACHER_FD = (3.49, 0.63)
+POST = {"constant": "post", "linear": "post-linear"}  # ECT lr schedule -> run folder  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -41,7 +43,7 @@ def sh(cmd: list[str], log: Path) -> None:
             raise SystemExit(f"failed: {' '.join(cmd)} (log: {log})")
 
 
-def run_seed(store: str, out: Path, seed: int) -> dict:
+def run_seed(store: str, out: Path, seed: int, schedules: list[str]) -> dict:
     """Mid-train, post-train and score one training seed (each stage reused when finished)."""
     out.mkdir(parents=True, exist_ok=True)
     mid = out / "mid" / VARIANT.replace(" ", "_") / "model.ckpt"
@@ -49,38 +51,40 @@ def run_seed(store: str, out: Path, seed: int) -> dict:
         sh([sys.executable, "benchmarks/midtrain_quality.py", "--out", str(out), "--store", store, "--section", "mid",
             "--variants", VARIANT, "--budget", "288000", "--evals", "1", "--seed", str(seed),
             "--doc", str(out / "mid.md")], out / "mid.log")
-    post = out / "post"
-    if not (post / "metrics.json").exists():
-        sh(["cmt", "post-train", "--config", "configs/digits.toml", "--init", str(mid), "--steps", "900",
-            "--seed", str(seed), "--eval-every", "300", "--eval-samples", "2000", "--out", str(post),
-            "--no-tensorboard"], out / "post.log")
     scores = {"mid": json.loads((mid.parent / "quality.json").read_text())["final"]}
-    scores["post"] = {}
-    for n in (1, 2):
-        ev = post / f"eval-{n}step"
-        if not (ev / "evaluation.json").exists():
-            sh(["cmt", "evaluate", "--student", str(post / "model.ckpt"), "--steps", str(n), "--num-samples", "5000",
-                "--seeds", "3", "--out", str(ev)], out / f"eval-{n}.log")
-        m = json.loads((ev / "evaluation.json").read_text())["metrics"]
-        scores["post"][str(n)] = {"digits_fd": m["digits_fd"], "digits_fd_std": m["digits_fd_std"]}
+    for schedule in schedules:
+        post = out / POST[schedule]
+        if not (post / "metrics.json").exists():
+            sh(["cmt", "post-train", "--config", "configs/digits.toml", "--init", str(mid), "--steps", "900",
+                "--lr-schedule", schedule, "--seed", str(seed), "--eval-every", "300", "--eval-samples", "2000",
+                "--out", str(post), "--no-tensorboard"], out / f"{POST[schedule]}.log")
+        scores[schedule] = {}
+        for n in (1, 2):
+            ev = post / f"eval-{n}step"
+            if not (ev / "evaluation.json").exists():
+                sh(["cmt", "evaluate", "--student", str(post / "model.ckpt"), "--steps", str(n), "--num-samples",
+                    "5000", "--seeds", "3", "--out", str(ev)], out / f"{POST[schedule]}-eval-{n}.log")
+            m = json.loads((ev / "evaluation.json").read_text())["metrics"]
+            scores[schedule][str(n)] = {"digits_fd": m["digits_fd"], "digits_fd_std": m["digits_fd_std"]}
     return scores
 
 
 def render(results: dict[int, dict]) -> str:
     tf = TEACHER_FD[0]
-    lines = ["| training seed | mid 1-step | mid 2-step | + ECT 900, 1-step | + ECT 900, 2-step |",
-             "|---|---:|---:|---:|---:|"]
-    cell = lambda d: f"{d['digits_fd']:.2f} ± {d['digits_fd_std']:.2f}"  # noqa: E731
+    stages = [("mid", "mid")] + [(k, f"+ ECT 900, {k} lr") for k in POST if any(k in s for s in results.values())]
+    lines = ["| training seed | " + " | ".join(f"{label}, {n}-step" for _, label in stages for n in (1, 2)) + " |",
+             "|---" + "|---:" * (2 * len(stages)) + "|"]
     for seed, s in sorted(results.items()):
-        lines.append(f"| {seed} | {cell(s['mid']['1'])} | {cell(s['mid']['2'])} | {cell(s['post']['1'])} | "
-                     f"{cell(s['post']['2'])} |")
+        lines.append(f"| {seed} | " + " | ".join(
+            f"{s[k][n]['digits_fd']:.2f} ± {s[k][n]['digits_fd_std']:.2f}" if k in s else ""
+            for k, _ in stages for n in ("1", "2")) + " |")
     agg = []
-    for stage in ("mid", "post"):
+    for k, _ in stages:
         for n in ("1", "2"):
-            v = [s[stage][n]["digits_fd"] for s in results.values()]
-            sd = statistics.stdev(v) if len(v) > 1 else float("nan")
-            agg.append(f"**{statistics.mean(v):.2f} ± {sd:.2f}** ({statistics.mean(v) / tf:.2f}x)")
-    lines.append(f"| mean ± std over {len(results)} training seeds (/ teacher) | " + " | ".join(agg) + " |")
+            v = [s[k][n]["digits_fd"] for s in results.values() if k in s]
+            sd = f"{statistics.stdev(v):.2f}" if len(v) > 1 else "-"
+            agg.append(f"**{statistics.mean(v):.2f} ± {sd}** ({statistics.mean(v) / tf:.2f}x, {len(v)} seeds)")
+    lines.append("| mean ± std over training seeds (/ teacher) | " + " | ".join(agg) + " |")
     return ("Digits FD, 5000 samples; a cell is the mean ± std over evaluation seeds 1, 2, 3; the last row is the mean "
             f"± std over training seeds of those means. Teacher (dpm3 x 16, same protocol): {tf} ± {TEACHER_FD[1]}; "
             f"targets: 1-step <= 1.5x = {1.5 * tf:.2f}, 2-step <= 1.2x = {1.2 * tf:.2f}.\n\n" + "\n".join(lines))
@@ -91,10 +95,15 @@ def main():
     p.add_argument("--store", required=True, help="a finished digits trajectory store (65,792 in the docs' run)")
     p.add_argument("--out", default="runs/quality-run")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    p.add_argument("--schedules", default="constant,linear", help="ECT lr schedules to run: constant, linear")
     p.add_argument("--doc", default=str(ROOT / "docs/results.md"))
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    results = {s: run_seed(args.store, Path(args.out).resolve() / f"seed{s}", s) for s in seeds}
+    schedules = [k for k in args.schedules.split(",") if k]
+    unknown = sorted(set(schedules) - set(POST))
+    if unknown:
+        raise SystemExit(f"unknown --schedules {unknown}; known: {list(POST)}")
+    results = {s: run_seed(args.store, Path(args.out).resolve() / f"seed{s}", s, schedules) for s in seeds}
     print(json.dumps(results, indent=1))
     if len(seeds) > 1:
         write_section(args.doc, "quality-run:seeds", render(results))
