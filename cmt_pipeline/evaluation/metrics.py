@@ -33,18 +33,18 @@ def mse_psnr(x, target) -> dict:
 def read_tail(root, num: int) -> dict:
     """The last `num` samples (all if num <= 0) of a complete store, where mid-training keeps its held-out
     trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan."""
-    n = open_store(root).plan["num_samples"]
-    return _read(root, max(n - num, 0) if num > 0 else 0, n)
+    reader = open_store(root)
+    n = reader.plan["num_samples"]
+    return _read(reader, max(n - num, 0) if num > 0 else 0, n)
 
 
 def read_head(root, num: int) -> dict:
     """The first `num` samples, as read_tail: ones mid-training does train on (its error there against the tail's
     shows memorisation)."""
-    return _read(root, 0, num)
+    return _read(open_store(root), 0, num)
 
 
-def _read(root, start: int, stop: int) -> dict:
-    reader = open_store(root)
+def _read(reader, start: int, stop: int) -> dict:
     arrays = read_range(reader, start, stop)
     return {**{name: arrays[name] for name in ("prior", "labels", "x0", "index")}, "plan": reader.plan}
 
