@@ -6,7 +6,7 @@ For each training seed N, from one finished trajectory store:
    (4500 steps of its pinned base with pseudo-Huber and half the points between grid sigmas);
 2. post-training: `cmt post-train --config configs/digits.toml --steps 900 --seed N [--lr-schedule linear]` from
    that student (ECT; lr 1e-5 after its warm-up, constant or decaying linearly to 0: the quality run's two 900-step
-   runs);
+   runs; `--schedules constant-600` adds configs/digits.toml's own 600 constant-lr steps);
 3. scoring: `cmt evaluate --steps 1|2 --num-samples 5000 --seeds 3` (evaluation seeds 1, 2, 3).
 Then one table: each training seed's mean ± std over evaluation seeds, and the mean ± std over training seeds of those
 means (a schedule's cells are left empty for a seed not run with it), beside the teacher's FD under the same protocol. Written to the section `<!-- quality-run:seeds -->` of
@@ -33,7 +33,9 @@ from cmt_pipeline.docs_sections import write_section
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "pseudo-Huber + off-grid 0.5"
 TEACHER_FD = (3.49, 0.63)
-POST = {"constant": "post", "linear": "post-linear"}  # ECT lr schedule -> run folder  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
+# ECT run name -> (run folder, lr schedule, steps)
+POST = {"constant": ("post", "constant", 900), "linear": ("post-linear", "linear", 900),
+        "constant-600": ("post-600", "constant", 600)}  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -53,17 +55,18 @@ def run_seed(store: str, out: Path, seed: int, schedules: list[str]) -> dict:
             "--doc", str(out / "mid.md")], out / "mid.log")
     scores = {"mid": json.loads((mid.parent / "quality.json").read_text())["final"]}
     for schedule in schedules:
-        post = out / POST[schedule]
+        folder, lr_schedule, steps = POST[schedule]
+        post = out / folder
         if not (post / "metrics.json").exists():
-            sh(["cmt", "post-train", "--config", "configs/digits.toml", "--init", str(mid), "--steps", "900",
-                "--lr-schedule", schedule, "--seed", str(seed), "--eval-every", "300", "--eval-samples", "2000",
-                "--out", str(post), "--no-tensorboard"], out / f"{POST[schedule]}.log")
+            sh(["cmt", "post-train", "--config", "configs/digits.toml", "--init", str(mid), "--steps", str(steps),
+                "--lr-schedule", lr_schedule, "--seed", str(seed), "--eval-every", "300", "--eval-samples", "2000",
+                "--out", str(post), "--no-tensorboard"], out / f"{folder}.log")
         scores[schedule] = {}
         for n in (1, 2):
             ev = post / f"eval-{n}step"
             if not (ev / "evaluation.json").exists():
                 sh(["cmt", "evaluate", "--student", str(post / "model.ckpt"), "--steps", str(n), "--num-samples",
-                    "5000", "--seeds", "3", "--out", str(ev)], out / f"{POST[schedule]}-eval-{n}.log")
+                    "5000", "--seeds", "3", "--out", str(ev)], out / f"{folder}-eval-{n}.log")
             m = json.loads((ev / "evaluation.json").read_text())["metrics"]
             scores[schedule][str(n)] = {"digits_fd": m["digits_fd"], "digits_fd_std": m["digits_fd_std"]}
     return scores
@@ -71,7 +74,8 @@ def run_seed(store: str, out: Path, seed: int, schedules: list[str]) -> dict:
 
 def render(results: dict[int, dict]) -> str:
     tf = TEACHER_FD[0]
-    stages = [("mid", "mid")] + [(k, f"+ ECT 900, {k} lr") for k in POST if any(k in s for s in results.values())]
+    stages = [("mid", "mid")] + [(k, f"+ ECT {POST[k][2]}, {POST[k][1]} lr") for k in POST
+                                 if any(k in s for s in results.values())]
     lines = ["| training seed | " + " | ".join(f"{label}, {n}-step" for _, label in stages for n in (1, 2)) + " |",
              "|---" + "|---:" * (2 * len(stages)) + "|"]
     for seed, s in sorted(results.items()):
@@ -95,7 +99,8 @@ def main():
     p.add_argument("--store", required=True, help="a finished digits trajectory store (65,792 in the docs' run)")
     p.add_argument("--out", default="runs/quality-run")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
-    p.add_argument("--schedules", default="constant,linear", help="ECT lr schedules to run: constant, linear")
+    p.add_argument("--schedules", default="constant,linear", help="ECT runs: constant, linear (900 steps), "
+                   "constant-600")
     p.add_argument("--doc", default=str(ROOT / "docs/results.md"))
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
