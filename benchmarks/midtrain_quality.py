@@ -83,9 +83,14 @@ def store(args) -> Path:
     return path
 
 
+def run_folder(out, section: str, name: str) -> Path:
+    """Where a variant's run lives: OUT/<section>/<name, spaces as _, no brackets>."""
+    return Path(out) / section / name.replace(" ", "_").replace("(", "").replace(")", "")
+
+
 def run_variant(args, name: str, overrides: dict, data: Path) -> dict:
     """Train (or reuse) one variant; returns its curve, compute and final scores."""
-    run = Path(args.out) / args.section / name.replace(" ", "_").replace("(", "").replace(")", "")
+    run = run_folder(args.out, args.section, name)
     k = len(open_store(data).plan["sigmas"]) - 1
     cfg = load_config(MidTrainConfig, **{**BASE, **QUIET, "seed": args.seed, **overrides, "data": str(data),
                                          "out": str(run), "holdout": 256})

@@ -30,12 +30,14 @@ from pathlib import Path
 
 from cmt_pipeline.docs_sections import write_section
 
+from midtrain_quality import run_folder  # benchmarks/midtrain_quality.py, which trains the mid students
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "pseudo-Huber + off-grid 0.5"
-TEACHER_FD = (3.49, 0.63)
+TEACHER_FD = (3.49, 0.63)  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
 # ECT run name -> (run folder, lr schedule, steps)
 POST = {"constant": ("post", "constant", 900), "linear": ("post-linear", "linear", 900),
-        "constant-600": ("post-600", "constant", 600)}  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
+        "constant-600": ("post-600", "constant", 600)}
 
 
 def sh(cmd: list[str], log: Path) -> None:
@@ -48,7 +50,7 @@ def sh(cmd: list[str], log: Path) -> None:
 def run_seed(store: str, out: Path, seed: int, schedules: list[str]) -> dict:
     """Mid-train, post-train and score one training seed (each stage reused when finished)."""
     out.mkdir(parents=True, exist_ok=True)
-    mid = out / "mid" / VARIANT.replace(" ", "_") / "model.ckpt"
+    mid = run_folder(out, "mid", VARIANT) / "model.ckpt"
     if not (mid.parent / "quality.json").exists():
         sh([sys.executable, "benchmarks/midtrain_quality.py", "--out", str(out), "--store", store, "--section", "mid",
             "--variants", VARIANT, "--budget", "288000", "--evals", "1", "--seed", str(seed),
