@@ -3,14 +3,16 @@ its teacher a property of the recipe, or of one lucky seed?
 
 For each training seed N, from one finished trajectory store:
 1. mid-training: `benchmarks/midtrain_quality.py --variants 'pseudo-Huber + off-grid 0.5' --budget 288000 --seed N`
-   (4500 steps of its pinned base with pseudo-Huber and half the points between grid sigmas);
+   (4500 steps of its pinned base with pseudo-Huber and half the points between grid sigmas; `--mid-budget 576000`
+   for 9000);
 2. post-training: `cmt post-train --config configs/digits.toml --steps 900 --seed N [--lr-schedule linear]` from
-   that student (ECT; lr 1e-5 after its warm-up, constant or decaying linearly to 0: the quality run's two 900-step
-   runs; `--schedules constant-600` adds configs/digits.toml's own 600 constant-lr steps);
+   that student (ECT as configs/digits.toml had it, pinned in ECT below; lr 1e-5 after its warm-up, constant or
+   decaying linearly to 0: the quality run's two 900-step runs; `--schedules constant-600` adds configs/digits.toml's
+   own 600 constant-lr steps);
 3. scoring: `cmt evaluate --steps 1|2 --num-samples 5000 --seeds 3` (evaluation seeds 1, 2, 3).
 Then one table: each training seed's mean ± std over evaluation seeds, and the mean ± std over training seeds of those
-means (a schedule's cells are left empty for a seed not run with it), beside the teacher's FD under the same protocol. Written to the section `<!-- quality-run:seeds -->` of
-docs/results.md.
+means (a schedule's cells are left empty for a seed not run with it), beside the teacher's FD under the same protocol.
+Written to the section `<!-- quality-run:seeds -->` of docs/results.md (`--section`).
 
     cmt generate-trajectories --config configs/digits.toml --num-samples 65792 --out STORE     # 19 min, once
     python benchmarks/quality_run.py --store STORE --out runs/quality-run --seeds 0,1,2
@@ -35,6 +37,9 @@ from midtrain_quality import run_folder  # benchmarks/midtrain_quality.py, which
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "pseudo-Huber + off-grid 0.5"
 TEACHER_FD = (3.49, 0.63)  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
+# configs/digits.toml's ECT recipe when these runs were made, pinned so that the recorded numbers survive its changes
+ECT = ["--objective", "ect", "--data", "digits", "--batch-size", "64", "--optimizer", "radam", "--lr", "1e-5",
+       "--warmup-steps", "30", "--ema-decay", "0.99", "--q", "4096", "--distance", "norm", "--dropout", "0"]
 # ECT run name -> (run folder, lr schedule, steps)
 POST = {"constant": ("post", "constant", 900), "linear": ("post-linear", "linear", 900),
         "constant-600": ("post-600", "constant", 600)}
@@ -47,20 +52,20 @@ def sh(cmd: list[str], log: Path) -> None:
             raise SystemExit(f"failed: {' '.join(cmd)} (log: {log})")
 
 
-def run_seed(store: str, out: Path, seed: int, schedules: list[str]) -> dict:
+def run_seed(store: str, out: Path, seed: int, schedules: list[str], budget: int) -> dict:
     """Mid-train, post-train and score one training seed (each stage reused when finished)."""
     out.mkdir(parents=True, exist_ok=True)
     mid = run_folder(out, "mid", VARIANT) / "model.ckpt"
     if not (mid.parent / "quality.json").exists():
         sh([sys.executable, "benchmarks/midtrain_quality.py", "--out", str(out), "--store", store, "--section", "mid",
-            "--variants", VARIANT, "--budget", "288000", "--evals", "1", "--seed", str(seed),
+            "--variants", VARIANT, "--budget", str(budget), "--evals", "1", "--seed", str(seed),
             "--doc", str(out / "mid.md")], out / "mid.log")
     scores = {"mid": json.loads((mid.parent / "quality.json").read_text())["final"]}
     for schedule in schedules:
         folder, lr_schedule, steps = POST[schedule]
         post = out / folder
         if not (post / "metrics.json").exists():
-            sh(["cmt", "post-train", "--config", "configs/digits.toml", "--init", str(mid), "--steps", str(steps),
+            sh(["cmt", "post-train", "--config", "configs/digits.toml", *ECT, "--init", str(mid), "--steps", str(steps),
                 "--lr-schedule", lr_schedule, "--seed", str(seed), "--eval-every", "300", "--eval-samples", "2000",
                 "--out", str(post), "--no-tensorboard"], out / f"{folder}.log")
         scores[schedule] = {}
@@ -74,7 +79,7 @@ def run_seed(store: str, out: Path, seed: int, schedules: list[str]) -> dict:
     return scores
 
 
-def render(results: dict[int, dict]) -> str:
+def render(results: dict[int, dict], budget: int) -> str:
     tf = TEACHER_FD[0]
     stages = [("mid", "mid")] + [(k, f"+ ECT {POST[k][2]}, {POST[k][1]} lr") for k in POST
                                  if any(k in s for s in results.values())]
@@ -91,8 +96,9 @@ def render(results: dict[int, dict]) -> str:
             sd = f"{statistics.stdev(v):.2f}" if len(v) > 1 else "-"
             agg.append(f"**{statistics.mean(v):.2f} ± {sd}** ({statistics.mean(v) / tf:.2f}x, {len(v)} seeds)")
     lines.append("| mean ± std over training seeds (/ teacher) | " + " | ".join(agg) + " |")
-    return ("Digits FD, 5000 samples; a cell is the mean ± std over evaluation seeds 1, 2, 3; the last row is the mean "
-            f"± std over training seeds of those means. Teacher (dpm3 x 16, same protocol): {tf} ± {TEACHER_FD[1]}; "
+    return (f"Mid-training: {budget // 64} steps of 64 points. Digits FD, 5000 samples; a cell is the mean ± std over "
+            "evaluation seeds 1, 2, 3; the last row is the mean ± std over training seeds of those means. Teacher "
+            f"(dpm3 x 16, same protocol): {tf} ± {TEACHER_FD[1]}; "
             f"targets: 1-step <= 1.5x = {1.5 * tf:.2f}, 2-step <= 1.2x = {1.2 * tf:.2f}.\n\n" + "\n".join(lines))
 
 
@@ -103,6 +109,9 @@ def main():
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
     p.add_argument("--schedules", default="constant,linear", help="ECT runs: constant, linear (900 steps), "
                    "constant-600")
+    p.add_argument("--mid-budget", type=int, default=288_000, help="mid-training point-passes (64 per step: 4500 "
+                   "steps); a different budget needs its own --out")
+    p.add_argument("--section", default="seeds", help="docs/results.md section: quality-run:<section>")
     p.add_argument("--doc", default=str(ROOT / "docs/results.md"))
     args = p.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -110,10 +119,11 @@ def main():
     unknown = sorted(set(schedules) - set(POST))
     if unknown:
         raise SystemExit(f"unknown --schedules {unknown}; known: {list(POST)}")
-    results = {s: run_seed(args.store, Path(args.out).resolve() / f"seed{s}", s, schedules) for s in seeds}
+    results = {s: run_seed(args.store, Path(args.out).resolve() / f"seed{s}", s, schedules, args.mid_budget)
+               for s in seeds}
     print(json.dumps(results, indent=1))
     if len(seeds) > 1:
-        write_section(args.doc, "quality-run:seeds", render(results))
+        write_section(args.doc, f"quality-run:{args.section}", render(results, args.mid_budget))
 
 
 if __name__ == "__main__":
