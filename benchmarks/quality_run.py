@@ -17,8 +17,10 @@ Written to the section `<!-- quality-run:seeds -->` of docs/results.md (`--secti
     cmt generate-trajectories --config configs/digits.toml --num-samples 65792 --out STORE     # 19 min, once
     python benchmarks/quality_run.py --store STORE --out runs/quality-run --seeds 0,1,2
 
-Each seed takes about 35 minutes on one thread; finished stages are reused, so seeds can run in parallel as separate
-invocations (`--seeds 1`, `--seeds 2`) and a last call with every seed writes the table.
+Each seed takes about 35 minutes on one thread (55 with `--mid-budget 576000`); finished stages are reused, so seeds
+can run in parallel as separate invocations (`--seeds 1`, `--seeds 2`) and a last call with every seed writes the
+table. Side by side on 2 cores, give each invocation one thread (`OMP_NUM_THREADS=1`): two 2-thread processes ran
+mid-training at 1.3 steps/s each instead of 5.
 """
 
 from __future__ import annotations
