@@ -34,10 +34,11 @@ from pathlib import Path
 
 from cmt_pipeline.docs_sections import write_section
 
-from midtrain_quality import run_folder  # benchmarks/midtrain_quality.py, which trains the mid students
+from midtrain_quality import BASE, run_folder  # benchmarks/midtrain_quality.py, which trains the mid students
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "pseudo-Huber + off-grid 0.5"
+POINTS_PER_STEP = BASE["batch_size"] * BASE["points_per_traj"]  # what --mid-budget counts, per mid-training step
 TEACHER_FD = (3.49, 0.63)  # docs/results.md, "Evaluation spread": dpm3 x 16, 5000 samples, evaluation seeds 1-3
 # configs/digits.toml's ECT recipe when these runs were made, pinned so that the recorded numbers survive its changes
 ECT = ["--objective", "ect", "--data", "digits", "--batch-size", "64", "--optimizer", "radam", "--lr", "1e-5",
@@ -58,11 +59,15 @@ def run_seed(store: str, out: Path, seed: int, schedules: list[str], budget: int
     """Mid-train, post-train and score one training seed (each stage reused when finished)."""
     out.mkdir(parents=True, exist_ok=True)
     mid = run_folder(out, "mid", VARIANT) / "model.ckpt"
-    if not (mid.parent / "quality.json").exists():
+    done = mid.parent / "quality.json"
+    if done.exists() and (spent := json.loads(done.read_text())["steps"] * POINTS_PER_STEP) != budget:
+        raise SystemExit(f"{mid.parent} was mid-trained for {spent} point-passes, not --mid-budget {budget}; "
+                         "give this budget its own --out")
+    if not done.exists():
         sh([sys.executable, "benchmarks/midtrain_quality.py", "--out", str(out), "--store", store, "--section", "mid",
             "--variants", VARIANT, "--budget", str(budget), "--evals", "1", "--seed", str(seed),
             "--doc", str(out / "mid.md")], out / "mid.log")
-    scores = {"mid": json.loads((mid.parent / "quality.json").read_text())["final"]}
+    scores = {"mid": json.loads(done.read_text())["final"]}
     for schedule in schedules:
         folder, lr_schedule, steps = POST[schedule]
         post = out / folder
@@ -98,8 +103,9 @@ def render(results: dict[int, dict], budget: int) -> str:
             sd = f"{statistics.stdev(v):.2f}" if len(v) > 1 else "-"
             agg.append(f"**{statistics.mean(v):.2f} ± {sd}** ({statistics.mean(v) / tf:.2f}x, {len(v)} seeds)")
     lines.append("| mean ± std over training seeds (/ teacher) | " + " | ".join(agg) + " |")
-    return (f"Mid-training: {budget // 64} steps of 64 points. Digits FD, 5000 samples; a cell is the mean ± std over "
-            "evaluation seeds 1, 2, 3; the last row is the mean ± std over training seeds of those means. Teacher "
+    return (f"Mid-training: {budget // POINTS_PER_STEP} steps of {POINTS_PER_STEP} points. Digits FD, 5000 samples; "
+            "a cell is the mean ± std over evaluation seeds 1, 2, 3; the last row is the mean ± std over training "
+            "seeds of those means. Teacher "
             f"(dpm3 x 16, same protocol): {tf} ± {TEACHER_FD[1]}; "
             f"targets: 1-step <= 1.5x = {1.5 * tf:.2f}, 2-step <= 1.2x = {1.2 * tf:.2f}.\n\n" + "\n".join(lines))
 
@@ -112,7 +118,7 @@ def main():
     p.add_argument("--schedules", default="constant,linear", help="ECT runs: constant, linear (900 steps), "
                    "constant-600")
     p.add_argument("--mid-budget", type=int, default=288_000, help="mid-training point-passes (64 per step: 4500 "
-                   "steps); a different budget needs its own --out")
+                   "steps); a run folder made with another budget is refused, not reused")
     p.add_argument("--section", default="seeds", help="docs/results.md section: quality-run:<section>")
     p.add_argument("--doc", default=str(ROOT / "docs/results.md"))
     args = p.parse_args()
