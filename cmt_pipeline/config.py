@@ -237,6 +237,8 @@ class PretrainConfig(TrainConfig):
     attention: bool = option(False, "Self-attention in the lowest-resolution block.")
     dropout: float = option(0.0, "Dropout of the UNet.", **DECAY)
     sigma_data: float = option(SIGMA_DATA, "The data's standard deviation (EDM preconditioning).", **POSITIVE)
+    time_scale: float = option(1000.0, "The UNet's timestep input is time_scale * log(sigma)/4: 1000 spans diffusers' "
+                               "timestep range (the built-in teacher), 1 is EDM's and smooth in sigma.", **POSITIVE)
     p_mean: float = option(-1.2, "Training sigma ~ LogNormal(p_mean, p_std).")
     p_std: float = option(1.2, "See --p-mean.", **POSITIVE)
     sample_solver: str = option("dpm3", "Solver of the sample grids.", choices=SOLVERS)
@@ -287,6 +289,7 @@ class MidTrainConfig(TrainConfig):
     channels: list = option([48, 96], "UNet widths for --init random without a network teacher.", **POSITIVE)
     layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without a network teacher).",
                                    **POSITIVE)
+    time_scale: float = option(1000.0, "Timestep scale of that UNet (see cmt pretrain --time-scale).", **POSITIVE)
     eval_every: int = option(100, "Steps between held-out 1-step errors (eval.jsonl); 0 = only at the end.",
                              **NONNEGATIVE)
     eval_samples: int = option(256, "Held-out trajectories used for that error.", **POSITIVE)
@@ -326,6 +329,7 @@ class PostTrainConfig(TrainConfig):
                       "are decoded.  [default: the VAE recorded with --init / --arch]", path="folder")
     channels: list = option([48, 96], "UNet widths for --init random without --arch, e.g. 48,96.", **POSITIVE)
     layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without --arch).", **POSITIVE)
+    time_scale: float = option(1000.0, "Timestep scale of that UNet (see cmt pretrain --time-scale).", **POSITIVE)
     dropout: float = option(0.0, "Dropout of the student (the same masks for prediction and target).", **DECAY)
     sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "ect: boundary sigma of a student made from a diffusion/random "
                                     "net.", **POSITIVE)

@@ -152,3 +152,41 @@ def test_builtin_teacher_is_small_fp32_and_generates(tmp_path):
     r = cmt("generate-trajectories", "--teacher", "builtin", "--num-samples", 64, "--out", tmp_path / "y",
             "--quiet", "--device", "cpu")
     assert r.exit_code == 0, r.output
+
+
+def test_time_scale_reaches_the_backbone_and_every_student(tmp_path):
+    """--time-scale 1 (EDM's timestep input, smooth in sigma) is what the UNet sees, and survives the export, the
+    checkpoint, a consistency student and a MeanFlow student's rebuild; fresh mid/post-training UNets take it too."""
+    from cmt_pipeline.config import MidTrainConfig, PostTrainConfig, load_config
+    from cmt_pipeline.models import MeanFlowStudent, consistency_student
+    from cmt_pipeline.models.io import build_network, network_spec
+    from cmt_pipeline.teachers.gmm import GMMDenoiser
+    from cmt_pipeline.training.midtrain import build_student
+    from cmt_pipeline.training.posttrain import random_network
+
+    out = tmp_path / "run"
+    r = cmt("pretrain", "--out", out, "--data", "gmm:gmm8x8", "--gmm-samples", 64, "--steps", 1,
+            "--time-scale", 1, *TINY)
+    assert r.exit_code == 0, r.output
+    teacher = load_teacher(str(out / "teacher"))
+    assert json.loads((out / "teacher" / "cmt_precond.json").read_text())["time_scale"] == 1.0
+    seen = []
+    teacher.backbone.register_forward_pre_hook(lambda m, a: seen.append(a[1].clone()))
+    sigma = torch.tensor([0.02, 1.0, 80.0])
+    with torch.no_grad():
+        teacher(torch.randn(3, 1, 8, 8), sigma)
+    torch.testing.assert_close(seen[0], sigma.log() / 4)  # 1000x that with the default scale
+    ckpt_net = model_from_checkpoint(load_model(out / "model.ckpt"))
+    assert build_network(network_spec(consistency_student(ckpt_net))).precond.time_scale == 1.0
+    assert build_network(network_spec(MeanFlowStudent(ckpt_net))).net.precond.time_scale == 1.0
+
+    gmm = load_teacher("gmm:gmm8x8")
+    assert isinstance(gmm, GMMDenoiser)
+    mid = build_student(load_config(MidTrainConfig, None, None, init="random", channels=[8, 16], layers_per_block=1,
+                                    time_scale=1.0), gmm, gmm.shape)
+    assert mid.precond.time_scale == 1.0
+    post = random_network(load_config(PostTrainConfig, None, None, channels=[8, 16], layers_per_block=1,
+                                      time_scale=1.0), (1, 8, 8))
+    assert post.precond.time_scale == 1.0
+    assert random_network(load_config(PostTrainConfig, None, None, channels=[8, 16], layers_per_block=1),
+                          (1, 8, 8)).precond.time_scale == 1000.0

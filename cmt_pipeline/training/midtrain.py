@@ -44,7 +44,7 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
         with seeded(cfg.seed):
             net = build_network(spec) if spec else EDMDenoiser(
                 build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
-                Precond(num_classes=net.num_classes))
+                Precond(time_scale=cfg.time_scale, num_classes=net.num_classes))
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout

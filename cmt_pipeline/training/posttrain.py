@@ -84,7 +84,8 @@ def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser:
     --channels/--layers-per-block."""
     if not cfg.arch:
         with seeded(cfg.seed):
-            return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block), Precond())
+            return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block),
+                               Precond(time_scale=cfg.time_scale))
     template = read_network(cfg.arch, "--arch").module
     template = template.net if isinstance(template, MeanFlowStudent) else template
     if not isinstance(template, EDMDenoiser):

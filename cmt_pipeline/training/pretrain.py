@@ -33,7 +33,7 @@ def build_teacher(cfg: PretrainConfig, shape, num_classes: int) -> EDMDenoiser:
         unet = build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, num_classes, cfg.dropout, cfg.attention)
     except ValueError as e:
         raise CMTError(f"cannot build a UNet with channels {cfg.channels}: {e}") from e
-    return EDMDenoiser(unet, Precond(sigma_data=cfg.sigma_data, num_classes=num_classes))
+    return EDMDenoiser(unet, Precond(sigma_data=cfg.sigma_data, time_scale=cfg.time_scale, num_classes=num_classes))
 
 
 def grid_sampler(cfg: PretrainConfig, shape, num_classes: int, vae=None):
