@@ -121,6 +121,9 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--eval-samples", type=int, default=2000)
     p.add_argument("--mid-budgets", default="", help="comma-separated mid-training steps: CMT inits made here, one per budget (digits: needs --store)")
+    p.add_argument("--gmm-time-scale", type=float, default=1000.0,
+                   help="the mixture teacher's timestep scale (init_comparison.py's default is 1; 1000 made this "
+                        "benchmark's documented sections)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,7 +140,7 @@ def main():
     if not init:
         if args.part != "gmm":
             raise SystemExit("--init is required for digits: a mid-cm model.ckpt, e.g. runs/digits/mid/model.ckpt")
-        _, mid = gmm_cmt(comparison_parser().parse_args([]), Path(args.out) / "gmm-cmt")
+        _, mid = gmm_cmt(gmm_args(args), Path(args.out) / "gmm-cmt")
         init, args.store = str(mid / "model.ckpt"), args.store or str(Path(args.out) / "gmm-cmt" / "trajectories")
     if args.part == "gmm" and "teacher samples as data" in names:
         names.remove("teacher samples as data")  # the mixture's data is exact: the teacher's samples are worse
@@ -169,11 +172,16 @@ def main():
     print("\n".join(lines))
 
 
+def gmm_args(args) -> argparse.Namespace:
+    """init_comparison.py's mixture settings (its teacher and CMT student), with this run's teacher time scale."""
+    return comparison_parser().parse_args(["--gmm-time-scale", str(args.gmm_time_scale)])
+
+
 def cmt_init(args, steps: int) -> Path:
     """A CMT student mid-trained for `steps`, made once and reused: gmm as init_comparison.py makes its own,
     digits with midtrain_quality.py's pinned base settings on --store."""
     if args.part == "gmm":
-        return gmm_cmt(comparison_parser().parse_args([]), Path(args.out) / "gmm-cmt", steps)[1]
+        return gmm_cmt(gmm_args(args), Path(args.out) / "gmm-cmt", steps)[1]
     mid = Path(args.out) / "digits-cmt" / f"mid-{steps}"
     if not done(mid, "model.ckpt"):
         mid_train(load_config(MidTrainConfig, **{**MID_BASE, **QUIET, "data": args.store, "out": str(fresh(mid)),

@@ -12,6 +12,7 @@ ECT sees them. Writes the section `<!-- ect-consistency:gmm -->` of --doc.
 
     python benchmarks/ect_ablation.py --part gmm --out runs/ect-ablation ...     # the students (finished runs)
     python benchmarks/ect_consistency.py --ablation runs/ect-ablation
+    python benchmarks/ect_consistency.py --student "LABEL=RUN/model.ckpt" ... --section ect-consistency:gmm-ts1
 """
 
 from __future__ import annotations
@@ -63,9 +64,9 @@ def measure(students: dict, ts: list[float], n: int, seed: int) -> dict:
     return rows
 
 
-def render(rows: dict, ts: list[float], n: int, seed: int) -> str:
+def render(rows: dict, ts: list[float], n: int, seed: int, title: str) -> str:
     head = "| student | " + " | ".join(f"t = {t:g}" for t in ts) + " |"
-    lines = ["## Where ECT's loss is: consistency against error per noise level (gmm)", "",
+    lines = [f"## {title}", "",
              f"{n} noised exact mixture samples per t (generator seed {seed}), ECT's r(t) at q {Q:g}. A cell is "
              "ECT's l2 loss sum((f(x_t, t) - f(x_r, r))^2) / (t - r), in brackets the part of it that comes from "
              "the change in sigma alone (x_t in both calls), then / the mean squared difference from the exact "
@@ -85,19 +86,30 @@ def main():
     p.add_argument("--ts", default="0.1,0.3,1,3,10,80")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--student", action="append", default=[], metavar="LABEL=CKPT",
+                   help="score these model.ckpt files instead of --ablation's (repeatable)")
+    p.add_argument("--section", default="ect-consistency:gmm", help="the section of --doc to write")
+    p.add_argument("--title", default="Where ECT's loss is: consistency against error per noise level (gmm)")
     p.add_argument("--doc", default=str(ROOT / "docs/results.md"))
     args = p.parse_args()
     torch.set_num_threads(1)
-    paths = {name: Path(args.ablation) / sub / "model.ckpt" for name, sub in STUDENTS.items()}
+    if args.student:
+        if not all("=" in s for s in args.student):
+            raise SystemExit("--student takes LABEL=PATH/model.ckpt")
+        paths = {label: Path(path) for label, path in (s.split("=", 1) for s in args.student)}
+    else:
+        paths = {name: Path(args.ablation) / sub / "model.ckpt" for name, sub in STUDENTS.items()}
     missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing and args.student:
+        raise SystemExit(f"missing checkpoints {missing}")
     if missing:
         raise SystemExit(f"missing students {missing}: run benchmarks/ect_ablation.py --part gmm --out {args.ablation} "
                          "(and with --mid-budgets 400 --variants 'gmm-post.toml recipe') first")
     students = {name: model_from_checkpoint(load_model(path)).train() for name, path in paths.items()}
     ts = [float(t) for t in args.ts.split(",")]
     rows = measure(students, ts, args.samples, args.seed)
-    text = render(rows, ts, args.samples, args.seed)
-    write_section(args.doc, "ect-consistency:gmm", text)
+    text = render(rows, ts, args.samples, args.seed, args.title)
+    write_section(args.doc, args.section, text)
     print(text)
 
 

@@ -88,6 +88,12 @@ def fixed_q(args) -> dict:
     return {"q": 2.0 ** (args.doublings + 1), "q_double_every": 0}
 
 
+def reference_recipe(steps: int) -> dict:
+    """ECT after CMT as sony/cmt runs it: large fixed q, a small constant lr after a short warm-up (10% here)."""
+    return {"q": 4096.0, "q_double_every": 0, "lr": 1e-4, "lr_schedule": "constant",
+            "warmup_steps": max(1, steps // 10)}
+
+
 def post_runs(args, part: str, root: Path, data: str, inits: dict, post: dict, seeds) -> dict:
     """ECT post-training for every (init, seed); returns {name: {seed: {step: eval row}}}."""
     out = {}
@@ -98,7 +104,7 @@ def post_runs(args, part: str, root: Path, data: str, inits: dict, post: dict, s
             if not done(run, "metrics.json"):
                 t0 = time.perf_counter()
                 post_train(PostTrainConfig(init=init, arch=arch, objective="ect", data=data, seed=seed,
-                                           out=str(fresh(run)), **schedule, **post, **QUIET), progress=False)
+                                           out=str(fresh(run)), **{**post, **schedule}, **QUIET), progress=False)
                 print(f"[{part}] {name} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
             out[name][seed] = eval_rows(run)
     return out
@@ -195,9 +201,15 @@ def gmm_cmt(args, root: Path, mid_steps: int | None = None) -> tuple[Path, Path]
     """The mixture's diffusion teacher run and its CMT (mid-trained) run, made once under `root` and reused; a
     mid_steps other than --gmm-mid-steps gets its own mid-<steps> run beside the default one (same teacher, store)."""
     teacher_run = root / "teacher"
-    if not done(teacher_run, "teacher"):
+    if done(teacher_run, "teacher"):
+        made = json.loads((teacher_run / "config.json").read_text())["config"].get("time_scale", 1000.0)
+        if made != args.gmm_time_scale:
+            raise SystemExit(f"{teacher_run} was pretrained with time scale {made:g}, not --gmm-time-scale "
+                             f"{args.gmm_time_scale:g}: pass --gmm-time-scale {made:g} or another --out")
+    else:
         pretrain(PretrainConfig(data="gmm:gmm8x8", gmm_samples=8192, channels=args.gmm_channels, layers_per_block=1,
                                 steps=args.gmm_teacher_steps, batch_size=128, lr=2e-3, ema_decay=0.99,
+                                time_scale=args.gmm_time_scale,
                                 out=str(fresh(teacher_run)), **QUIET), progress=False)
     n_traj = args.gmm_trajectories + 256
     store = root / "trajectories"
@@ -226,6 +238,7 @@ def gmm_part(args, out: Path, doc: Path) -> None:
              "CMT": (str(mid / "model.ckpt"), "", cmt_schedule)}
     if args.protocol == "paper":
         inits["CMT, q curriculum"] = (str(mid / "model.ckpt"), "", curriculum(args, steps))
+        inits["CMT, reference recipe"] = (str(mid / "model.ckpt"), "", reference_recipe(steps))
     runs = post_runs(args, "gmm", root, "gmm:gmm8x8", inits, post, range(args.seeds))
     summary = summarise(runs, METRICS["gmm"], "1step_flow_map_mse", "diffusion", steps)
 
@@ -244,16 +257,19 @@ def gmm_part(args, out: Path, doc: Path) -> None:
     lines = [
         "## Post-training from three initialisations: Gaussian mixture (gmm:gmm8x8)",
         "",
-        f"A small diffusion teacher (UNet {args.gmm_channels}, {args.gmm_teacher_steps} EDM steps on 8,192 exact "
-        f"mixture samples) is the diffusion init; CMT = that teacher mid-trained for {args.gmm_mid_steps} steps "
-        f"(8 trajectories x 16 points) on {args.gmm_trajectories} of its own DPM-Solver++(3) 16-step trajectories "
-        f"(held-out 1-step MSE to its solver samples {summary['mid']['teacher_mse']:.4g}); random = the same UNet "
-        f"re-initialised. Then ECT on "
-        f"exact mixture samples for {steps} steps of batch {args.gmm_batch}, lr {args.gmm_lr} (RAdam, linear "
-        f"decay), EMA {args.ema}, seeds {list(range(args.seeds))}. Protocol `{args.protocol}`: "
+        f"A small diffusion teacher (UNet {args.gmm_channels}, timestep scale {args.gmm_time_scale:g}, "
+        f"{args.gmm_teacher_steps} EDM steps on 8,192 exact mixture samples) is the diffusion init; CMT = that "
+        f"teacher mid-trained for {args.gmm_mid_steps} steps (8 trajectories x 16 points) on "
+        f"{args.gmm_trajectories} of its own DPM-Solver++(3) 16-step trajectories (held-out 1-step MSE "
+        f"to its solver samples {summary['mid']['teacher_mse']:.4g}); random = the same UNet re-initialised. "
+        f"Then ECT on exact mixture samples for {steps} steps of batch {args.gmm_batch}, lr {args.gmm_lr} (RAdam, "
+        f"linear decay), EMA {args.ema}, seeds {list(range(args.seeds))}. Protocol `{args.protocol}`: "
         + ("random and diffusion with the q curriculum "
            f"(q = 2 doubling every {curriculum(args, steps)['q_double_every']} steps), CMT with fixed "
            f"q = {fixed_q(args)['q']:g}; `CMT, q curriculum` is the CMT init with the others' schedule."
+           f" `CMT, reference recipe` is the CMT init post-trained as the reference does after CMT: q = "
+           f"{reference_recipe(steps)['q']:g} fixed, lr {reference_recipe(steps)['lr']:g} constant after "
+           f"{reference_recipe(steps)['warmup_steps']} warm-up steps."
            if args.protocol == "paper" else "every init with the q curriculum."),
         f"Metrics on {args.eval_samples} fixed noise samples (EMA weights), mean ± std over seeds; the teacher's "
         f"own 16-step solve on the same noise: flow-map MSE {t['flow_map_mse']:.4g}, sliced W2 {t['sliced_w2']:.4g} "
@@ -427,6 +443,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=1000)
     p.add_argument("--gmm-channels", type=lambda s: [int(c) for c in s.split(",")], default=[16, 32])
     p.add_argument("--gmm-teacher-steps", type=int, default=1500)
+    p.add_argument("--gmm-time-scale", type=float, default=1.0,
+                   help="the mixture teacher's timestep scale (cmt pretrain --time-scale; 1000 made the sections of "
+                        "docs/results.md written before 2026-12-01)")
     p.add_argument("--gmm-trajectories", type=int, default=4096)
     p.add_argument("--gmm-mid-steps", type=int, default=400)
     p.add_argument("--gmm-post-steps", type=int, default=400)

@@ -18,9 +18,11 @@ Compute is counted in forward-pass equivalents of the student network (a backwar
 ECT step = batch x (3 + 1: the target's no-grad forward), mid-training step = trajectories x points x 3,
 generation = trajectories x solver NFE. Wall seconds are reported too. Training seeds 0 .. --seeds - 1.
 Writes OUT/summary.json, docs/images/steps-to-target-gmm.png and the `<!-- steps-to-target:gmm -->` section of
-docs/results.md.
+docs/results.md (or --section's, and an image named after it).
 
     OMP_NUM_THREADS=1 python benchmarks/steps_to_target.py --out runs/steps-to-target
+    OMP_NUM_THREADS=1 python benchmarks/steps_to_target.py --out runs/steps-to-target-ts1 --gmm-time-scale 1 \
+        --section steps-to-target:gmm-ts1
 """
 
 from __future__ import annotations
@@ -107,11 +109,17 @@ def main():
     p.add_argument("--ema", type=float, default=0.99)
     p.add_argument("--doublings", type=int, default=7)
     p.add_argument("--eval-samples", type=int, default=1000)
+    p.add_argument("--gmm-time-scale", type=float, default=1000.0,
+                   help="the mixture teacher's timestep scale (init_comparison.py's default is 1; 1000 made this "
+                        "benchmark's documented sections)")
+    p.add_argument("--section", default="steps-to-target:gmm",
+                   help="the section of --doc to write; its image is --images/<section with - for :>.png")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.out)
-    teacher_run, _ = gmm_cmt(comparison_parser().parse_args([]), root)  # init_comparison's teacher and store
+    # init_comparison's teacher and store
+    teacher_run, _ = gmm_cmt(comparison_parser().parse_args(["--gmm-time-scale", str(args.gmm_time_scale)]), root)
     store = root / "trajectories"
     plan = open_store(store).plan
     k, n_traj = len(plan["sigmas"]) - 1, plan["num_samples"]  # generated: the 256 held out as well
@@ -157,12 +165,16 @@ def main():
         values = [[seeds[s][t] for s in seeds] for t in steps]
         return steps, [statistics.mean(v) for v in values], [min(v) for v in values], [max(v) for v in values]
 
-    image = Path(args.images) / "steps-to-target-gmm.png"
+    image = Path(args.images) / image_name(args)
     save_curves(image, {"ECT from the diffusion weights / from the CMT student": {
         "diffusion + ECT": band("diffusion"), "CMT mid + ECT": band("CMT mid + ECT")},
         "CMT mid-training from the diffusion weights": {"CMT mid": band("CMT mid")}},
         xlabel="step", ylabel="1-step MSE to the exact flow map", target=args.targets[0] * teacher_mse)
-    write_section(args.doc, "steps-to-target:gmm", render(args, summary, runs, root, teacher_run, store))
+    write_section(args.doc, args.section, render(args, summary, runs, root, teacher_run, store))
+
+
+def image_name(args) -> str:
+    return args.section.replace(":", "-") + ".png"
 
 
 def per_seed(steps, budget: int) -> str:
@@ -172,9 +184,10 @@ def per_seed(steps, budget: int) -> str:
 def render(args, summary, runs, root, teacher_run, store) -> str:
     c, t = summary["cost"], summary["teacher_flow_map_mse"]
     lines = [
-        "## Compute to a fixed target: diffusion init vs CMT (gmm:gmm8x8)",
+        "## Compute to a fixed target: diffusion init vs CMT (gmm:gmm8x8"
+        + (")" if args.gmm_time_scale == 1000 else f", timestep scale {args.gmm_time_scale:g})"),
         "",
-        "The mixture teacher of init_comparison.py (UNet [16, 32]); its own 16-step DPM-Solver++(3) solve "
+        f"The mixture teacher of init_comparison.py (UNet [16, 32], timestep scale {args.gmm_time_scale:g}); its own 16-step DPM-Solver++(3) solve "
         f"has flow-map MSE {t:.4g} on the {args.eval_samples} evaluation noises (seed 1) every curve here is "
         "measured on.",
         f"Diffusion route: ECT from the teacher's weights, {args.post_steps} steps of batch {args.batch}, RAdam lr "
@@ -203,7 +216,7 @@ def render(args, summary, runs, root, teacher_run, store) -> str:
     lines += ["", "Final 1-step flow-map MSE (mean ± std over seeds): " + "; ".join(
         f"{n} {fmt(v)}" for n, v in ends.items()) + ". Mid-trained student at the start of its ECT: "
         + fmt([c[0] for c in runs["CMT mid + ECT"].values()]) + ".", "",
-        "![steps to target](images/steps-to-target-gmm.png)", ""]
+        f"![steps to target](images/{image_name(args)})", ""]
     stages = [teacher_run, store] + [root / f"{p}-seed{s}" for s in range(args.seeds)
                                      for p in ("ect-diffusion", "mid", "ect-cmt")]
     lines += provenance(stages)
