@@ -61,6 +61,7 @@ VARIANTS = {
     "batch x 4": dict(batch_size=-4),  # resolved to 4 x --batch
     "fresh mixture samples": dict(gmm_samples=1 << 18),  # gmm only: no sample seen twice
     "warm-up + fresh mixture samples": dict(warmup_steps=-1, gmm_samples=1 << 18),
+    # configs/gmm-post.toml's recipe until 2026-12-02 (the name keeps docs/results.md's sections reproducible)
     "gmm-post.toml recipe": dict(distance="l2", q=256.0, lr=1e-3, lr_schedule="linear"),
 }
 METRICS = {"gmm": ("1step_flow_map_mse", "1step_sliced_w2", "2step_sliced_w2"),
