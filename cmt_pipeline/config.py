@@ -289,7 +289,9 @@ class MidTrainConfig(TrainConfig):
     channels: list = option([48, 96], "UNet widths for --init random without a network teacher.", **POSITIVE)
     layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without a network teacher).",
                                    **POSITIVE)
-    time_scale: float = option(1000.0, "Timestep scale of that UNet (see cmt pretrain --time-scale).", **POSITIVE)
+    time_scale: float | None = option(None, "Timestep scale of that UNet (see cmt pretrain --time-scale); a student "
+                                      "copied or rebuilt from a network teacher keeps the teacher's.  [default: 1000]",
+                                      **POSITIVE)
     eval_every: int = option(100, "Steps between held-out 1-step errors (eval.jsonl); 0 = only at the end.",
                              **NONNEGATIVE)
     eval_samples: int = option(256, "Held-out trajectories used for that error.", **POSITIVE)
@@ -329,7 +331,8 @@ class PostTrainConfig(TrainConfig):
                       "are decoded.  [default: the VAE recorded with --init / --arch]", path="folder")
     channels: list = option([48, 96], "UNet widths for --init random without --arch, e.g. 48,96.", **POSITIVE)
     layers_per_block: int = option(2, "ResNet layers per UNet block (--init random without --arch).", **POSITIVE)
-    time_scale: float = option(1000.0, "Timestep scale of that UNet (see cmt pretrain --time-scale).", **POSITIVE)
+    time_scale: float | None = option(None, "Timestep scale of that UNet (see cmt pretrain --time-scale); a network "
+                                      "from --init or --arch keeps its own.  [default: 1000]", **POSITIVE)
     dropout: float = option(0.0, "Dropout of the student (the same masks for prediction and target).", **DECAY)
     sigma_min_shift: float = option(SIGMA_MIN_SHIFT, "ect: boundary sigma of a student made from a diffusion/random "
                                     "net.", **POSITIVE)

@@ -190,3 +190,20 @@ def test_time_scale_reaches_the_backbone_and_every_student(tmp_path):
     assert post.precond.time_scale == 1.0
     assert random_network(load_config(PostTrainConfig, None, None, channels=[8, 16], layers_per_block=1),
                           (1, 8, 8)).precond.time_scale == 1000.0
+
+    # a student from that teacher records the scale it has, and refuses another one instead of ignoring it
+    post_args = ("post-train", "--init", out / "model.ckpt", "--data", "gmm:gmm8x8", "--gmm-samples", 64, "--steps", 1,
+                 "--batch-size", 8, "--eval-samples", 8, "--num-grid-samples", 4, "--quiet", "--no-tensorboard",
+                 "--device", "cpu")
+    r = cmt(*post_args, "--out", tmp_path / "post")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "post" / "config.json").read_text())["config"]["time_scale"] == 1.0
+    assert load_model(tmp_path / "post" / "model.ckpt")["config"]["time_scale"] == 1.0
+    r = cmt(*post_args, "--time-scale", 1000, "--out", tmp_path / "post-1000")
+    assert r.exit_code != 0 and "--time-scale 1000 only shapes a fresh UNet" in r.output and "scale 1" in r.output
+    assert not (tmp_path / "post-1000").exists()
+    from cmt_pipeline.models.io import with_time_scale
+    copied = build_student(load_config(MidTrainConfig, None, None, init="teacher"), teacher, teacher.shape)
+    assert with_time_scale(load_config(MidTrainConfig, None, None), copied, "t").time_scale == 1.0
+    with pytest.raises(CMTError, match="only shapes a fresh UNet, and the teacher has timestep scale 1;"):
+        with_time_scale(load_config(MidTrainConfig, None, None, time_scale=1000.0), copied, "the teacher")

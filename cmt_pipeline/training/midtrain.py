@@ -17,7 +17,7 @@ from ..config import MidTrainConfig
 from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples, read_head, read_tail
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
-from ..models.io import build_network, export_denoiser, network_spec
+from ..models.io import build_network, export_denoiser, network_spec, with_time_scale
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.lpips import LPIPS
 from ..plotting import save_curves
@@ -44,7 +44,7 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
         with seeded(cfg.seed):
             net = build_network(spec) if spec else EDMDenoiser(
                 build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
-                Precond(time_scale=cfg.time_scale, num_classes=net.num_classes))
+                Precond(time_scale=cfg.time_scale or Precond.time_scale, num_classes=net.num_classes))
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout
@@ -117,6 +117,7 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
                        f"{tuple(plan['shape'])}; pass the teacher the store was made with")
     vae = load_vae(cfg.vae, cfg.data, shape=plan["shape"])  # a latent store's VAE: decodes the sample grids
     student = build_student(cfg, teacher, tuple(plan["shape"]))
+    cfg = with_time_scale(cfg, student, f"the teacher {teacher_spec}'s network")
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
     objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c, lpips_distance(cfg, plan),
                          cfg.off_grid)

@@ -29,7 +29,7 @@ from ..datasets import load_images
 from ..evaluation.run import measure
 from ..latents import encode_images, load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
-from ..models.io import build_network, is_checkpoint, network_spec, open_network
+from ..models.io import build_network, is_checkpoint, network_spec, open_network, with_time_scale
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
@@ -85,7 +85,7 @@ def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser:
     if not cfg.arch:
         with seeded(cfg.seed):
             return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block),
-                               Precond(time_scale=cfg.time_scale))
+                               Precond(time_scale=cfg.time_scale or Precond.time_scale))
     template = read_network(cfg.arch, "--arch").module
     template = template.net if isinstance(template, MeanFlowStudent) else template
     if not isinstance(template, EDMDenoiser):
@@ -193,6 +193,7 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
                            "student (with a VAE) needs image data: digits, an image folder or a .npy array")
         data = encode_images(data, vae, progress=progress and process.is_main_process)
     student, origin = build_student(cfg, data.shape)
+    cfg = with_time_scale(cfg, student, f"--arch {cfg.arch}" if cfg.init == "random" else f"--init {cfg.init}")
     if student.num_classes and data.labels is None:
         raise CMTError(f"--init {cfg.init} is class-conditional but --data {cfg.data} has no labels")
     tensors = {"image": data.images, **({"labels": data.labels} if student.num_classes else {})}
