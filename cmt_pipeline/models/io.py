@@ -28,6 +28,7 @@ import torch
 
 from ..paths import not_a_model
 from ..teachers import BUILTIN_SPECS, DiffusersDenoiser, EDMDenoiser, Precond, load_teacher
+from ..teachers.native import NativeDenoiser
 from ..utils import CMTError, atomic_folder, atomic_write_bytes
 from .consistency import BoundaryDenoiser
 from .meanflow import MeanFlowStudent
@@ -68,7 +69,7 @@ def network_spec(model: torch.nn.Module) -> dict | None:
         # torch.load(weights_only=True) refuses); build_network drops them anyway
         unet = {k: v for k, v in model.backbone.config.items() if not k.startswith("_")}
         return {"class": "EDMDenoiser", "unet": unet, "precond": asdict(model.precond)}
-    if isinstance(model, DiffusersDenoiser):
+    if isinstance(model, (DiffusersDenoiser, NativeDenoiser)):
         return model.spec()
     if not isinstance(model, (BoundaryDenoiser, MeanFlowStudent)):
         return None
@@ -101,6 +102,8 @@ def build_network(spec: dict | None) -> torch.nn.Module:
         return EDMDenoiser(unet, Precond(**spec["precond"]))
     if kind == "DiffusersDenoiser":
         return DiffusersDenoiser.from_spec(spec)
+    if kind == "NativeDenoiser":
+        return NativeDenoiser.from_spec(spec)
     if kind == "BoundaryDenoiser":
         p = spec["precond"]
         return BoundaryDenoiser(build_network(spec["net"]), p["boundary_sigma"], p["sigma_data"])

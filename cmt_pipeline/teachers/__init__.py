@@ -17,6 +17,7 @@ from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
 from .exported import is_export, load_export
+from .native import NATIVE_FILE, NativeDenoiser
 from .gmm import PRESETS as GMM_PRESETS
 from .gmm import GMMDenoiser
 from .guidance import GuidedDenoiser, guided
@@ -25,7 +26,7 @@ BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-tea
 BUILTIN_SPECS = ("builtin", "digits", "builtin:digits")
 
 __all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersDenoiser",
-           "GuidedDenoiser", "load_teacher", "BUILTIN_DIGITS"]
+           "GuidedDenoiser", "NativeDenoiser", "load_teacher", "BUILTIN_DIGITS"]
 
 
 def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_label: int | None = None) -> Denoiser:
@@ -49,6 +50,8 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
             raise CMTError(f"teacher path {spec} does not exist; pass a model folder, gmm:<preset> or builtin")
         if (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
+        elif (path / NATIVE_FILE).exists():  # a published network converted by `cmt convert-teacher`
+            teacher = _load_or_explain(NativeDenoiser.load, path)
         elif is_export(path):  # a student folder written by `cmt export`
             teacher = _load_or_explain(load_export, path)
         elif find_layout(path) is not None:

@@ -1,0 +1,102 @@
+"""Published preconditionings (EDM's VP / VE / iDDPM / EDM, EDM2's) around the native networks of networks/, behind
+the denoiser seam.
+
+Each subclass is built from exactly the keyword arguments its reference class takes (the `init_kwargs` a published
+snapshot records), holds the backbone as `self.model` with the reference's parameter names, and is registered under
+the reference class's name, so that `build_native(name, init_kwargs)` followed by `load_state_dict` rebuilds a
+published network with no code from the snapshot. Labels at the seam are integers (one-hot inside, as the
+reference networks take them).
+
+On disk (`cmt convert-teacher`, `NativeDenoiser.save`): a folder holding
+    model.safetensors   the state dict, reference parameter names
+    cmt_native.json     {"format", "class": reference name, "init_kwargs": {...}, "source": {...}}
+where `source` says where the weights came from (snapshot file name and sha256), recorded in every store made with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import CMTError
+from .base import Denoiser
+
+NATIVE_FILE = "cmt_native.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "cmt-native-network/1"
+PRECONDS: dict[str, type["NativeDenoiser"]] = {}
+
+
+def register(cls):
+    """Class decorator: make `cls` buildable by its reference name (cls.reference)."""
+    PRECONDS[cls.reference] = cls
+    return cls
+
+
+def build_native(reference: str, init_kwargs: dict) -> "NativeDenoiser":
+    """A fresh (randomly initialised) native network of the reference class `reference` with its arguments."""
+    cls = PRECONDS.get(reference)
+    if cls is None:
+        raise CMTError(f"no native network for {reference!r}; supported: {', '.join(sorted(PRECONDS))}")
+    try:
+        return cls(**init_kwargs)
+    except TypeError as e:
+        raise CMTError(f"{reference} cannot be built from these arguments ({e}); the snapshot was made by a "
+                       "version of the reference code this project does not know") from e
+
+
+class NativeDenoiser(Denoiser):
+    """Base class: subclasses set `reference` (the published class name), call super().__init__(**their arguments),
+    build self.model, set `shape` and `num_classes`, and define forward(x, sigma, class_labels=None)."""
+
+    reference: str = ""
+
+    def __init__(self, **init_kwargs):
+        super().__init__()
+        self.init_kwargs = init_kwargs
+        self.source: dict = {}  # where the weights came from, e.g. {"snapshot": name, "sha256": ...}
+
+    def one_hot(self, class_labels, x: torch.Tensor) -> torch.Tensor | None:
+        """Integer labels at the seam -> the one-hot rows the reference networks take (None when unconditional)."""
+        labels = self.check_labels(class_labels, x.shape[0])
+        if labels is None:
+            return None
+        return torch.nn.functional.one_hot(labels, self.num_classes).to(torch.float32)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "class": self.reference, "init_kwargs": self.init_kwargs,
+                "source": self.source, "parameters": sum(p.numel() for p in self.parameters())}
+
+    def spec(self) -> dict:
+        """Enough to rebuild this module (weights aside): checkpoints of students made from it store this."""
+        return {"class": "NativeDenoiser", "reference": self.reference, "init_kwargs": self.init_kwargs,
+                "source": self.source}
+
+    @staticmethod
+    def from_spec(spec: dict) -> "NativeDenoiser":
+        net = build_native(spec["reference"], spec["init_kwargs"])
+        net.source = dict(spec.get("source") or {})
+        return net
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, path / WEIGHTS_FILE)
+        meta = {"format": FORMAT, **{k: v for k, v in self.spec().items() if k != "class"}}
+        (path / NATIVE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NativeDenoiser":
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta = json.loads((path / NATIVE_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path / NATIVE_FILE} has format {meta.get('format')!r}, expected {FORMAT}")
+        net = cls.from_spec(meta)
+        net.load_state_dict(load_file(path / WEIGHTS_FILE))
+        return net
