@@ -9,8 +9,9 @@ reference networks take them).
 
 On disk (`cmt convert-teacher`, `NativeDenoiser.save`): a folder holding
     model.safetensors   the state dict, reference parameter names
-    cmt_native.json     {"format", "class": reference name, "init_kwargs": {...}, "source": {...}}
-where `source` says where the weights came from (snapshot file name and sha256), recorded in every store made with it.
+    cmt_native.json     {"format", "reference": class name, "init_kwargs": {...}, "source": {...}, "latents": ...}
+where `source` says where the weights came from (snapshot file name and sha256), recorded in every store made with
+it, and `latents` (None for pixel models) names the VAE and latent statistics a latent model expects.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class NativeDenoiser(Denoiser):
         super().__init__()
         self.init_kwargs = init_kwargs
         self.source: dict = {}  # where the weights came from, e.g. {"snapshot": name, "sha256": ...}
+        self.latents: dict | None = None  # a latent model's VAE and latent statistics (EDM2's encoder record)
 
     def one_hot(self, class_labels, x: torch.Tensor) -> torch.Tensor | None:
         """Integer labels at the seam -> the one-hot rows the reference networks take (None when unconditional)."""
@@ -67,17 +69,18 @@ class NativeDenoiser(Denoiser):
 
     def describe(self) -> dict:
         return {**super().describe(), "class": self.reference, "init_kwargs": self.init_kwargs,
-                "source": self.source, "parameters": sum(p.numel() for p in self.parameters())}
+                "source": self.source, "latents": self.latents, "parameters": sum(p.numel() for p in self.parameters())}
 
     def spec(self) -> dict:
         """Enough to rebuild this module (weights aside): checkpoints of students made from it store this."""
         return {"class": "NativeDenoiser", "reference": self.reference, "init_kwargs": self.init_kwargs,
-                "source": self.source}
+                "source": self.source, "latents": self.latents}
 
     @staticmethod
     def from_spec(spec: dict) -> "NativeDenoiser":
         net = build_native(spec["reference"], spec["init_kwargs"])
         net.source = dict(spec.get("source") or {})
+        net.latents = spec.get("latents")
         return net
 
     def save(self, path: str | Path) -> None:
