@@ -364,15 +364,36 @@ class PostTrainConfig(TrainConfig):
                                                                 "num_grid_samples")
 
 
+# every table a config file may hold: each stage's own, and [pipeline] (cmt pipeline's wiring)
+TABLES = ("pipeline", "pretrain", "generate", "mid_train", "post_train", "evaluate")
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; this bounds what a wrong path (a device, a dataset) can cost
+
+
+def read_toml(path) -> dict:
+    """The tables of a config file; CMTError for anything that is not a small TOML file whose tables are all known
+    (a misspelled [generat] would otherwise run on defaults)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+            raise CMTError(f"config {path} is not a TOML file of at most {MAX_CONFIG_BYTES >> 20} MiB; "
+                           "pass one of configs/*.toml or your own copy")
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
+        raise CMTError(f"cannot read config {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    except RecursionError as e:  # tomllib recurses into nested arrays and tables
+        raise CMTError(f"cannot read config {path}: nested too deeply") from e
+    unknown = sorted(set(data) - set(TABLES))
+    if unknown:
+        raise CMTError(f"{path}: unknown table(s) {unknown}; a config file has tables among {list(TABLES)}")
+    return data
+
+
 def load_config(cls, path: str | Path | None = None, section: str | None = None, **overrides):
     """Build `cls` from defaults, then the TOML table `section` of `path`, then non-None overrides."""
     values = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
-            raise CMTError(f"cannot read config {path}: {e}") from e
-        values = data.get(section, {}) if section else data
+        data = read_toml(path)
+        values = dict(data.get(section, {})) if section else data
     values.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - names)
