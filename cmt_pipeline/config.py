@@ -15,7 +15,7 @@ from typing import ClassVar, get_type_hints
 from pathlib import Path
 
 from .constants import SIGMA_DATA, SIGMA_MAX, SIGMA_MID, SIGMA_MIN, SIGMA_MIN_SHIFT
-from .errors import CMTError
+from .errors import CMTError, first_line
 
 # choices shared by several stages; tests/test_config.py checks them against the library's own tables
 SOLVERS = ("euler", "heun", "dpm2", "dpm3")
@@ -379,7 +379,7 @@ def read_toml(path) -> dict:
                            "pass one of configs/*.toml or your own copy")
         data = tomllib.loads(path.read_text())
     except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
-        raise CMTError(f"cannot read config {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        raise CMTError(f"cannot read config {path}: {first_line(e)}") from e
     except RecursionError as e:  # tomllib recurses into nested arrays and tables
         raise CMTError(f"cannot read config {path}: nested too deeply") from e
     unknown = sorted(set(data) - set(TABLES))

@@ -287,3 +287,16 @@ def test_two_process_mid_training_on_a_webdataset_store(tmp_path):
     assert {p.name for p in (out / "checkpoints" / "step-0000003").iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"}
     assert [json.loads(l)["step"] for l in (out / "eval.jsonl").read_text().splitlines()] == [0, 3]
     assert load_model(out / "model.ckpt", kind="mid-cm")["step"] == 3
+
+
+def test_resuming_a_finished_run_says_nothing_is_left(gmm_store, tmp_path):
+    """A kill after the last checkpoint leaves a finished run; --resume latest then trains no step, and the summary
+    line had formatted the missing loss (TypeError)."""
+    out = tmp_path / "done"
+    args = ["mid-train", "--data", str(gmm_store), "--out", str(out), "--init", "random", "--holdout", "64",
+            "--steps", "2", "--batch-size", "2", "--points-per-traj", "4", "--channels", "16,32",
+            "--layers-per-block", "1", "--device", "cpu", "--no-tensorboard", "--checkpoint-every", "2",
+            "--sample-every", "0", "--eval-every", "0", "--quiet"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    r = CliRunner().invoke(cli, [*args, "--resume", "latest"])
+    assert r.exit_code == 0 and "2 steps" in r.output and "no steps left to train" in r.output, r.output

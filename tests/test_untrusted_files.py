@@ -135,3 +135,15 @@ def test_a_folder_naming_a_pipeline_as_its_model_is_refused(vp_teacher_dir, tmp_
     r = cmt("inspect", folder)
     refused_or_ignored(r, marker)
     assert r.exit_code == 2 and "no model class 'DiffusionPipeline'" in r.output, r.output
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["sample", "--ckpt"], ["evaluate", "--student"],
+                                     ["export", "--ckpt"]])
+def test_a_zero_byte_checkpoint_is_refused_in_one_line(tmp_path, command):
+    """torch raises EOFError with an empty message there; quoting its first line raised IndexError."""
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    r = CliRunner().invoke(cli, [*command, str(ckpt), "--out", str(tmp_path / "o")] if command[0] != "inspect"
+                           else [*command, str(ckpt)])
+    assert r.exit_code != 0 and "cannot read checkpoint" in r.output and "EOFError" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

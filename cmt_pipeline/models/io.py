@@ -29,7 +29,8 @@ import torch
 from ..paths import not_a_model
 from ..teachers import BUILTIN_SPECS, DiffusersDenoiser, EDMDenoiser, Precond, load_teacher
 from ..teachers.native import NativeDenoiser
-from ..utils import CMTError, atomic_folder, atomic_write_bytes
+from ..errors import CMTError, first_line
+from ..utils import atomic_folder, atomic_write_bytes
 from .consistency import BoundaryDenoiser
 from .meanflow import MeanFlowStudent
 
@@ -137,8 +138,8 @@ def load_model(path, kind: str | tuple[str, ...] | None = None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise CMTError(f"cannot read checkpoint {path} (corrupt or not a torch file: "
-                       f"{str(e).splitlines()[0][:120]}); re-export it from its training run") from e
+        raise CMTError(f"cannot read checkpoint {path} (corrupt or not a torch file: {first_line(e, 120)}); "
+                       "re-export it from its training run") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CMTError(f"{path} is not a cmt model checkpoint (format {FORMAT}); "
                        "pass the model.ckpt written by cmt pretrain / mid-train / post-train")
