@@ -147,3 +147,12 @@ def test_a_zero_byte_checkpoint_is_refused_in_one_line(tmp_path, command):
                            else [*command, str(ckpt)])
     assert r.exit_code != 0 and "cannot read checkpoint" in r.output and "EOFError" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["generate-trajectories", "--teacher", "gmm:gmm2d", "--num-samples", "4"],
+                                     ["sample", "--ckpt", "gmm:gmm2d"], ["evaluate", "--student", "gmm:gmm2d"]])
+def test_an_unknown_device_is_refused_in_one_line(tmp_path, command):
+    r = CliRunner().invoke(cli, [*command, "--device", "banana", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "Error: --device banana is not a device; use auto, cpu, cuda or cuda:N"], r.output
+    assert not (tmp_path / "o").exists()
