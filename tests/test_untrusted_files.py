@@ -156,3 +156,12 @@ def test_an_unknown_device_is_refused_in_one_line(tmp_path, command):
     assert r.exit_code == 2 and r.output.strip().splitlines() == [
         "Error: --device banana is not a device; use auto, cpu, cuda or cuda:N"], r.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("channels", ["13,7", "100000,200000", "1,2"])
+def test_unet_widths_are_checked_before_the_network_is_built(tmp_path, channels):
+    """13,7 raised GroupNorm's ValueError; 100000,200000 tried to allocate 160 GB."""
+    r = CliRunner().invoke(cli, ["post-train", "--data", "gmm:gmm2d", "--init", "random", "--channels", channels,
+                                 "--steps", "1", "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert r.exit_code == 2 and f"--channels {channels}: each width must be in 2..2048" in r.output, r.output
+    assert not (tmp_path / "o").exists()
