@@ -25,6 +25,8 @@ POSITIVE = {"min": 0, "min_open": True}
 NONNEGATIVE = {"min": 0}
 DECAY = {"min": 0, "max": 1, "max_open": True}  # a rate in [0, 1): EMA, Adam's betas, dropout
 MAX_SAMPLES = 2**31 - 1  # sample indices are int32-sized everywhere; a larger request is a typo, not a dataset
+MAX_SOLVER_STEPS = 4096  # a store keeps every state: far past any published sampler (EDM: 18-256 steps)
+MAX_REFERENCE_STEPS = 65536  # the exact-flow-map reference solve (1024 by default)
 
 
 def option(default, help: str, *, choices: tuple = (), min=None, max=None, min_open: bool = False,
@@ -103,7 +105,7 @@ class GenerateConfig(Checked):
     out: str = option("runs/trajectories", "Output folder.", path="folder")
     num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE, max=MAX_SAMPLES)
     solver: str = option("dpm3", "ODE solver.", choices=SOLVERS)
-    steps: int = option(16, "Solver steps K; each sample stores K states.", **POSITIVE)
+    steps: int = option(16, "Solver steps K; each sample stores K states.", **POSITIVE, max=MAX_SOLVER_STEPS)
     grid: str = option("logsnr", "Sigma grid (logsnr: the paper's).", choices=GRIDS)
     sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.", **POSITIVE)
     sigma_min: float = option(SIGMA_MIN, "The solve's last sigma.", **POSITIVE)
@@ -143,7 +145,7 @@ class EvaluateConfig(Checked):
                           "export, or a student folder (project EDM format); evaluated at --steps 1 or 2 instead of "
                           "the teacher.")
     steps: int | None = option(None, "Solver steps for a teacher [default: 16]; 1 or 2 for a student "
-                               "[default: 1].", **POSITIVE)
+                               "[default: 1].", **POSITIVE, max=MAX_SOLVER_STEPS)
     sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.", **POSITIVE)
     sigma_min: float = option(SIGMA_MIN, "The teacher solve's last sigma.", **POSITIVE)
     sigma_mid: float = option(SIGMA_MID, "A 2-step student's intermediate sigma.", **POSITIVE)
@@ -169,7 +171,8 @@ class EvaluateConfig(Checked):
     vae: str = option("", "Latent generator: the AutoencoderKL that decodes its samples for the image metrics and "
                       "picture.  [default: the one it recorded, or its folder's vae/]", path="folder")
     gmm: str = option("", "gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
-    reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.", **POSITIVE)
+    reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.", **POSITIVE,
+                                  max=MAX_REFERENCE_STEPS)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     out: str = option("runs/evaluate", "Folder for evaluation.json and samples.png.", path="folder")
 
@@ -242,7 +245,7 @@ class PretrainConfig(TrainConfig):
     p_mean: float = option(-1.2, "Training sigma ~ LogNormal(p_mean, p_std).")
     p_std: float = option(1.2, "See --p-mean.", **POSITIVE)
     sample_solver: str = option("dpm3", "Solver of the sample grids.", choices=SOLVERS)
-    sample_steps: int = option(16, "Solver steps of the sample grids.", **POSITIVE)
+    sample_steps: int = option(16, "Solver steps of the sample grids.", **POSITIVE, max=MAX_SOLVER_STEPS)
     sample_grid: str = option("logsnr", "Sigma grid of the sample grids.", choices=GRIDS)
     num_grid_samples: int = option(64, "Samples in each sample grid.", **POSITIVE, max=4096)
     export_dtype: str = option("float32", "Weights dtype of the exported teacher folder (float16 halves its size).",
