@@ -160,8 +160,8 @@ class EvaluateConfig(Checked):
                                               toml_only=True, **NONNEGATIVE)
     class_labels: str = option("random", "random, or one class index for all samples (conditional generators).")
     batch_size: int = option(256, "Samples per batch.", **POSITIVE)
-    store: str = option("", "Trajectory store: paired MSE/PSNR of the generator vs the stored solver samples.",
-                        path="existing folder")
+    store: str = option("", "Trajectory store (a folder or an s3:// URL): paired MSE/PSNR of the generator vs the "
+                        "stored solver samples.", path="any")
     store_samples: int = option(256, "Use the store's last N samples, where `cmt mid-train --holdout` keeps its "
                                 "held-out trajectories (0 = all).", **NONNEGATIVE)
     inception_weights: str = option("", "Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); "
