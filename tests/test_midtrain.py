@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -300,3 +301,33 @@ def test_resuming_a_finished_run_says_nothing_is_left(gmm_store, tmp_path):
     assert CliRunner().invoke(cli, args).exit_code == 0
     r = CliRunner().invoke(cli, [*args, "--resume", "latest"])
     assert r.exit_code == 0 and "2 steps" in r.output and "no steps left to train" in r.output, r.output
+
+
+def test_resume_refuses_other_data_at_the_same_path(tmp_path):
+    """A store replaced by one of another seed at the same path was silently mixed into the resumed run."""
+    store = tmp_path / "store"
+
+    def make(seed):
+        shutil.rmtree(store, ignore_errors=True)
+        generate(GenerateConfig(teacher="gmm:gmm8x8", num_samples=32, shard_size=16, batch_size=16, steps=4,
+                                device="cpu", seed=seed, out=str(store)), progress=False)
+
+    cfg = MidTrainConfig(data=str(store), out=str(tmp_path / "run"), init="random", holdout=8, steps=4, lr=1e-3,
+                         batch_size=2, points_per_traj=4, eval_every=0, **TINY, **{**FAST, "checkpoint_every": 2})
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(state):
+        if state.step == 3:
+            raise Stop
+
+    make(0)
+    with pytest.raises(Stop):
+        mid_train(cfg, progress=False, callbacks=[stop_at_3])
+    make(1)
+    with pytest.raises(CMTError, match="cannot resume .*: it trained on data with fingerprint [0-9a-f]{16}, and the "
+                                       "data given now has fingerprint [0-9a-f]{16}"):
+        mid_train(cfg, resume="latest", progress=False)
+    make(0)  # the original data resumes
+    assert mid_train(cfg, resume="latest", progress=False)["step"] == 4
