@@ -7,8 +7,9 @@ Each configuration builds the reference Precond with seeded random weights (the 
 are drawn too: otherwise the U-Net's output is exactly 0 and D = c_skip x hides every difference), loads its state
 dict strictly into the native one, and compares D(x, sigma) over sigma in [0.002, 80] in eval mode and in one
 training-mode forward and backward (where both write back their normalised weights; the gradients of the mean
-square of D are compared too). Exit status 1 when any relative error exceeds 1e-5. --write-fixture instead stores tiny instances' state dicts, constructor arguments, inputs and
-reference outputs for tests/test_native_edm2.py, which then needs no reference code.
+square of D are compared too). Exit status 1 when any relative error exceeds 1e-5. --write-fixture instead
+stores tiny instances' state dicts, constructor arguments, inputs and reference outputs for
+tests/test_native_edm2.py, which then needs no reference code.
 """
 
 from __future__ import annotations
