@@ -16,6 +16,7 @@ from ..utils import CMTError
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
+from .edm2 import EDM2Precond  # registers EDM2's "Precond" for build_native
 from .exported import is_export, load_export
 from .native import NATIVE_FILE, NativeDenoiser
 from .gmm import PRESETS as GMM_PRESETS
@@ -26,7 +27,7 @@ BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-tea
 BUILTIN_SPECS = ("builtin", "digits", "builtin:digits")
 
 __all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersDenoiser",
-           "GuidedDenoiser", "NativeDenoiser", "load_teacher", "BUILTIN_DIGITS"]
+           "GuidedDenoiser", "NativeDenoiser", "EDM2Precond", "load_teacher", "BUILTIN_DIGITS"]
 
 
 def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_label: int | None = None) -> Denoiser:
