@@ -64,6 +64,14 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t):
         return self.mlp(timestep_features(t))
 
+    @property
+    def linear_1(self):  # diffusers' TimestepEmbedding names, which models/meanflow.py reads the sizes from
+        return self.mlp[0]
+
+    @property
+    def linear_2(self):
+        return self.mlp[2]
+
 
 class LabelEmbedder(nn.Module):
     def __init__(self, num_classes, hidden_size, dropout_prob):
@@ -141,6 +149,13 @@ class DiT(nn.Module):
         self.register_buffer("pos_embed", sincos_positions(hidden_size, input_size // patch_size)[None])
         self.blocks = nn.ModuleList(Block(hidden_size, num_heads, mlp_ratio) for _ in range(depth))
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+
+    # the (projection, embedding) pair through which models/meanflow.py adds MeanFlow's gap to the timestep embedding
+    time_proj = staticmethod(timestep_features)
+
+    @property
+    def timestep_embedder(self):
+        return self.t_embedder
 
     def unpatchify(self, x):
         n, tokens, _ = x.shape

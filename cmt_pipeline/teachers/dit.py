@@ -128,11 +128,12 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):  # training checkpoints' "args"
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CMTError(f"{path} holds objects that safe loading (torch.load weights_only=True) refuses "
-                       f"({str(e).strip().splitlines()[-1][:160]}); re-save its weights with "
-                       "torch.save(model.state_dict(), PATH) and pass that file") from e
     except Exception as e:  # torch raises many types for a truncated or foreign file
+        refused = re.search(r"[^\n]*GLOBAL[^\n]*", str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if refused:  # an object that is not a tensor or a plain container: unpickling it could run code
+            raise CMTError(f"{path} holds objects that safe loading (torch.load weights_only=True) refuses "
+                           f"({refused.group(0).strip()[:160]}); re-save its weights with "
+                           "torch.save(model.state_dict(), PATH) and pass that file") from e
         raise CMTError(f"cannot read {path} as a torch checkpoint ({str(e).splitlines()[0][:120]}); {FIX}") from e
     args = {}
     if isinstance(obj, dict) and ("ema" in obj or "model" in obj):
@@ -147,8 +148,8 @@ def read_checkpoint(path: Path) -> tuple[dict, dict]:
 
 
 def infer_arch(state: dict, source: str = "the checkpoint") -> dict:
-    """DiT's constructor arguments from a state dict's shapes (class_dropout_prob 0.1: the label table then holds
-    num_classes + 1 rows; pass class_dropout_prob=0 as an override for a table without the null row)."""
+    """DiT's constructor arguments from a state dict's shapes. class_dropout_prob is taken as the references' 0.1,
+    so the label table holds num_classes + 1 rows (load_dit_checkpoint recounts for an override of 0)."""
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         raise CMTError(f"{source} is not a DiT / SiT state dict (no {', '.join(missing[:3])}); {FIX}")
@@ -196,14 +197,17 @@ def load_dit_checkpoint(path, arch: dict | None = None, flavour: str | None = No
     kind = family(path, args, flavour)
     if kind == "SiT":
         check_sit_args(args, path)
-    kwargs = infer_arch(state, path.name)
-    if args.get("num_classes") == kwargs["num_classes"] + 1:  # trained without label dropout: no null row
-        kwargs.update(num_classes=args["num_classes"], class_dropout_prob=0.0)
-    unknown = set(arch or {}) - set(kwargs)
+    kwargs, arch = infer_arch(state, path.name), dict(arch or {})
+    unknown = set(arch) - set(kwargs)
     if unknown:
         raise CMTError(f"unknown architecture override(s) {', '.join(sorted(unknown))}; choose from "
                        + ", ".join(kwargs))
-    kwargs.update(arch or {})
+    rows = state["y_embedder.embedding_table.weight"].shape[0]
+    if args.get("num_classes") == rows:  # trained without label dropout: no null row
+        kwargs["class_dropout_prob"] = 0.0
+    kwargs.update(arch)
+    if "num_classes" not in arch:
+        kwargs["num_classes"] = rows - (kwargs["class_dropout_prob"] > 0)
     if kwargs["hidden_size"] % kwargs["num_heads"]:
         raise CMTError(f"hidden size {kwargs['hidden_size']} is not divisible into {kwargs['num_heads']} heads; "
                        "pass the model's num_heads as an architecture override")
@@ -211,8 +215,8 @@ def load_dit_checkpoint(path, arch: dict | None = None, flavour: str | None = No
     try:
         net.model.load_state_dict(state)
     except RuntimeError as e:
-        raise CMTError(f"{path.name} does not fit a {kind} with {kwargs} ({' '.join(str(e).split())[:200]});"
-                       " correct the architecture overrides") from e
+        raise CMTError(f"{path.name} does not fit the {kind} architecture inferred or overridden "
+                       f"({' '.join(str(e).split())[:300]}); correct the architecture overrides") from e
     net.source = {"checkpoint": path.name, "sha256": file_sha256(path), "flavour": kind}
     return net
 
