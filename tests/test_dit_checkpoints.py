@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, safe_open
 
 from cmt_pipeline.models.io import build_network, network_spec, open_network
+from cmt_pipeline.networks.dit import DiT
 from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.teachers.dit import convert_dit_checkpoint, infer_arch, load_dit_checkpoint, parse_arch
 from cmt_pipeline.teachers.native import NATIVE_FILE
@@ -45,12 +46,14 @@ def checkpoints(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["DiT", "SiT"])
 def test_golden_reference_outputs_are_reproduced(kind, checkpoints):
-    _, config, cases = fixture(kind)
+    state, config, cases = fixture(kind)
     net = load_dit_checkpoint(checkpoints / f"{kind}-tiny-8x8.pt")
     assert net.reference == kind and {k: net.init_kwargs[k] for k in config} == config
     sigmas = torch.cat([s for _, s, _, _ in cases])
     assert sigmas.min() < 0.02 and sigmas.max() > 100  # the whole range, both ends
     assert max_rel_err(net, cases) <= 1e-5
+    fresh = DiT(**config).pos_embed  # a network built without weights has the reference's position table
+    assert torch.allclose(fresh, state["pos_embed"], atol=1e-3)  # the fixture stores float16
 
 
 def test_the_families_are_not_interchangeable(checkpoints):
