@@ -12,7 +12,8 @@ from safetensors.torch import load_file, safe_open
 from cmt_pipeline.models.io import build_network, network_spec, open_network
 from cmt_pipeline.networks.dit import DiT
 from cmt_pipeline.teachers import load_teacher
-from cmt_pipeline.teachers.dit import convert_dit_checkpoint, infer_arch, load_dit_checkpoint, parse_arch
+from cmt_pipeline.teachers.dit import (DiTDenoiser, SiTDenoiser, convert_dit_checkpoint, infer_arch,
+                                       load_dit_checkpoint, parse_arch)
 from cmt_pipeline.teachers.native import NATIVE_FILE
 from cmt_pipeline.utils import CMTError
 
@@ -152,10 +153,47 @@ def test_teacher_pt_the_converted_folder_and_a_rebuilt_spec_agree(tmp_path, chec
 
 
 def test_a_latent_model_records_the_vae_it_expects(tmp_path):
-    from cmt_pipeline.teachers.dit import SiTDenoiser
-
     net = SiTDenoiser(input_size=4, in_channels=4, hidden_size=64, depth=1, num_classes=3)
     torch.save(net.model.state_dict(), tmp_path / "SiT-latent.pt")
     loaded = load_dit_checkpoint(tmp_path / "SiT-latent.pt")
     assert loaded.shape == (4, 4, 4) and loaded.latents["scaling_factor"] == 0.18215
     assert "sd-vae-ft-ema" in loaded.latents["vae"] and loaded.latents["image_size"] == 32
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    return CliRunner().invoke(cli, [*map(str, args)] + (["--device", "cpu", "--quiet"] if args[0] != "export" else []))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, flavour, objective", [("DiT", "cm", "ect"), ("SiT", "mf", "meanflow")])
+def test_a_pt_teacher_runs_the_whole_pipeline(tmp_path, kind, flavour, objective):
+    """generate -> mid-train -> post-train -> evaluate from a pixel-space DiT / SiT .pt (random weights, digits'
+    1x8x8 with 10 classes); export refuses students of these networks by name (it holds EDM UNets only)."""
+    torch.manual_seed(0)
+    net = {"DiT": DiTDenoiser, "SiT": SiTDenoiser}[kind](input_size=8, in_channels=1, hidden_size=32, depth=2,
+                                                         num_classes=10)
+    teacher = tmp_path / f"{kind}-digits.pt"
+    torch.save(net.model.state_dict(), teacher)
+    store, mid, post = tmp_path / "store", tmp_path / "mid", tmp_path / "post"
+    r = run_cli("generate-trajectories", "--teacher", teacher, "--num-samples", 12, "--steps", 4, "--shard-size", 6,
+                "--out", store)
+    assert r.exit_code == 0, r.output
+    assert json.loads((store / "manifest.json").read_text())["teacher"]["description"]["class"] == kind
+    r = run_cli("mid-train", "--data", store, "--init", "teacher", "--flavour", flavour, "--holdout", 4, "--steps",
+                2, "--batch-size", 4, "--eval-every", 2, "--sample-every", 0, "--no-tensorboard", "--out", mid)
+    assert r.exit_code == 0, r.output
+    r = run_cli("post-train", "--init", mid / "model.ckpt", "--objective", objective, "--data", "digits", "--steps",
+                2, "--batch-size", 4, "--eval-samples", 8, "--sample-every", 0, "--no-tensorboard", "--out", post)
+    assert r.exit_code == 0, r.output
+    spec = torch.load(post / "model.ckpt", weights_only=True)["network"]["net"]
+    assert (spec["class"], spec["reference"]) == ("NativeDenoiser", kind)
+    r = run_cli("evaluate", "--student", post / "model.ckpt", "--teacher", teacher, "--steps", 2, "--num-samples", 8,
+                "--store", store, "--out", tmp_path / "eval")
+    assert r.exit_code == 0, r.output
+    assert "paired_mse" in json.loads((tmp_path / "eval" / "evaluation.json").read_text())["metrics"]
+    r = run_cli("export", "--ckpt", post / "model.ckpt", "--out", tmp_path / "export")
+    assert r.exit_code != 0 and f"of a {kind}Denoiser" in r.output, r.output
