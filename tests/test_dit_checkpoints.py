@@ -12,8 +12,7 @@ from safetensors.torch import load_file, safe_open
 from cmt_pipeline.models.io import build_network, network_spec, open_network
 from cmt_pipeline.networks.dit import DiT
 from cmt_pipeline.teachers import load_teacher
-from cmt_pipeline.teachers.dit import (DiTDenoiser, SiTDenoiser, convert_dit_checkpoint, infer_arch,
-                                       load_dit_checkpoint, parse_arch)
+from cmt_pipeline.teachers.dit import DiTDenoiser, SiTDenoiser, infer_arch, load_dit_checkpoint, main, parse_arch
 from cmt_pipeline.teachers.native import NATIVE_FILE
 from cmt_pipeline.utils import CMTError
 
@@ -104,11 +103,14 @@ def test_refusals_name_the_problem(tmp_path, checkpoints, monkeypatch):
     (tmp_path / "SiT-text.pt").write_text("not a torch file")
     with pytest.raises(CMTError, match="cannot read .* as a torch checkpoint"):
         load_dit_checkpoint(tmp_path / "SiT-text.pt")
+    with pytest.raises(SystemExit, match="error: .*does not say whether"):  # the converter's one line
+        main([str(tmp_path / "model.pt"), "--out", str(tmp_path / "out")])
     with pytest.raises(CMTError, match="unknown architecture override"):
         load_dit_checkpoint(tmp_path / "model.pt", arch={"heads": 2}, flavour="dit")
     with pytest.raises(CMTError, match="not divisible into 3 heads"):
         load_dit_checkpoint(tmp_path / "model.pt", arch={"num_heads": 3}, flavour="dit")
-    with pytest.raises(CMTError, match="does not fit the DiT architecture .*size mismatch for y_embedder"):  # a table without the null row, claimed to have one
+    # 12 classes claimed for a table of 11 rows
+    with pytest.raises(CMTError, match="does not fit the DiT architecture .*size mismatch for y_embedder"):
         load_dit_checkpoint(tmp_path / "model.pt", arch={"num_classes": 12}, flavour="dit")
 
 
@@ -135,7 +137,8 @@ def test_teacher_pt_the_converted_folder_and_a_rebuilt_spec_agree(tmp_path, chec
     for kind in ("DiT", "SiT"):
         pt = checkpoints / f"{kind}-tiny-8x8.pt"
         direct = load_teacher(str(pt))
-        folder = convert_dit_checkpoint(pt, tmp_path / kind)
+        main([str(pt), "--out", str(tmp_path / kind)])  # python -m cmt_pipeline.teachers.dit
+        folder = tmp_path / kind
         meta = json.loads((folder / NATIVE_FILE).read_text())
         assert meta["reference"] == kind and meta["source"]["checkpoint"] == pt.name and meta["latents"] is None
         converted = load_teacher(str(folder))
@@ -152,12 +155,24 @@ def test_teacher_pt_the_converted_folder_and_a_rebuilt_spec_agree(tmp_path, chec
         assert torch.allclose(guided(x, s, y), uncond + 2 * (out - uncond), atol=1e-5)
 
 
-def test_a_latent_model_records_the_vae_it_expects(tmp_path):
+def test_a_latent_model_records_the_vae_it_expects_and_generates_with_vae(tmp_path):
+    """A 4-channel model says which SD-VAE it wants; --vae DIR (any AutoencoderKL with 4 latent channels here) is
+    recorded in the store it generates."""
+    from diffusers import AutoencoderKL
+
     net = SiTDenoiser(input_size=4, in_channels=4, hidden_size=64, depth=1, num_classes=3)
     torch.save(net.model.state_dict(), tmp_path / "SiT-latent.pt")
     loaded = load_dit_checkpoint(tmp_path / "SiT-latent.pt")
     assert loaded.shape == (4, 4, 4) and loaded.latents["scaling_factor"] == 0.18215
     assert "sd-vae-ft-ema" in loaded.latents["vae"] and loaded.latents["image_size"] == 32
+    AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=4, sample_size=8).save_pretrained(tmp_path / "vae")
+    r = run_cli("generate-trajectories", "--teacher", tmp_path / "SiT-latent.pt", "--vae", tmp_path / "vae",
+                "--num-samples", 4, "--steps", 2, "--out", tmp_path / "store")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((tmp_path / "store" / "manifest.json").read_text())
+    assert manifest["vae"]["latent_channels"] == 4 and manifest["shape"] == [4, 4, 4]
 
 
 def run_cli(*args):

@@ -42,7 +42,7 @@ from .native import NativeDenoiser, register
 SUFFIXES = (".pt", ".pth")
 FLAVOURS = ("DiT", "SiT")
 HEADS = {1152: 16, 1024: 16}  # DiT-XL, DiT-L (B: 768 -> 12 and S: 384 -> 6 follow hidden / 64)
-SD_VAE = {"vae": "stabilityai/sd-vae-ft-ema or stabilityai/sd-vae-ft-mse (diffusers AutoencoderKL; pass its "
+SD_VAE = {"vae": "stabilityai/sd-vae-ft-mse or stabilityai/sd-vae-ft-ema (diffusers AutoencoderKL; pass its "
                  "folder as --vae)", "scaling_factor": 0.18215, "downsample": 8}
 REQUIRED = ("x_embedder.proj.weight", "pos_embed", "t_embedder.mlp.0.weight", "y_embedder.embedding_table.weight",
             "blocks.0.attn.qkv.weight", "blocks.0.mlp.fc1.weight", "final_layer.linear.weight")
