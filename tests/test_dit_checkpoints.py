@@ -96,7 +96,7 @@ def test_refusals_name_the_problem(tmp_path, checkpoints, monkeypatch):
         load_dit_checkpoint(tmp_path / "DiT-evil.pt")
     assert not (tmp_path / "PWNED").exists()
     (tmp_path / "model.pt").write_bytes((checkpoints / "DiT-tiny-8x8.pt").read_bytes())
-    with pytest.raises(CMTError, match="does not say whether it is a DiT .* or a SiT"):
+    with pytest.raises(CMTError, match="does not say whether it is a DiT .* or a SiT .*--flavour dit\\|sit"):
         load_dit_checkpoint(tmp_path / "model.pt")
     with pytest.raises(CMTError, match="unknown flavour 'edm'"):
         load_dit_checkpoint(tmp_path / "model.pt", flavour="edm")

@@ -169,14 +169,15 @@ def family(path: Path, args: dict, flavour: str | None) -> str:
     """"DiT" or "SiT": the explicit flavour, else the file name, else a training checkpoint's args.model."""
     if flavour:
         if flavour.lower() not in ("dit", "sit"):
-            raise CMTError(f"unknown flavour {flavour!r}; pass 'dit' (diffusion, epsilon) or 'sit' (linear flow)")
+            raise CMTError(f"unknown flavour {flavour!r}; pass dit (diffusion, epsilon) or sit (linear flow)")
         return FLAVOURS[flavour.lower() == "sit"]
     for hint in (path.name, args.get("model")):
         m = re.match(r"(dit|sit)[-_/]", str(hint or ""), re.IGNORECASE)
         if m:
             return FLAVOURS[m.group(1).lower() == "sit"]
     raise CMTError(f"{path.name} does not say whether it is a DiT (diffusion) or a SiT (linear flow) model; "
-                   "name the file DiT-*.pt or SiT-*.pt, or convert it with --flavour dit|sit")
+                   f"rename it DiT-*.pt / SiT-*.pt, or convert it: python -m cmt_pipeline.teachers.dit {path} "
+                   "--flavour dit|sit --out DIR")
 
 
 def check_sit_args(args: dict, path: Path) -> None:
