@@ -101,7 +101,8 @@ class GenerateConfig(Checked):
     """`cmt generate-trajectories`: the teacher's ODE solve from seeded prior noise, stored as shards."""
 
     teacher: str = option("builtin", "Teacher: a model folder (project EDM format or diffusers unet/+scheduler/), "
-                          "gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped digits teacher).")
+                          "a DiT-*.pt / SiT-*.pt checkpoint, gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped "
+                          "digits teacher).")
     out: str = option("runs/trajectories", "Output folder.", path="folder")
     num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE, max=MAX_SAMPLES)
     solver: str = option("dpm3", "ODE solver.", choices=SOLVERS)

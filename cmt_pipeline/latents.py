@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .models.io import load_model
 from .stores.layout import read_plan
+from .teachers.dit import is_dit_checkpoint
 from .utils import CMTError, hash_weights
 
 VAE_DIR = "vae"
@@ -187,7 +188,7 @@ def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None, dict |
     (None, None, None) = pixel space. An explicit folder replaces the recorded one but keeps its encoder record."""
     path = Path(spec) if spec else None
     recorded, folder = None, None
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and not is_dit_checkpoint(path):  # a .pt teacher records no VAE
         recorded = load_model(path).get("data", {}).get("vae")
     elif path is not None and ("://" in spec or (path / "plan.json").is_file()):  # a store, local or remote
         recorded = read_plan(spec).get("vae")
