@@ -4,7 +4,8 @@ For each configuration, builds the reference preconditioning + backbone from an 
 (--edm), gives it random weights (every parameter perturbed, so no zero-initialised layer hides a path), copies
 its state dict into the native network (strict) and compares, on the same random inputs over noise levels
 across the range, the backbone output F and the denoiser D: ||a - b|| / ||b|| and max |a - b| / max |b|, each
-required <= 1e-5. Small instances cover DDPM++ / NCSN++ (EDM train.py presets 'ddpmpp', 'ncsnpp'), SongUNet's
+required <= 1e-5; it also checks that the native network's own deterministic buffers (resampling filters,
+iDDPM's noise levels u) equal the reference's before the copy. Small instances cover DDPM++ / NCSN++ (EDM train.py presets 'ddpmpp', 'ncsnpp'), SongUNet's
 'skip' encoder and decoder, and ADM, with the VP, VE, iDDPM and EDM preconditionings, conditional and not; the
 full-size CIFAR-10 DDPM++ network (cifar10 'ddpmpp' preset with augment_dim 9, ~56 M parameters) is compared
 too and timed against the reference on the same inputs (CPU, median of --repeats forward passes, no_grad).
@@ -77,12 +78,17 @@ def randomise(module: torch.nn.Module, seed: int) -> None:
 
 
 def build_pair(networks, precond: str, kwargs: dict, seed: int):
+    """(reference, native with the reference's weights, whether the native network's own deterministic buffers
+    (resampling filters, iDDPM's noise levels u) equal the reference's before the copy)."""
     torch.manual_seed(seed)
     ref = getattr(networks, precond)(**kwargs)
     randomise(ref, seed)
     native = build_native(precond, kwargs)
-    native.load_state_dict(ref.state_dict(), strict=True)
-    return ref.eval(), native.eval()
+    ref_state = ref.state_dict()
+    own = {k: v for k, v in native.named_buffers() if not k.endswith("freqs")}  # Fourier frequencies: random
+    buffers_equal = all(torch.equal(v, ref_state[k]) for k, v in own.items())
+    native.load_state_dict(ref_state, strict=True)
+    return ref.eval(), native.eval(), buffers_equal
 
 
 def inputs(kwargs: dict, batch: int, seed: int):
@@ -106,7 +112,7 @@ def errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def compare(networks, name: str, precond: str, kwargs: dict, batch: int, seed: int = 0) -> dict:
-    ref, native = build_pair(networks, precond, kwargs, seed)
+    ref, native, buffers_equal = build_pair(networks, precond, kwargs, seed)
     x, sigma, labels = inputs(kwargs, batch, seed + 1)
     d_ref, d_nat = ref(x, sigma, one_hot(labels, kwargs)), native(x, sigma, labels)
     # the backbones on the same (scaled input, noise label): D alone hides F where c_out is small
@@ -114,13 +120,14 @@ def compare(networks, name: str, precond: str, kwargs: dict, batch: int, seed: i
     f_ref = ref.model(x_in, c_noise, class_labels=one_hot(labels, kwargs))
     f_nat = native.model(x_in, c_noise, class_labels=one_hot(labels, kwargs))
     params = sum(p.numel() for p in ref.parameters())
-    return {"name": name, "params": params, "F": errors(f_nat, f_ref), "D": errors(d_nat, d_ref)}
+    return {"name": name, "params": params, "F": errors(f_nat, f_ref), "D": errors(d_nat, d_ref),
+            "buffers": buffers_equal}
 
 
 @torch.no_grad()
 def timing(networks, kwargs: dict, batch: int, repeats: int) -> dict:
     """Median seconds of a forward pass of each implementation on the same inputs (one warm-up each first)."""
-    ref, native = build_pair(networks, "EDMPrecond", kwargs, 0)
+    ref, native, _ = build_pair(networks, "EDMPrecond", kwargs, 0)
     x, sigma, labels = inputs(kwargs, batch, 1)
     out = {}
     for label, run in (("reference", lambda: ref(x, sigma, one_hot(labels, kwargs))),
@@ -142,7 +149,7 @@ def write_fixture(networks, path: str) -> None:
     tensors, meta = {}, {}
     with torch.no_grad():
         for i, (name, precond, kwargs) in enumerate(fixture_cases()):
-            ref, _ = build_pair(networks, precond, kwargs, seed=100 + i)
+            ref, _, _ = build_pair(networks, precond, kwargs, seed=100 + i)
             # weights on the float16 grid, stored as float16 (half the file) and exact again as float32
             state = {k: v.half() for k, v in ref.state_dict().items()}
             ref.load_state_dict({k: v.float() for k, v in state.items()})
@@ -175,19 +182,21 @@ def main() -> int:
         name = f"CIFAR-10 DDPM++ full size, EDMPrecond, {'cond' if label_dim else 'uncond'}"
         rows.append(compare(networks, name, "EDMPrecond", dict(CIFAR_DDPMPP, label_dim=label_dim), args.full_batch))
     worst = 0.0
-    print("| configuration | parameters | F rel. L2 | F max-abs / max | D rel. L2 | D max-abs / max |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| configuration | parameters | F rel. L2 | F max-abs / max | D rel. L2 | D max-abs / max | fresh buffers |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         worst = max(worst, *r["F"], *r["D"])
         print(f"| {r['name']} | {r['params']:,} | {r['F'][0]:.1e} | {r['F'][1]:.1e} | {r['D'][0]:.1e} | "
-              f"{r['D'][1]:.1e} |")
-    print(f"\nworst relative error {worst:.1e} (tolerance {TOLERANCE:g}): {'PASS' if worst <= TOLERANCE else 'FAIL'}")
+              f"{r['D'][1]:.1e} | {'equal' if r['buffers'] else 'DIFFER'} |")
+    ok = worst <= TOLERANCE and all(r["buffers"] for r in rows)
+    print(f"\nworst relative error {worst:.1e} (tolerance {TOLERANCE:g}), fresh buffers "
+          f"{'all equal' if all(r['buffers'] for r in rows) else 'DIFFER'}: {'PASS' if ok else 'FAIL'}")
     if args.time_batch:
         t = timing(networks, dict(CIFAR_DDPMPP, label_dim=10), args.time_batch, args.repeats)
         print(f"\nCIFAR-10 DDPM++ (conditional) forward, batch {args.time_batch}, CPU, "
               f"{torch.get_num_threads()} thread(s), median of {args.repeats}: reference {t['reference']:.2f} s, "
               f"native {t['native']:.2f} s ({t['native'] / t['reference']:.2f}x)")
-    return 0 if worst <= TOLERANCE else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
