@@ -5,11 +5,11 @@ For each configuration, builds the reference preconditioning + backbone from an 
 its state dict into the native network (strict) and compares, on the same random inputs over noise levels
 across the range, the backbone output F and the denoiser D: ||a - b|| / ||b|| and max |a - b| / max |b|, each
 required <= 1e-5; it also checks that the native network's own deterministic buffers (resampling filters,
-iDDPM's noise levels u) equal the reference's before the copy. Small instances cover DDPM++ / NCSN++ (EDM train.py presets 'ddpmpp', 'ncsnpp'), SongUNet's
-'skip' encoder and decoder, and ADM, with the VP, VE, iDDPM and EDM preconditionings, conditional and not; the
-full-size CIFAR-10 DDPM++ network (cifar10 'ddpmpp' preset with augment_dim 9, ~56 M parameters) is compared
-too and timed against the reference on the same inputs (CPU, median of --repeats forward passes, no_grad).
-Prints a markdown table.
+iDDPM's noise levels u) equal the reference's before the copy. Small instances cover DDPM++ / NCSN++ (EDM
+train.py presets 'ddpmpp', 'ncsnpp'), SongUNet's 'skip' encoder and decoder, and ADM, with the VP, VE, iDDPM
+and EDM preconditionings, conditional and not; the full-size CIFAR-10 DDPM++ network (cifar10 'ddpmpp' preset
+with augment_dim 9, ~56 M parameters) is compared too and timed against the reference on the same inputs (CPU,
+median of --repeats forward passes, no_grad). Prints a markdown table.
 
     OMP_NUM_THREADS=1 python benchmarks/equality_edm.py --edm /work/ref/edm
     python benchmarks/equality_edm.py --edm /work/ref/edm --write-fixture tests/data/edm_reference.safetensors
@@ -61,11 +61,13 @@ def small_cases():
 
 
 def fixture_cases():
-    for arch, net, precond, label_dims in (("ddpmpp", DDPMPP, "VPPrecond", (0, 3)), ("ncsnpp", NCSNPP, "VEPrecond", (0, 3)),
-                                           ("adm", ADM, "EDMPrecond", (0, 3)), ("adm-iddpm", ADM, "iDDPMPrecond", (3,))):
+    for arch, net, precond, label_dims in (("ddpmpp", DDPMPP, "VPPrecond", (0, 3)),
+                                           ("ncsnpp", NCSNPP, "VEPrecond", (0, 3)),
+                                           ("adm", ADM, "EDMPrecond", (0, 3)),
+                                           ("adm-iddpm", ADM, "iDDPMPrecond", (3,))):
+        attn = {"attn_resolutions": [4]} if net is not ADM else {}
         for label_dim in label_dims:
-            extra = {"attn_resolutions": [4]} if net is not ADM else {}
-            yield f"{arch}-{'cond' if label_dim else 'uncond'}", precond, dict(TINY, **net, **extra, label_dim=label_dim)
+            yield f"{arch}-{'cond' if label_dim else 'uncond'}", precond, dict(TINY, **net, **attn, label_dim=label_dim)
 
 
 def randomise(module: torch.nn.Module, seed: int) -> None:
@@ -156,7 +158,8 @@ def write_fixture(networks, path: str) -> None:
             x, sigma, labels = inputs(kwargs, 3, seed=200 + i)
             meta[name] = json.dumps({"class": precond, "init_kwargs": kwargs})
             tensors.update({f"{name}/state/{k}": v.contiguous() for k, v in state.items()})
-            tensors.update({f"{name}/x": x, f"{name}/sigma": sigma, f"{name}/D": ref(x, sigma, one_hot(labels, kwargs))})
+            d = ref(x, sigma, one_hot(labels, kwargs))
+            tensors.update({f"{name}/x": x, f"{name}/sigma": sigma, f"{name}/D": d})
             if labels is not None:
                 tensors[f"{name}/labels"] = labels
     save_file(tensors, path, metadata=meta)

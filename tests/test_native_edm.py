@@ -51,8 +51,8 @@ def test_the_fixture_covers_every_architecture_and_preconditioning():
     assert {c["class"] for c in CASES.values()} == {"VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond"}
     kinds = {(c["init_kwargs"]["model_type"], c["init_kwargs"].get("embedding_type"), c["init_kwargs"]["label_dim"] > 0)
              for c in CASES.values()}
-    assert kinds >= {(m, e, cond) for m, e in (("SongUNet", "positional"), ("SongUNet", "fourier"), ("DhariwalUNet", None))
-                     for cond in (False, True)}
+    nets = (("SongUNet", "positional"), ("SongUNet", "fourier"), ("DhariwalUNet", None))
+    assert kinds >= {(m, e, cond) for m, e in nets for cond in (False, True)}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -171,3 +171,17 @@ def test_native_teachers_go_through_the_whole_pipeline(tmp_path, reference, back
         s = exported.precond.boundary_sigma
         assert s > 0 and torch.allclose(exported(x, s, labels), x, atol=1e-6)
         assert torch.equal(exported(x, 1.0, labels), trained(x, 1.0, labels))
+
+
+def test_meanflow_is_refused_for_native_networks_in_one_line(tmp_path):
+    """MeanFlow extends a diffusers time embedding, which the native networks have not: a clear refusal."""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    tiny().save(tmp_path / "teacher")
+    r = CliRunner().invoke(cli, ["post-train", "--init", str(tmp_path / "teacher"), "--objective", "meanflow",
+                                 "--data", "digits", "--steps", "1", "--out", str(tmp_path / "post"), "--device", "cpu",
+                                 "--quiet", "--no-tensorboard"])
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), r.output
+    assert "EDMPrecond has no diffusers time embedding" in r.output and "--objective ect" in r.output

@@ -17,7 +17,7 @@ from .base import Denoiser
 MODULE = "few_step_pipeline"  # the pipeline file's module name, as model_index.json names it
 GAP_DIR, VAE_DIR = "gap_embedding", "vae"
 INDEX = "model_index.json"
-STUDENT_FILE = "cmt_student.json"  # a native student: {"format", "parametrisation", "boundary_sigma", "sigma_data", ...}
+STUDENT_FILE = "cmt_student.json"  # a native student: {format, parametrisation, boundary_sigma, sigma_data, ...}
 STUDENT_FORMAT = "cmt-native-student/1"
 
 

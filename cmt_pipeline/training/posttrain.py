@@ -106,7 +106,10 @@ def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
         net, origin = load_network(cfg.init, cfg.objective)
     if origin != "cmt":
         with seeded(cfg.seed):  # a new MeanFlow gap embedding's first layer
-            net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
+            try:
+                net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
+            except ValueError as e:  # a network MeanFlow cannot extend
+                raise CMTError(str(e)) from e
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout
