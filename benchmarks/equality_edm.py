@@ -128,20 +128,20 @@ def compare(networks, name: str, precond: str, kwargs: dict, batch: int, seed: i
 
 @torch.no_grad()
 def timing(networks, kwargs: dict, batch: int, repeats: int) -> dict:
-    """Median seconds of a forward pass of each implementation on the same inputs (one warm-up each first)."""
+    """{implementation: (median wall seconds, median CPU seconds)} of a forward pass on the same inputs, one
+    warm-up each, the two alternating so that load on a shared machine falls on both alike (CPU time is the
+    steadier number there)."""
     ref, native, _ = build_pair(networks, "EDMPrecond", kwargs, 0)
     x, sigma, labels = inputs(kwargs, batch, 1)
-    out = {}
-    for label, run in (("reference", lambda: ref(x, sigma, one_hot(labels, kwargs))),
-                       ("native", lambda: native(x, sigma, labels))):
-        run()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+    runs = {"reference": lambda: ref(x, sigma, one_hot(labels, kwargs)), "native": lambda: native(x, sigma, labels)}
+    times = {label: [] for label in runs}
+    for i in range(repeats + 1):
+        for label, run in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
             run()
-            times.append(time.perf_counter() - t0)
-        out[label] = statistics.median(times)
-    return out
+            if i:  # the first round warms up
+                times[label].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {label: tuple(statistics.median(t[k] for t in ts) for k in (0, 1)) for label, ts in times.items()}
 
 
 def write_fixture(networks, path: str) -> None:
@@ -166,24 +166,12 @@ def write_fixture(networks, path: str) -> None:
     print(f"wrote {path}: {len(meta)} cases")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--edm", required=True, help="an NVlabs/edm clone (imported, never modified)")
-    ap.add_argument("--write-fixture", metavar="FILE", help="write the golden fixture instead of comparing")
-    ap.add_argument("--full-batch", type=int, default=8, help="batch of the full-size comparison")
-    ap.add_argument("--time-batch", type=int, default=64, help="batch of the full-size timing (0: skip timing)")
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
-    sys.path.insert(0, args.edm)
-    from training import networks  # the reference
-
-    if args.write_fixture:
-        write_fixture(networks, args.write_fixture)
-        return 0
+def report(networks, full_batch: int) -> bool:
+    """Print the comparison table; whether every row is within tolerance."""
     rows = [compare(networks, *case, batch=7) for case in small_cases()]
     for label_dim in (10, 0):
         name = f"CIFAR-10 DDPM++ full size, EDMPrecond, {'cond' if label_dim else 'uncond'}"
-        rows.append(compare(networks, name, "EDMPrecond", dict(CIFAR_DDPMPP, label_dim=label_dim), args.full_batch))
+        rows.append(compare(networks, name, "EDMPrecond", dict(CIFAR_DDPMPP, label_dim=label_dim), full_batch))
     worst = 0.0
     print("| configuration | parameters | F rel. L2 | F max-abs / max | D rel. L2 | D max-abs / max | fresh buffers |")
     print("|---|---:|---:|---:|---:|---:|---|")
@@ -194,11 +182,32 @@ def main() -> int:
     ok = worst <= TOLERANCE and all(r["buffers"] for r in rows)
     print(f"\nworst relative error {worst:.1e} (tolerance {TOLERANCE:g}), fresh buffers "
           f"{'all equal' if all(r['buffers'] for r in rows) else 'DIFFER'}: {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--edm", required=True, help="an NVlabs/edm clone (imported, never modified)")
+    ap.add_argument("--write-fixture", metavar="FILE", help="write the golden fixture instead of comparing")
+    ap.add_argument("--full-batch", type=int, default=8, help="batch of the full-size comparison")
+    ap.add_argument("--time-batch", type=int, default=64, help="batch of the full-size timing (0: skip timing)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--time-only", action="store_true", help="skip the comparisons, only time")
+    args = ap.parse_args()
+    sys.path.insert(0, args.edm)
+    from training import networks  # the reference
+
+    if args.write_fixture:
+        write_fixture(networks, args.write_fixture)
+        return 0
+    ok = args.time_only or report(networks, args.full_batch)
     if args.time_batch:
         t = timing(networks, dict(CIFAR_DDPMPP, label_dim=10), args.time_batch, args.repeats)
-        print(f"\nCIFAR-10 DDPM++ (conditional) forward, batch {args.time_batch}, CPU, "
-              f"{torch.get_num_threads()} thread(s), median of {args.repeats}: reference {t['reference']:.2f} s, "
-              f"native {t['native']:.2f} s ({t['native'] / t['reference']:.2f}x)")
+        (rw, rc), (nw, nc) = t["reference"], t["native"]
+        print(f"\nCIFAR-10 DDPM++ (conditional) forward, batch {args.time_batch}, CPU, {torch.get_num_threads()} "
+              f"thread(s), median of {args.repeats}: reference {rw:.2f} s wall / {rc:.2f} s CPU, native {nw:.2f} s "
+              f"wall / {nc:.2f} s CPU (native / reference: {nw / rw:.2f}x wall, {nc / rc:.2f}x CPU)")
     return 0 if ok else 1
 
 
