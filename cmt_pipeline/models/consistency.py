@@ -1,43 +1,20 @@
 """Consistency students: f(x, sigma) with f(x, s) = x exactly at the boundary s = sigma_min_shift.
 
 A teacher in the project's EDM format becomes one by setting its preconditioning's boundary_sigma (teachers/
-edm.py). Any other trainable denoiser D (a user's diffusers UNet or DiT, VP or flow-matching) is wrapped in the
-same boundary-shifted EDM coefficients, written in terms of D instead of the raw network F:
-
-    f(x, sigma) = c_skip_s(sigma) x + ((sigma - s) / sigma) (D(x, sigma) - c_skip_0(sigma) x)
-    c_skip_s = sd^2 / ((sigma - s)^2 + sd^2)
-
-For an EDM network this is exactly its boundary-shifted form (c_out_s / c_out_0 = (sigma - s) / sigma), so both
-kinds of teacher start as the same function: the teacher's denoiser, changed only near s. As in EDMDenoiser,
-the shift applies in eval mode only (s = 0 in training, as the reference does).
+edm.py); any other denoiser is wrapped in teachers/boundary.py's BoundaryDenoiser, the same boundary-shifted EDM
+coefficients written in terms of the denoiser, so both kinds start as the teacher's own function.
 """
 
 from __future__ import annotations
 
 import copy
 
-from ..constants import SIGMA_DATA, SIGMA_MIN_SHIFT
-from ..teachers.base import Denoiser, sigma_column
-from ..teachers.edm import EDMDenoiser, Precond
+from ..constants import SIGMA_MIN_SHIFT
+from ..teachers.base import Denoiser
+from ..teachers.boundary import BoundaryDenoiser
+from ..teachers.edm import EDMDenoiser
 
-
-class BoundaryDenoiser(Denoiser):
-    def __init__(self, net: Denoiser, boundary_sigma: float, sigma_data: float = SIGMA_DATA):
-        super().__init__()
-        self.net, self.shape, self.num_classes = net, net.shape, net.num_classes
-        self.precond = Precond(sigma_data=sigma_data, boundary_sigma=boundary_sigma, num_classes=net.num_classes)
-
-    def forward(self, x, sigma, class_labels=None):
-        sig = sigma_column(sigma, x).float()
-        sd, s = self.precond.sigma_data, 0.0 if self.training else self.precond.boundary_sigma
-        xf = x.float()
-        d = self.net(x, sigma, class_labels).float()
-        c_skip_s = sd**2 / ((sig - s) ** 2 + sd**2)
-        c_skip_0 = sd**2 / (sig**2 + sd**2)
-        return (c_skip_s * xf + (sig - s) / sig * (d - c_skip_0 * xf)).to(x.dtype)
-
-    def describe(self) -> dict:
-        return {**self.net.describe(), "boundary_sigma": self.precond.boundary_sigma}
+__all__ = ["BoundaryDenoiser", "consistency_student"]
 
 
 def consistency_student(teacher: Denoiser, sigma_min_shift: float = SIGMA_MIN_SHIFT) -> Denoiser:

@@ -19,6 +19,7 @@ from .dit import is_dit_checkpoint, load_dit_checkpoint
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
 from .edm2 import EDM2Precond  # registers EDM2's "Precond" for build_native
 from .exported import is_export, load_export
+from . import precond  # noqa: F401 - registers EDM's preconditionings for build_native
 from .native import NATIVE_FILE, NativeDenoiser
 from .gmm import PRESETS as GMM_PRESETS
 from .gmm import GMMDenoiser
@@ -54,10 +55,10 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
             teacher = load_dit_checkpoint(path)
         elif (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
+        elif is_export(path):  # a student folder written by `cmt export` (before NATIVE_FILE: a native one has it)
+            teacher = _load_or_explain(load_export, path)
         elif (path / NATIVE_FILE).exists():  # a published network converted by `cmt convert-teacher`
             teacher = _load_or_explain(NativeDenoiser.load, path)
-        elif is_export(path):  # a student folder written by `cmt export`
-            teacher = _load_or_explain(load_export, path)
         elif find_layout(path) is not None:
             teacher = _load_or_explain(DiffusersDenoiser.load, path)
         elif reason := not_a_model(path):
