@@ -1,0 +1,259 @@
+"""Reads NVlabs EDM / EDM2 network snapshots (network-snapshot-*.pkl, edm-*.pkl, edm2-*.pkl) without running them.
+
+Those files are pickles in the reference's torch_utils.persistence format: every network object is a call
+`_reconstruct_persistent_obj(meta)` whose meta holds the Python source of the module that defined it
+(`module_src`), its class name and its state (`_init_kwargs`, `_parameters`, `_buffers`, `_modules`, ...).
+`pickle.load` would exec that source. Here an unpickler resolves only an allowlist of globals: the persistence
+call (turned into a plain `Record` of class name and state, for the published class names only; `module_src` is
+never compiled), the torch functions that rebuild tensors (their storage bytes decoded by
+torch.load(weights_only=True)), torch's module containers (as records), and the dict/numpy types a snapshot's
+bookkeeping uses. Anything else is refused with one line before it is called. The network record's class name
+and constructor arguments then build this project's own implementation (teachers/native.py), which takes the
+recorded weights with load_state_dict(strict=True).
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import io
+import pickle
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CMTError
+from ..utils import sha256_file
+
+FORMAT = "NVlabs torch_utils.persistence pickle"
+PERSISTENCE_VERSION = 6  # torch_utils.persistence._version of both NVlabs/edm and NVlabs/edm2
+
+# class names a published snapshot's records may carry (NVlabs/edm training/networks.py, loss.py, augment.py;
+# NVlabs/edm2 training/networks_edm2.py, training_loop.py, encoders.py)
+PRECONDS = ("VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond", "Precond")
+NETWORKS = PRECONDS + ("SongUNet", "DhariwalUNet", "UNetBlock", "Conv2d", "Linear", "GroupNorm",
+                       "PositionalEmbedding", "FourierEmbedding", "UNet", "Block", "MPConv", "MPFourier")
+CONTAINERS = ("ModuleDict", "ModuleList", "Sequential")  # torch.nn.modules.container, pickled without persistence
+OTHERS = ("VPLoss", "VELoss", "EDMLoss", "EDM2Loss", "AugmentPipe", "Encoder", "StandardRGBEncoder",
+          "StabilityVAEEncoder")  # read, never built: what a snapshot keeps beside its network
+CLASSES = NETWORKS + OTHERS
+
+# StabilityVAEEncoder's defaults (NVlabs/edm2 training/encoders.py): EDM2's training sets none of them, so its
+# snapshots record no arguments; the recorded scale and bias are checked against them
+VAE_DEFAULTS = {"vae_name": "stabilityai/sd-vae-ft-mse", "raw_mean": [5.81, 3.25, 0.12, -2.15],
+                "raw_std": [4.17, 4.62, 3.71, 3.28], "final_mean": 0.0, "final_std": 0.5}
+
+
+class Record:
+    """A persistent object or module container as data: its class name and pickled state, nothing executable."""
+
+    def __init__(self, name: str, state: dict):
+        self.name, self.state = name, state
+
+    def __setstate__(self, state):  # a container's state arrives by pickle's BUILD
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError(f"{self.name} has a state of type {type(state).__name__}, not a dict")
+        self.state = state
+
+
+def _persistent_record(meta) -> Record:
+    if not isinstance(meta, dict) or meta.get("type") != "class" or not isinstance(meta.get("state"), dict):
+        raise pickle.UnpicklingError("a persistence record without a class and a state")
+    name = meta.get("class_name")
+    if name not in CLASSES:
+        raise _Refused(f"refused class {name!r} (not a published EDM/EDM2 class)")
+    if meta.get("version") != PERSISTENCE_VERSION:
+        raise _Refused(f"{name} record of persistence version {meta.get('version')!r} (this reader knows "
+                       f"version {PERSISTENCE_VERSION}, as NVlabs/edm and NVlabs/edm2 write it)")
+    return Record(name, meta["state"])  # meta["module_src"] is dropped unread
+
+
+def _container(name: str):
+    """A stand-in class for torch.nn.<name>: pickle's NEWOBJ makes a Record of it (without calling __init__) and
+    BUILD fills its state."""
+    return type(name, (Record,), {"name": name, "state": None})
+
+
+def _storage(data: bytes):
+    with warnings.catch_warnings():  # TypedStorage's deprecation notice
+        warnings.simplefilter("ignore")
+        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+        raise pickle.UnpicklingError(f"a tensor storage record holds a {type(storage).__name__}")
+    return storage
+
+
+def _tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None) -> torch.Tensor:
+    if not isinstance(storage, torch.TypedStorage):
+        raise pickle.UnpicklingError("a tensor record without a typed storage")
+    return torch._utils._rebuild_tensor(storage, offset, size, stride)
+
+
+def _parameter(data, requires_grad=False, hooks=None) -> torch.Tensor:
+    if not isinstance(data, torch.Tensor):
+        raise pickle.UnpicklingError("a parameter record without a tensor")
+    return data
+
+
+def _multiarray():
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core import multiarray
+    return multiarray
+
+
+_MULTIARRAY = _multiarray()
+# (module, name) -> what it resolves to; a snapshot's pickle may name nothing else
+GLOBALS = {
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+    ("torch._utils", "_rebuild_tensor_v2"): _tensor,
+    ("torch._utils", "_rebuild_parameter"): _parameter,
+    ("torch.storage", "_load_from_bytes"): _storage,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("dnnlib.util", "EasyDict"): dict,
+    ("numpy", "dtype"): np.dtype,
+    ("numpy", "ndarray"): np.ndarray,
+    **{(module, name): getattr(_MULTIARRAY, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+       for name in ("scalar", "_reconstruct")},
+    **{("torch.nn.modules.container", name): _container(name) for name in CONTAINERS},
+}
+
+
+class _Refused(CMTError):
+    """Something the snapshot names that this reader will not resolve."""
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in GLOBALS:
+            raise _Refused(f"refused global {module}.{name} (not a published EDM/EDM2 class or a tensor record)")
+        return GLOBALS[module, name]
+
+    def persistent_load(self, pid):
+        raise _Refused("refused a persistent id (NVlabs snapshots are plain pickles)")
+
+
+def read_records(path: str | Path) -> tuple[object, str]:
+    """(the snapshot's top-level object with records in place of objects, its sha256); CMTError naming the file
+    when it is refused, truncated or corrupt."""
+    path = Path(path)
+    try:
+        digest = sha256_file(path)
+    except OSError as e:
+        raise CMTError(f"cannot read snapshot {path}: {e.strerror}") from e
+    try:
+        with open(path, "rb") as f:
+            top = _Unpickler(f).load()
+    except _Refused as e:
+        raise CMTError(f"snapshot {path.name}: {e}; only NVlabs EDM/EDM2 network snapshots are read "
+                       "(docs/hardening.md)") from None
+    except Exception as e:  # a damaged pickle raises anything from EOFError to MemoryError
+        raise CMTError(f"snapshot {path.name} is truncated or corrupt ({type(e).__name__}: "
+                       f"{(str(e).splitlines() or [''])[0][:120]}; sha256 {digest[:16]}...); download it again") \
+            from None
+    return top, digest
+
+
+def network_record(top, name: str) -> tuple[Record, Record | None]:
+    """(the denoiser record: a snapshot's 'ema' entry or the whole pickle, its encoder record or None)."""
+    if isinstance(top, Record):
+        return top, None
+    net = top.get("ema") if isinstance(top, dict) else None
+    if not isinstance(net, Record) or net.name not in PRECONDS:
+        found = net.name if isinstance(net, Record) else type(net).__name__ if net is not None else "nothing"
+        raise CMTError(f"snapshot {name}: its 'ema' entry is {found}, not a denoiser ({', '.join(PRECONDS)}); pass "
+                       "a network snapshot written by NVlabs/edm or NVlabs/edm2 training")
+    encoder = top.get("encoder")
+    return net, encoder if isinstance(encoder, Record) else None
+
+
+def state_dict(record: Record, name: str, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The record tree's parameters and persistent buffers under their module paths, as state_dict() names them."""
+    if record.name not in NETWORKS + CONTAINERS:
+        raise CMTError(f"snapshot {name}: a {record.name} record sits inside the network at {prefix or 'its root'}")
+    state, out = record.state or {}, {}
+    skip = state.get("_non_persistent_buffers_set") or set()
+    for group in ("_parameters", "_buffers"):
+        for key, value in (state.get(group) or {}).items():
+            if value is None or key in skip:
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise CMTError(f"snapshot {name}: {prefix}{key} is a {type(value).__name__}, not a tensor")
+            out[prefix + key] = value
+    for key, child in (state.get("_modules") or {}).items():
+        if child is None:
+            continue
+        if not isinstance(child, Record):
+            raise CMTError(f"snapshot {name}: submodule {prefix}{key} is a {type(child).__name__}, not a record")
+        out.update(state_dict(child, name, f"{prefix}{key}."))
+    return out
+
+
+def plain(value, where: str):
+    """Constructor arguments as JSON values (tuples as lists, numpy scalars as numbers), so that a snapshot and
+    its converted folder describe the same teacher; anything else is refused."""
+    if isinstance(value, dict):
+        return {str(k): plain(v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v, where) for v in value]
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise CMTError(f"constructor argument {where} is a {type(value).__name__}, which no published network takes")
+
+
+def init_kwargs(record: Record, name: str) -> dict:
+    """The record's constructor arguments, positional ones bound to their names by the native class."""
+    from ..teachers.native import PRECONDS as NATIVE
+
+    args, kwargs = record.state.get("_init_args") or (), record.state.get("_init_kwargs")
+    if not isinstance(kwargs, dict) or not isinstance(args, (tuple, list)):
+        raise CMTError(f"snapshot {name}: the {record.name} record holds no constructor arguments "
+                       "(it was written with _record_init_args = False); it cannot be rebuilt")
+    if args:
+        if record.name not in NATIVE:
+            raise CMTError(f"no native network for {record.name!r}; supported: {', '.join(sorted(NATIVE))}")
+        kwargs = {**inspect.signature(NATIVE[record.name]).bind_partial(*args).arguments, **kwargs}
+    return plain(kwargs, f"{record.name}")
+
+
+def latents(encoder: Record | None, name: str) -> dict | None:
+    """An EDM2 StabilityVAEEncoder record -> the VAE and latent statistics the network's inputs are in (its
+    arguments over the class defaults, checked against the scale and bias it recorded); None for pixel models."""
+    if encoder is None or encoder.name != "StabilityVAEEncoder":
+        return None
+    stats = {**VAE_DEFAULTS, **init_kwargs(encoder, name)}
+    scale = np.float32(stats["final_std"]) / np.asarray(stats["raw_std"], dtype=np.float32)
+    bias = np.float32(stats["final_mean"]) - np.asarray(stats["raw_mean"], dtype=np.float32) * scale
+    recorded = [np.asarray(encoder.state.get(k), dtype=np.float32) for k in ("scale", "bias")]
+    if any(r.shape != e.shape or not np.allclose(r, e, rtol=1e-5, atol=1e-6) for r, e in zip(recorded, (scale, bias))):
+        raise CMTError(f"snapshot {name}: its encoder's scale and bias do not follow from its arguments "
+                       f"{stats}; the encoder record was edited or written by an unknown version of NVlabs/edm2")
+    return {k: stats[k] for k in VAE_DEFAULTS}
+
+
+def read_snapshot(path: str | Path):
+    """A NativeDenoiser (teachers/native.py) holding the snapshot's network and weights, its `source` naming the
+    file and its sha256 and `latents` its encoder's statistics; CMTError on anything it cannot read safely."""
+    from ..teachers.native import build_native
+
+    path = Path(path)
+    top, digest = read_records(path)
+    record, encoder = network_record(top, path.name)
+    weights = state_dict(record, path.name)
+    net = build_native(record.name, init_kwargs(record, path.name))
+    try:
+        net.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CMTError(f"snapshot {path.name}: its weights do not fit this project's {record.name} built from its "
+                       f"arguments ({' '.join(str(e).split())[:300]})") from None
+    children = record.state.get("_modules") or {}
+    backbone = next((c.name for k, c in children.items() if k in ("model", "unet") and isinstance(c, Record)), None)
+    net.source = {"snapshot": path.name, "sha256": digest, "format": FORMAT, "preconditioning": record.name,
+                  "architecture": backbone}
+    net.latents = latents(encoder, path.name)
+    return net
