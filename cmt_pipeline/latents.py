@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.io import load_model
+from .teachers import is_teacher_file
 from .stores.layout import read_plan
 from .utils import CMTError, hash_weights
 
@@ -148,7 +149,7 @@ def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None]:
         return explicit, None
     path = Path(spec) if spec else None
     recorded = None
-    if path is not None and path.is_file():
+    if path is not None and path.is_file() and not is_teacher_file(path):  # a published file names no VAE folder
         recorded = load_model(path).get("data", {}).get("vae")
     elif path is not None and ("://" in spec or (path / "plan.json").is_file()):  # a store, local or remote
         recorded = read_plan(spec).get("vae")

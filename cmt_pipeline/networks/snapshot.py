@@ -7,19 +7,19 @@ Those files are pickles in the reference's torch_utils.persistence format: every
 call (turned into a plain `Record` of class name and state, for the published class names only; `module_src` is
 never compiled), the torch functions that rebuild tensors (their storage bytes decoded by
 torch.load(weights_only=True)), torch's module containers (as records), and the dict/numpy types a snapshot's
-bookkeeping uses. Anything else is refused with one line before it is called. The network record's class name
-and constructor arguments then build this project's own implementation (teachers/native.py), which takes the
-recorded weights with load_state_dict(strict=True).
+bookkeeping uses. Anything else is refused with one line before it is called. `read_snapshot` returns the
+denoiser record's class name, constructor arguments and weights; teachers/native.py (`load_snapshot`) builds this
+project's own implementation from them and loads the weights with load_state_dict(strict=True).
 """
 
 from __future__ import annotations
 
 import collections
-import inspect
 import io
 import pickle
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -203,22 +203,17 @@ def plain(value, where: str):
         return value.item()
     if value is None or isinstance(value, (str, bool, int, float)):
         return value
-    raise CMTError(f"constructor argument {where} is a {type(value).__name__}, which no published network takes")
+    raise CMTError(f"{where} is a {type(value).__name__}, which no published network takes")
 
 
-def init_kwargs(record: Record, name: str) -> dict:
-    """The record's constructor arguments, positional ones bound to their names by the native class."""
-    from ..teachers.native import PRECONDS as NATIVE
-
+def init_arguments(record: Record, name: str) -> tuple[list, dict]:
+    """The record's constructor arguments (positional, keyword) as JSON values."""
     args, kwargs = record.state.get("_init_args") or (), record.state.get("_init_kwargs")
     if not isinstance(kwargs, dict) or not isinstance(args, (tuple, list)):
         raise CMTError(f"snapshot {name}: the {record.name} record holds no constructor arguments "
                        "(it was written with _record_init_args = False); it cannot be rebuilt")
-    if args:
-        if record.name not in NATIVE:
-            raise CMTError(f"no native network for {record.name!r}; supported: {', '.join(sorted(NATIVE))}")
-        kwargs = {**inspect.signature(NATIVE[record.name]).bind_partial(*args).arguments, **kwargs}
-    return plain(kwargs, f"{record.name}")
+    where = f"snapshot {name}: constructor argument {record.name}"
+    return plain(args, where), plain(kwargs, where)
 
 
 def latents(encoder: Record | None, name: str) -> dict | None:
@@ -226,7 +221,8 @@ def latents(encoder: Record | None, name: str) -> dict | None:
     arguments over the class defaults, checked against the scale and bias it recorded); None for pixel models."""
     if encoder is None or encoder.name != "StabilityVAEEncoder":
         return None
-    stats = {**VAE_DEFAULTS, **init_kwargs(encoder, name)}
+    args, kwargs = init_arguments(encoder, name)
+    stats = {**VAE_DEFAULTS, **dict(zip(VAE_DEFAULTS, args)), **kwargs}
     scale = np.float32(stats["final_std"]) / np.asarray(stats["raw_std"], dtype=np.float32)
     bias = np.float32(stats["final_mean"]) - np.asarray(stats["raw_mean"], dtype=np.float32) * scale
     recorded = [np.asarray(encoder.state.get(k), dtype=np.float32) for k in ("scale", "bias")]
@@ -236,24 +232,25 @@ def latents(encoder: Record | None, name: str) -> dict | None:
     return {k: stats[k] for k in VAE_DEFAULTS}
 
 
-def read_snapshot(path: str | Path):
-    """A NativeDenoiser (teachers/native.py) holding the snapshot's network and weights, its `source` naming the
-    file and its sha256 and `latents` its encoder's statistics; CMTError on anything it cannot read safely."""
-    from ..teachers.native import build_native
+class Snapshot(NamedTuple):
+    """A snapshot's denoiser as data: what teachers/native.py needs to rebuild it with no code from the file."""
 
+    reference: str  # the preconditioning's class name (EDMPrecond, Precond, ...)
+    init_args: list
+    init_kwargs: dict
+    weights: dict[str, torch.Tensor]  # state_dict() names
+    source: dict  # file name, sha256, format, preconditioning, architecture
+    latents: dict | None  # EDM2's encoder statistics; None for pixel models
+
+
+def read_snapshot(path: str | Path) -> Snapshot:
+    """The snapshot's denoiser record as data; CMTError on anything that cannot be read safely."""
     path = Path(path)
     top, digest = read_records(path)
     record, encoder = network_record(top, path.name)
-    weights = state_dict(record, path.name)
-    net = build_native(record.name, init_kwargs(record, path.name))
-    try:
-        net.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise CMTError(f"snapshot {path.name}: its weights do not fit this project's {record.name} built from its "
-                       f"arguments ({' '.join(str(e).split())[:300]})") from None
+    args, kwargs = init_arguments(record, path.name)
     children = record.state.get("_modules") or {}
     backbone = next((c.name for k, c in children.items() if k in ("model", "unet") and isinstance(c, Record)), None)
-    net.source = {"snapshot": path.name, "sha256": digest, "format": FORMAT, "preconditioning": record.name,
-                  "architecture": backbone}
-    net.latents = latents(encoder, path.name)
-    return net
+    source = {"snapshot": path.name, "sha256": digest, "format": FORMAT, "preconditioning": record.name,
+              "architecture": backbone}
+    return Snapshot(record.name, args, kwargs, state_dict(record, path.name), source, latents(encoder, path.name))

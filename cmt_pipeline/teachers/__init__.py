@@ -1,9 +1,10 @@
 """Teachers: everything behind the denoiser seam D(x, sigma, class_labels) -> x0_hat (EDM form).
 
 `load_teacher(spec)` accepts a directory (the project's EDM format, a diffusers backbone + scheduler: VP or
-flow-matching, UNet or DiT, or a student folder written by `cmt export`), `gmm:<preset>` for the closed-form
-mixtures, or `builtin`/`digits` for the shipped digits teacher; optionally wrapped in classifier-free guidance.
-It is the one place folders are told apart; models/io.py's `open_network` adds model.ckpt files on top, and
+flow-matching, UNet or DiT, a published network converted by `cmt convert-teacher`, or a student folder written by
+`cmt export`), a published network file read by TEACHER_FILES (NVlabs EDM/EDM2 .pkl snapshots), `gmm:<preset>`
+for the closed-form mixtures, or `builtin`/`digits` for the shipped digits teacher; optionally wrapped in
+classifier-free guidance. It is the one place folders and teacher files are told apart; models/io.py's `open_network` adds model.ckpt files on top, and
 everything that opens a network goes through that.
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..paths import not_a_model
-from ..utils import CMTError
+from ..utils import CMTError, atomic_folder
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
 from .exported import is_export, load_export
-from .native import NATIVE_FILE, NativeDenoiser
+from .native import NATIVE_FILE, NativeDenoiser, load_snapshot
 from .gmm import PRESETS as GMM_PRESETS
 from .gmm import GMMDenoiser
 from .guidance import GuidedDenoiser, guided
@@ -26,7 +27,32 @@ BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-tea
 BUILTIN_SPECS = ("builtin", "digits", "builtin:digits")
 
 __all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersDenoiser",
-           "GuidedDenoiser", "NativeDenoiser", "load_teacher", "BUILTIN_DIGITS"]
+           "GuidedDenoiser", "NativeDenoiser", "load_teacher", "convert_teacher", "is_teacher_file", "BUILTIN_DIGITS"]
+
+# published network files by suffix -> their reader: path -> NativeDenoiser, reading the file as data only
+TEACHER_FILES = {".pkl": load_snapshot}
+
+
+def is_teacher_file(spec) -> bool:
+    """Whether `spec` names a published network file (read by TEACHER_FILES, not a model.ckpt)."""
+    return "://" not in str(spec) and Path(str(spec)).suffix.lower() in TEACHER_FILES and Path(str(spec)).is_file()
+
+
+def convert_teacher(src, out) -> NativeDenoiser:
+    """Write the published network file `src` as a folder (teachers/native.py) that `--teacher OUT` loads
+    without it, atomically; the folder is read back and must give the same teacher (fingerprint) as the file."""
+    src, out = Path(src), Path(out)
+    if not is_teacher_file(src):
+        raise CMTError(f"{src} is not a published network file ({', '.join(TEACHER_FILES)}); pass an NVlabs EDM or "
+                       "EDM2 snapshot such as edm-cifar10-32x32-cond-vp.pkl")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CMTError(f"--out {out} already exists; choose a new folder (nothing was written)")
+    net = TEACHER_FILES[src.suffix.lower()](src)
+    with atomic_folder(out) as tmp:
+        net.save(tmp)
+        if NativeDenoiser.load(tmp).fingerprint() != net.fingerprint():
+            raise CMTError(f"the folder written for {src} does not reproduce its network; nothing was written")
+    return net
 
 
 def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_label: int | None = None) -> Denoiser:
@@ -48,7 +74,9 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
         path = Path(spec)
         if not path.exists():
             raise CMTError(f"teacher path {spec} does not exist; pass a model folder, gmm:<preset> or builtin")
-        if (path / PRECOND_FILE).exists():
+        if is_teacher_file(path):  # read as data; docs/hardening.md
+            teacher = TEACHER_FILES[path.suffix.lower()](path)
+        elif (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
         elif (path / NATIVE_FILE).exists():  # a published network converted by `cmt convert-teacher`
             teacher = _load_or_explain(NativeDenoiser.load, path)
