@@ -126,7 +126,10 @@ class _Refused(CMTError):
     """Something the snapshot names that this reader will not resolve."""
 
 
-class _Unpickler(pickle.Unpickler):
+class _Unpickler(pickle._Unpickler):
+    """pickle's Python implementation: its memo is a dict, where the C one's is an array that one tampered
+    LONG_BINPUT index can grow to tens of gigabytes."""
+
     def find_class(self, module, name):
         if (module, name) not in GLOBALS:
             raise _Refused(f"refused global {module}.{name} (not a published EDM/EDM2 class or a tensor record)")
