@@ -18,6 +18,7 @@ from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
 from .exported import is_export, load_export
+from . import precond  # noqa: F401 - registers EDM's preconditionings for build_native
 from .native import NATIVE_FILE, NativeDenoiser, load_snapshot
 from .gmm import PRESETS as GMM_PRESETS
 from .gmm import GMMDenoiser
