@@ -77,9 +77,7 @@ def _container(name: str):
 
 
 def _storage(data: bytes):
-    with warnings.catch_warnings():  # TypedStorage's deprecation notice
-        warnings.simplefilter("ignore")
-        storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise pickle.UnpicklingError(f"a tensor storage record holds a {type(storage).__name__}")
     return storage
@@ -122,26 +120,37 @@ GLOBALS = {
 }
 
 
+TENSOR_RECORDS = [k for k in GLOBALS if k[0].startswith("torch.") and k[0] != "torch.nn.modules.container"]
+
+
+def _skip(*args):
+    return None
+
+
 class _Refused(CMTError):
     """Something the snapshot names that this reader will not resolve."""
 
 
 class _Unpickler(pickle._Unpickler):
     """pickle's Python implementation: its memo is a dict, where the C one's is an array that one tampered
-    LONG_BINPUT index can grow to tens of gigabytes."""
+    LONG_BINPUT index can grow to tens of gigabytes. With tensors=False tensor records are read as None."""
+
+    def __init__(self, file, tensors: bool = True):
+        super().__init__(file)
+        self.globals = GLOBALS if tensors else {**GLOBALS, **dict.fromkeys(TENSOR_RECORDS, _skip)}
 
     def find_class(self, module, name):
-        if (module, name) not in GLOBALS:
+        if (module, name) not in self.globals:
             raise _Refused(f"refused global {module}.{name} (not a published EDM/EDM2 class or a tensor record)")
-        return GLOBALS[module, name]
+        return self.globals[module, name]
 
     def persistent_load(self, pid):
         raise _Refused("refused a persistent id (NVlabs snapshots are plain pickles)")
 
 
-def read_records(path: str | Path) -> tuple[object, str]:
+def read_records(path: str | Path, tensors: bool = True) -> tuple[object, str]:
     """(the snapshot's top-level object with records in place of objects, its sha256); CMTError naming the file
-    when it is refused, truncated or corrupt."""
+    when it is refused, truncated or corrupt. tensors=False leaves tensors undecoded (None)."""
     path = Path(path)
     try:
         digest = sha256_file(path)
@@ -149,7 +158,9 @@ def read_records(path: str | Path) -> tuple[object, str]:
         raise CMTError(f"cannot read snapshot {path}: {e.strerror}") from e
     try:
         with open(path, "rb") as f:
-            top = _Unpickler(f).load()
+            with warnings.catch_warnings():  # numpy's and torch's notices about odd (tampered) records
+                warnings.simplefilter("ignore")
+                top = _Unpickler(f, tensors).load()
     except _Refused as e:
         raise CMTError(f"snapshot {path.name}: {e}; only NVlabs EDM/EDM2 network snapshots are read "
                        "(docs/hardening.md)") from None
@@ -257,3 +268,10 @@ def read_snapshot(path: str | Path) -> Snapshot:
     source = {"snapshot": path.name, "sha256": digest, "format": FORMAT, "preconditioning": record.name,
               "architecture": backbone}
     return Snapshot(record.name, args, kwargs, state_dict(record, path.name), source, latents(encoder, path.name))
+
+
+def read_latents(path: str | Path) -> dict | None:
+    """Only the snapshot's encoder statistics (for latents.py, before or without loading the network): its tensors
+    are skipped, not decoded."""
+    top, _ = read_records(path, tensors=False)
+    return latents(network_record(top, Path(path).name)[1], Path(path).name)

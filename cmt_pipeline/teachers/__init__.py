@@ -17,6 +17,7 @@ from ..utils import CMTError, atomic_folder
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
+from .edm2 import EDM2Precond  # registers EDM2's "Precond" for build_native
 from .exported import is_export, load_export
 from . import precond  # noqa: F401 - registers EDM's preconditionings for build_native
 from .native import NATIVE_FILE, NativeDenoiser, load_snapshot
@@ -28,7 +29,8 @@ BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-tea
 BUILTIN_SPECS = ("builtin", "digits", "builtin:digits")
 
 __all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersDenoiser",
-           "GuidedDenoiser", "NativeDenoiser", "load_teacher", "convert_teacher", "is_teacher_file", "BUILTIN_DIGITS"]
+           "GuidedDenoiser", "NativeDenoiser", "EDM2Precond", "load_teacher", "convert_teacher", "is_teacher_file",
+           "BUILTIN_DIGITS"]
 
 # published network files by suffix -> their reader: path -> NativeDenoiser, reading the file as data only
 TEACHER_FILES = {".pkl": load_snapshot}
