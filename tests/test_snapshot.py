@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import collections
 import copyreg
+import errno
 import json
 import os
 import pickle
 import random
 import subprocess
 import sys
+import tracemalloc
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import save_file
 
 from cli.main import cli
 from cmt_pipeline.errors import CMTError
@@ -254,6 +258,22 @@ def test_a_tampered_snapshot_loads_or_is_one_line(standin, writer, tmp_path):
     assert refused > 30 and not marker.exists()
 
 
+def test_a_tampered_memo_index_costs_no_memory(tmp_path):
+    """One flipped opcode can become LONG_BINPUT with a 4-byte index, which C pickle's memo array grows to (and
+    zeroes) before anything else; the reader's memo is a dict."""
+    path = tmp_path / "memo.pkl"
+    path.write_bytes(b"\x80\x04N" + b"r" + (1 << 26).to_bytes(4, "little") + b".")  # None, memo[2**26] = it
+    tracemalloc.start()
+    try:
+        with pytest.raises(CMTError) as e:
+            load_snapshot(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_line_error(e, "its 'ema' entry is nothing, not a denoiser")
+    assert peak < 50 * 2**20, f"{peak / 2**20:.0f} MiB"
+
+
 def test_an_edm2_encoder_record_gives_the_latent_statistics(standin, writer, tmp_path):
     top = snapshot(tmp_path / MARKER)
     raw_mean, raw_std = np.array([5.81, 3.25, 0.12, -2.15], np.float32), np.array([4.17, 4.62, 3.71, 3.28], np.float32)
@@ -290,8 +310,14 @@ def test_convert_teacher_writes_a_folder_that_is_the_same_teacher(standin, write
     assert not (tmp_path / MARKER).exists()
 
 
-@pytest.mark.parametrize("case", ["refused", "truncated", "exists"])
-def test_convert_teacher_fails_in_one_line_and_writes_nothing(standin, writer, tmp_path, case):
+@pytest.mark.parametrize("case", ["refused", "truncated", "exists", "disk full"])
+def test_convert_teacher_fails_in_one_line_and_writes_nothing(standin, writer, tmp_path, monkeypatch, case):
+    if case == "disk full":  # the folder's first file is written, then the disk fills up
+        def save(self, path):
+            save_file({}, Path(path).mkdir(parents=True) or Path(path) / "model.safetensors")
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(path) / "cmt_native.json"))
+
+        monkeypatch.setattr(NativeDenoiser, "save", save)
     top = snapshot(tmp_path / MARKER)
     if case == "refused":
         top["ema"].meta["state"]["_init_kwargs"]["channel_mult"] = Payload(os.system, "true")
@@ -309,7 +335,7 @@ def test_convert_teacher_fails_in_one_line_and_writes_nothing(standin, writer, t
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
     assert {"refused": f"refused global {os.system.__module__}.system", "truncated": "truncated or corrupt",
-            "exists": "already exists"}[case] in lines[0]
+            "exists": "already exists", "disk full": "out of disk space"}[case] in lines[0]
     assert sorted(p.name for p in out.parent.iterdir()) == before  # no output folder, no temporary left
     assert case != "exists" or (out / "keep").read_text() == "mine"
 
