@@ -190,6 +190,11 @@ def test_a_class_outside_the_allowlist_is_refused(standin, writer, tmp_path):
     with pytest.raises(CMTError) as e:
         load_snapshot(writer("edm-test.pkl", top))
     one_line_error(e, "refused class 'Backdoor' (not a published EDM/EDM2 class)")
+    top = snapshot(marker)
+    top["ema"].meta["version"] = 5
+    with pytest.raises(CMTError) as e:
+        load_snapshot(writer("edm-old.pkl", top))
+    one_line_error(e, "EDMPrecond record of persistence version 5")
     assert not marker.exists()
 
 
