@@ -78,14 +78,14 @@ def _container(name: str):
 
 def _storage(data: bytes):
     storage = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
+    if not isinstance(storage, torch.TypedStorage):
         raise pickle.UnpicklingError(f"a tensor storage record holds a {type(storage).__name__}")
     return storage
 
 
 def _tensor(storage, offset, size, stride, requires_grad=False, hooks=None, metadata=None) -> torch.Tensor:
     if not isinstance(storage, torch.TypedStorage):
-        raise pickle.UnpicklingError("a tensor record without a typed storage")
+        raise pickle.UnpicklingError("a tensor record without a storage")
     return torch._utils._rebuild_tensor(storage, offset, size, stride)
 
 
@@ -118,9 +118,8 @@ GLOBALS = {
        for name in ("scalar", "_reconstruct")},
     **{("torch.nn.modules.container", name): _container(name) for name in CONTAINERS},
 }
-
-
-TENSOR_RECORDS = [k for k in GLOBALS if k[0].startswith("torch.") and k[0] != "torch.nn.modules.container"]
+TENSOR_RECORDS = (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+                  ("torch.storage", "_load_from_bytes"))  # read_latents skips them
 
 
 def _skip(*args):
