@@ -4,18 +4,19 @@ For each configuration, builds the reference preconditioning + backbone from an 
 (--edm), gives it random weights (every parameter perturbed, so no zero-initialised layer hides a path), copies
 its state dict into the native network (strict) and compares, on the same random inputs over noise levels
 across the range, the backbone output F and the denoiser D: ||a - b|| / ||b|| and max |a - b| / max |b|, each
-required <= 1e-5. Small instances cover DDPM++ / NCSN++ (EDM train.py presets 'ddpmpp', 'ncsnpp'), SongUNet's
-'skip' encoder and decoder, and ADM, with the VP, VE, iDDPM and EDM preconditionings, conditional and not; the
-full-size CIFAR-10 DDPM++ network (cifar10 'ddpmpp' preset with augment_dim 9, ~56 M parameters) is compared
-too and timed against the reference on the same inputs (CPU, median of --repeats forward passes, no_grad).
-Prints a markdown table.
+required <= 1e-5; it also checks that the native network's own deterministic buffers (resampling filters,
+iDDPM's noise levels u) equal the reference's before the copy. Small instances cover DDPM++ / NCSN++ (EDM
+train.py presets 'ddpmpp', 'ncsnpp'), SongUNet's 'skip' encoder and decoder, and ADM, with the VP, VE, iDDPM
+and EDM preconditionings, conditional and not; the full-size CIFAR-10 DDPM++ network (cifar10 'ddpmpp' preset
+with augment_dim 9, ~56 M parameters) is compared too and timed against the reference on the same inputs (CPU,
+median of --repeats forward passes, no_grad). Prints a markdown table.
 
     OMP_NUM_THREADS=1 python benchmarks/equality_edm.py --edm /work/ref/edm
     python benchmarks/equality_edm.py --edm /work/ref/edm --write-fixture tests/data/edm_reference.safetensors
 
 --write-fixture instead saves the golden file tests/test_native_edm.py checks without the reference code: for
-tiny seeded instances, the reference's constructor arguments (safetensors metadata), its state dict, inputs and
-its output D.
+tiny seeded instances, the reference's constructor arguments (safetensors metadata), its state dict (weights
+rounded to float16 and stored so; the output is the reference's with those weights), inputs and its output D.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from cmt_pipeline.teachers.native import build_native
 
 TOLERANCE = 1e-5
-SIGMAS = [0.002, 0.02, 0.2, 1.0, 5.0, 20.0, 80.0]  # one per sample
+SIGMA_RANGE = (0.002, 80.0)  # sample i of a batch at the i-th of `batch` log-spaced noise levels over it
 DDPMPP = dict(model_type="SongUNet", embedding_type="positional", encoder_type="standard", decoder_type="standard",
               channel_mult_noise=1, resample_filter=[1, 1])
 NCSNPP = dict(model_type="SongUNet", embedding_type="fourier", encoder_type="residual", decoder_type="standard",
@@ -47,10 +48,7 @@ CIFAR_DDPMPP = dict(DDPMPP, img_resolution=32, img_channels=3, model_channels=12
                     dropout=0.13, augment_dim=9)
 # the golden fixture: tiny enough that the file stays small (ADM below 64 channels has no attention; the
 # SongUNets cover it)
-TINY_SONG = dict(img_resolution=8, img_channels=2, model_channels=8, channel_mult=[1, 2], channel_mult_emb=2,
-                 num_blocks=1, attn_resolutions=[4])
-TINY_ADM = dict(img_resolution=8, img_channels=2, model_channels=8, channel_mult=[1, 2], channel_mult_emb=2,
-                num_blocks=1)
+TINY = dict(img_resolution=8, img_channels=1, model_channels=4, channel_mult=[1, 2], channel_mult_emb=2, num_blocks=1)
 
 
 def small_cases():
@@ -63,12 +61,13 @@ def small_cases():
 
 
 def fixture_cases():
-    for arch, net, size, precond in (("ddpmpp", DDPMPP, TINY_SONG, "VPPrecond"),
-                                     ("ncsnpp", NCSNPP, TINY_SONG, "VEPrecond"),
-                                     ("adm", ADM, TINY_ADM, "EDMPrecond"),
-                                     ("adm-iddpm", ADM, TINY_ADM, "iDDPMPrecond")):
-        for label_dim in (0, 3):
-            yield f"{arch}-{'cond' if label_dim else 'uncond'}", precond, dict(size, **net, label_dim=label_dim)
+    for arch, net, precond, label_dims in (("ddpmpp", DDPMPP, "VPPrecond", (0, 3)),
+                                           ("ncsnpp", NCSNPP, "VEPrecond", (0, 3)),
+                                           ("adm", ADM, "EDMPrecond", (0, 3)),
+                                           ("adm-iddpm", ADM, "iDDPMPrecond", (3,))):
+        attn = {"attn_resolutions": [4]} if net is not ADM else {}
+        for label_dim in label_dims:
+            yield f"{arch}-{'cond' if label_dim else 'uncond'}", precond, dict(TINY, **net, **attn, label_dim=label_dim)
 
 
 def randomise(module: torch.nn.Module, seed: int) -> None:
@@ -81,17 +80,22 @@ def randomise(module: torch.nn.Module, seed: int) -> None:
 
 
 def build_pair(networks, precond: str, kwargs: dict, seed: int):
+    """(reference, native with the reference's weights, whether the native network's own deterministic buffers
+    (resampling filters, iDDPM's noise levels u) equal the reference's before the copy)."""
     torch.manual_seed(seed)
     ref = getattr(networks, precond)(**kwargs)
     randomise(ref, seed)
     native = build_native(precond, kwargs)
-    native.load_state_dict(ref.state_dict(), strict=True)
-    return ref.eval(), native.eval()
+    ref_state = ref.state_dict()
+    own = {k: v for k, v in native.named_buffers() if not k.endswith("freqs")}  # Fourier frequencies: random
+    buffers_equal = all(torch.equal(v, ref_state[k]) for k, v in own.items())
+    native.load_state_dict(ref_state, strict=True)
+    return ref.eval(), native.eval(), buffers_equal
 
 
 def inputs(kwargs: dict, batch: int, seed: int):
     g = torch.Generator().manual_seed(seed)
-    sigma = torch.tensor([SIGMAS[i % len(SIGMAS)] for i in range(batch)])
+    sigma = torch.linspace(*map(math.log, SIGMA_RANGE), batch).exp()
     shape = (batch, kwargs["img_channels"], kwargs["img_resolution"], kwargs["img_resolution"])
     x = torch.randn(shape, generator=g) * (sigma**2 + 0.25).sqrt().reshape(-1, 1, 1, 1)
     labels = torch.randint(kwargs["label_dim"], (batch,), generator=g) if kwargs["label_dim"] else None
@@ -110,7 +114,7 @@ def errors(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def compare(networks, name: str, precond: str, kwargs: dict, batch: int, seed: int = 0) -> dict:
-    ref, native = build_pair(networks, precond, kwargs, seed)
+    ref, native, buffers_equal = build_pair(networks, precond, kwargs, seed)
     x, sigma, labels = inputs(kwargs, batch, seed + 1)
     d_ref, d_nat = ref(x, sigma, one_hot(labels, kwargs)), native(x, sigma, labels)
     # the backbones on the same (scaled input, noise label): D alone hides F where c_out is small
@@ -118,13 +122,14 @@ def compare(networks, name: str, precond: str, kwargs: dict, batch: int, seed: i
     f_ref = ref.model(x_in, c_noise, class_labels=one_hot(labels, kwargs))
     f_nat = native.model(x_in, c_noise, class_labels=one_hot(labels, kwargs))
     params = sum(p.numel() for p in ref.parameters())
-    return {"name": name, "params": params, "F": errors(f_nat, f_ref), "D": errors(d_nat, d_ref)}
+    return {"name": name, "params": params, "F": errors(f_nat, f_ref), "D": errors(d_nat, d_ref),
+            "buffers": buffers_equal}
 
 
 @torch.no_grad()
 def timing(networks, kwargs: dict, batch: int, repeats: int) -> dict:
     """Median seconds of a forward pass of each implementation on the same inputs (one warm-up each first)."""
-    ref, native = build_pair(networks, "EDMPrecond", kwargs, 0)
+    ref, native, _ = build_pair(networks, "EDMPrecond", kwargs, 0)
     x, sigma, labels = inputs(kwargs, batch, 1)
     out = {}
     for label, run in (("reference", lambda: ref(x, sigma, one_hot(labels, kwargs))),
@@ -146,11 +151,15 @@ def write_fixture(networks, path: str) -> None:
     tensors, meta = {}, {}
     with torch.no_grad():
         for i, (name, precond, kwargs) in enumerate(fixture_cases()):
-            ref, _ = build_pair(networks, precond, kwargs, seed=100 + i)
-            x, sigma, labels = inputs(kwargs, 4, seed=200 + i)
+            ref, _, _ = build_pair(networks, precond, kwargs, seed=100 + i)
+            # weights on the float16 grid, stored as float16 (half the file) and exact again as float32
+            state = {k: v.half() for k, v in ref.state_dict().items()}
+            ref.load_state_dict({k: v.float() for k, v in state.items()})
+            x, sigma, labels = inputs(kwargs, 3, seed=200 + i)
             meta[name] = json.dumps({"class": precond, "init_kwargs": kwargs})
-            tensors.update({f"{name}/state/{k}": v.contiguous() for k, v in ref.state_dict().items()})
-            tensors.update({f"{name}/x": x, f"{name}/sigma": sigma, f"{name}/D": ref(x, sigma, one_hot(labels, kwargs))})
+            tensors.update({f"{name}/state/{k}": v.contiguous() for k, v in state.items()})
+            d = ref(x, sigma, one_hot(labels, kwargs))
+            tensors.update({f"{name}/x": x, f"{name}/sigma": sigma, f"{name}/D": d})
             if labels is not None:
                 tensors[f"{name}/labels"] = labels
     save_file(tensors, path, metadata=meta)
@@ -171,24 +180,26 @@ def main() -> int:
     if args.write_fixture:
         write_fixture(networks, args.write_fixture)
         return 0
-    rows = [compare(networks, *case, batch=len(SIGMAS)) for case in small_cases()]
+    rows = [compare(networks, *case, batch=7) for case in small_cases()]
     for label_dim in (10, 0):
         name = f"CIFAR-10 DDPM++ full size, EDMPrecond, {'cond' if label_dim else 'uncond'}"
         rows.append(compare(networks, name, "EDMPrecond", dict(CIFAR_DDPMPP, label_dim=label_dim), args.full_batch))
     worst = 0.0
-    print("| configuration | parameters | F rel. L2 | F max-abs / max | D rel. L2 | D max-abs / max |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| configuration | parameters | F rel. L2 | F max-abs / max | D rel. L2 | D max-abs / max | fresh buffers |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for r in rows:
         worst = max(worst, *r["F"], *r["D"])
         print(f"| {r['name']} | {r['params']:,} | {r['F'][0]:.1e} | {r['F'][1]:.1e} | {r['D'][0]:.1e} | "
-              f"{r['D'][1]:.1e} |")
-    print(f"\nworst relative error {worst:.1e} (tolerance {TOLERANCE:g}): {'PASS' if worst <= TOLERANCE else 'FAIL'}")
+              f"{r['D'][1]:.1e} | {'equal' if r['buffers'] else 'DIFFER'} |")
+    ok = worst <= TOLERANCE and all(r["buffers"] for r in rows)
+    print(f"\nworst relative error {worst:.1e} (tolerance {TOLERANCE:g}), fresh buffers "
+          f"{'all equal' if all(r['buffers'] for r in rows) else 'DIFFER'}: {'PASS' if ok else 'FAIL'}")
     if args.time_batch:
         t = timing(networks, dict(CIFAR_DDPMPP, label_dim=10), args.time_batch, args.repeats)
         print(f"\nCIFAR-10 DDPM++ (conditional) forward, batch {args.time_batch}, CPU, "
               f"{torch.get_num_threads()} thread(s), median of {args.repeats}: reference {t['reference']:.2f} s, "
               f"native {t['native']:.2f} s ({t['native'] / t['reference']:.2f}x)")
-    return 0 if worst <= TOLERANCE else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -113,20 +113,32 @@ def export_cmd(ckpt, out, overwrite, raw, vae, sigma_max, sigma_mid):
     Load it with `DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)`, then
     `pipe(batch_size=16, steps=2).images` (class-conditional students: `class_labels=`). cmt accepts OUT
     wherever it takes a student (`cmt sample --ckpt`, `cmt evaluate --student`, `cmt inspect`).
+
+    A student of a published network written natively in cmt (EDM's SongUNet / DhariwalUNet) is written as that
+    network's folder (model.safetensors, cmt_native.json) with cmt_student.json, its boundary condition, instead;
+    cmt samples it, rebuilding the network from its own code.
     """
     import shlex
 
-    from cmt_pipeline.export import export_pipeline, model_card, to_pipeline
+    from cmt_pipeline.export import (export_native, export_pipeline, model_card, native_card, native_student,
+                                     to_pipeline)
     from cmt_pipeline.latents import load_vae
     from cmt_pipeline.models.io import load_model, model_from_checkpoint
 
     loaded = load_model(ckpt)
     model = model_from_checkpoint(loaded, ema=not raw)
     codec = load_vae(vae or "", ckpt, shape=model.shape, who="student")
-    pipe = to_pipeline(model, codec and codec.vae, sigma_max, sigma_mid)
     command = ["cmt", "export"]  # for the model card
     for name, value in click.get_current_context().params.items():
         if value is not None and value is not False:
             command += [f"--{name.replace('_', '-')}"] + ([] if value is True else [str(value)])
-    export_pipeline(pipe, out, model_card(pipe, loaded, ckpt, shlex.join(command)), overwrite)
-    click.echo(f"wrote {out} (FewStepPipeline, {type(model).__name__} student, {'raw' if raw else 'EMA'} weights)")
+    command = shlex.join(command)
+    if native := native_student(model):  # a published architecture: its own folder format, read by cmt
+        card = native_card(native, codec is not None, loaded, ckpt, command, sigma_max, sigma_mid)
+        export_native(native, out, card, overwrite, codec and codec.vae, sigma_max, sigma_mid)
+        written = f"{native.net.reference} network"
+    else:
+        pipe = to_pipeline(model, codec and codec.vae, sigma_max, sigma_mid)
+        export_pipeline(pipe, out, model_card(pipe, loaded, ckpt, command), overwrite)
+        written = "FewStepPipeline"
+    click.echo(f"wrote {out} ({written}, {type(model).__name__} student, {'raw' if raw else 'EMA'} weights)")

@@ -38,7 +38,8 @@ class MeanFlowStudent(torch.nn.Module):
         pairs = time_embeddings(net)
         if not pairs:
             raise ValueError(f"{type(net).__name__} has no diffusers time embedding (time_proj + time_embedding or "
-                             "timestep_embedder) to add the MeanFlow gap t - r to; use the CM flavour")
+                             "timestep_embedder) to add the MeanFlow gap t - r to; train it as a consistency "
+                             "model (mid-train --flavour cm, post-train --objective ect)")
         self.gap_embeddings = torch.nn.ModuleList()
         for i, (_, mlp) in enumerate(pairs):
             gap = TimestepEmbedding(mlp.linear_1.in_features, mlp.linear_2.out_features)

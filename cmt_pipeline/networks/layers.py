@@ -131,7 +131,8 @@ class UNetBlock(torch.nn.Module):
         init = init or {}
         init_zero = init_zero if init_zero is not None else {"init_weight": 0}
         self.in_channels, self.out_channels, self.emb_channels = in_channels, out_channels, emb_channels
-        self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
+        heads = num_heads if num_heads is not None else out_channels // channels_per_head
+        self.num_heads = heads if attention else 0
         self.skip_scale, self.adaptive_scale = skip_scale, adaptive_scale
         self.dropout = torch.nn.Dropout(dropout)  # a module, so a trainer can set its rate (no parameters)
 

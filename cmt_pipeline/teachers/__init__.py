@@ -81,10 +81,10 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
             teacher = TEACHER_FILES[path.suffix.lower()](path)
         elif (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
+        elif is_export(path):  # a student folder written by `cmt export` (before NATIVE_FILE: a native one has it)
+            teacher = _load_or_explain(load_export, path)
         elif (path / NATIVE_FILE).exists():  # a published network converted by `cmt convert-teacher`
             teacher = _load_or_explain(NativeDenoiser.load, path)
-        elif is_export(path):  # a student folder written by `cmt export`
-            teacher = _load_or_explain(load_export, path)
         elif find_layout(path) is not None:
             teacher = _load_or_explain(DiffusersDenoiser.load, path)
         elif reason := not_a_model(path):

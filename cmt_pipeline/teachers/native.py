@@ -45,7 +45,7 @@ def build_native(reference: str, init_kwargs: dict) -> "NativeDenoiser":
         raise CMTError(f"no native network for {reference!r}; supported: {', '.join(sorted(PRECONDS))}")
     try:
         return cls(**init_kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # an argument the class does not take, or a value it refuses
         raise CMTError(f"{reference} cannot be built from these arguments ({e}); the snapshot was made by a "
                        "version of the reference code this project does not know") from e
 

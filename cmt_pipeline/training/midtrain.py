@@ -50,6 +50,8 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
             m.p = cfg.dropout
         if hasattr(m, "embedding_table") and hasattr(m, "dropout_prob"):
             m.dropout_prob = 0.0  # DiT's label dropout would pair a null label with a conditional target
+        if hasattr(m, "label_dropout"):
+            m.label_dropout = 0.0  # the same for the native (EDM) networks' label dropout
     if cfg.flavour == "cm":
         return consistency_student(net, cfg.sigma_min_shift)
     try:

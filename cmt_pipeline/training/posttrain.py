@@ -28,14 +28,14 @@ from ..config import EvaluateConfig, PostTrainConfig
 from ..datasets import load_images
 from ..evaluation.run import measure
 from ..latents import encode_images, load_vae
-from ..models import MeanFlowStudent, as_denoiser, consistency_student
+from ..models import BoundaryDenoiser, MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import build_network, is_checkpoint, network_spec, open_network, with_time_scale
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
 from ..priors import draw_priors
 from ..sampling import StudentSampler, sample, student_grid, student_sigmas
-from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
+from ..teachers import DiffusersDenoiser, EDMDenoiser, NativeDenoiser, Precond, build_unet, load_teacher
 from ..utils import CMTError, atomic_write_json, seeded
 from .data import TensorSource
 from .lock import holds_run_folder
@@ -68,7 +68,7 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
         if kind not in want:
             raise CMTError(f"--init {spec} is a {kind!r} checkpoint{wrong}")
         return net, "cmt"
-    if isinstance(net, DiffusersDenoiser):
+    if isinstance(net, (DiffusersDenoiser, NativeDenoiser)):
         return net, "diffusion"
     if not isinstance(net, EDMDenoiser):
         raise CMTError(f"--init {spec} is a {type(net).__name__}, which has no network to train{wrong}")
@@ -79,21 +79,22 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
     return net, "diffusion"
 
 
-def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser:
-    """Fresh weights in the architecture of --arch (a model.ckpt of any kind or a teacher spec), else of
-    --channels/--layers-per-block."""
+def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser | NativeDenoiser:
+    """Fresh weights in the architecture of --arch (a model.ckpt of any kind or a teacher spec: the project's EDM
+    network or a native one), else of --channels/--layers-per-block."""
     if not cfg.arch:
         with seeded(cfg.seed):
             return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block),
                                Precond(time_scale=cfg.time_scale or Precond.time_scale))
     template = read_network(cfg.arch, "--arch").module
-    template = template.net if isinstance(template, MeanFlowStudent) else template
-    if not isinstance(template, EDMDenoiser):
+    template = template.net if isinstance(template, (MeanFlowStudent, BoundaryDenoiser)) else template
+    if not isinstance(template, (EDMDenoiser, NativeDenoiser)):
         raise CMTError(f"--arch {cfg.arch} is a {type(template).__name__}, which has no network architecture; "
                        "pass a model.ckpt, a network folder or builtin, or use --channels")
     with seeded(cfg.seed):
         net = build_network(network_spec(template))  # the architecture, fresh weights
-    net.precond.boundary_sigma = 0.0
+    if isinstance(net, EDMDenoiser):
+        net.precond.boundary_sigma = 0.0
     return net
 
 
@@ -105,7 +106,10 @@ def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
         net, origin = load_network(cfg.init, cfg.objective)
     if origin != "cmt":
         with seeded(cfg.seed):  # a new MeanFlow gap embedding's first layer
-            net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
+            try:
+                net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
+            except ValueError as e:  # a network MeanFlow cannot extend
+                raise CMTError(str(e)) from e
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = cfg.dropout
