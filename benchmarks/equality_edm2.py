@@ -6,9 +6,10 @@
 Each configuration builds the reference Precond with seeded random weights (the gains, zero at initialisation,
 are drawn too: otherwise the U-Net's output is exactly 0 and D = c_skip x hides every difference), loads its state
 dict strictly into the native one, and compares D(x, sigma) over sigma in [0.002, 80] in eval mode and in one
-training-mode forward (where both write back their normalised weights). Exit status 1 when any relative error
-exceeds 1e-5. --write-fixture instead stores tiny instances' state dicts, constructor arguments, inputs and
-reference outputs for tests/test_native_edm2.py, which then needs no reference code.
+training-mode forward and backward (where both write back their normalised weights; the gradients of the mean
+square of D are compared too). Exit status 1 when any relative error exceeds 1e-5. --write-fixture instead
+stores tiny instances' state dicts, constructor arguments, inputs and reference outputs for
+tests/test_native_edm2.py, which then needs no reference code.
 """
 
 from __future__ import annotations
@@ -99,16 +100,24 @@ def compare(edm2: str, name: str, kwargs: dict, per_sigma: int, repeats: int) ->
     x, sigma, labels = inputs(kwargs, per_sigma, seed=1)
     rel, mx = errors(native(x, sigma, labels), run_reference(ref, x, sigma, labels))
 
-    ref_t, native_t = copy.deepcopy(ref).train(), copy.deepcopy(native).train()
-    rel_train, _ = errors(native_t(x, sigma, labels), run_reference(ref_t, x, sigma, labels))
+    ref_t, native_t = (copy.deepcopy(net).train().requires_grad_(True) for net in (ref, native))
+    with torch.enable_grad():
+        out_n, out_r = native_t(x, sigma, labels), run_reference(ref_t, x, sigma, labels)
+        out_n.square().mean().backward()
+        out_r.square().mean().backward()
+    rel_train, _ = errors(out_n.detach(), out_r.detach())
     ref_w, native_w = ref_t.state_dict(), native_t.state_dict()
     weights = max(float((native_w[k] - ref_w[k]).abs().max()) for k in ref_w)  # forced normalisation wrote both
+    ref_p = dict(ref_t.named_parameters())
+    grad = max(float((p.grad - ref_p[k].grad).norm() / ref_p[k].grad.norm().clamp_min(1e-30))
+               if ref_p[k].grad is not None else 0.0 if p.grad is None else float("inf")  # the unused logvar head
+               for k, p in native_t.named_parameters())
 
     t_ref = median_seconds(lambda: run_reference(ref, x, sigma, labels), repeats)
     t_nat = median_seconds(lambda: native(x, sigma, labels), repeats)
     params = sum(p.numel() for p in native.parameters())
     return dict(name=name, params=params, batch=len(x), rel=rel, max_abs=mx, rel_train=rel_train,
-                weights_train=weights, t_ref=t_ref, t_native=t_nat)
+                weights_train=weights, grad_train=grad, t_ref=t_ref, t_native=t_nat)
 
 
 def write_fixture(edm2: str, path: Path) -> None:
@@ -144,14 +153,16 @@ def main() -> int:
         return 0
     print(f"sigmas {SIGMAS}; CPU, {torch.get_num_threads()} thread, torch {torch.__version__}\n")
     print("| config | parameters | batch | eval: max rel. error | eval: max abs. error | train mode: max rel. error "
-          "| train mode: weights max abs. diff. | reference forward (s) | native forward (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| train mode: weights max abs. diff. | train mode: gradients max rel. error | reference forward (s) "
+          "| native forward (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     worst = 0.0
     for name in args.configs.split(","):
         r = compare(args.edm2, name, CONFIGS[name], PER_SIGMA.get(name, args.per_sigma), args.repeats)
-        worst = max(worst, r["rel"], r["rel_train"])
+        worst = max(worst, r["rel"], r["rel_train"], r["grad_train"])
         print(f"| {name} | {r['params']:,} | {r['batch']} | {r['rel']:.1e} | {r['max_abs']:.1e} | {r['rel_train']:.1e} "
-              f"| {r['weights_train']:.1e} | {r['t_ref']:.3f} | {r['t_native']:.3f} |", flush=True)
+              f"| {r['weights_train']:.1e} | {r['grad_train']:.1e} | {r['t_ref']:.3f} | {r['t_native']:.3f} |",
+              flush=True)
     ok = worst <= TOLERANCE
     print(f"\nworst relative error {worst:.1e}: {'within' if ok else 'ABOVE'} the tolerance {TOLERANCE:g}")
     return 0 if ok else 1

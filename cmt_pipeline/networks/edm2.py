@@ -79,7 +79,9 @@ class MPConv(torch.nn.Module):
     """Magnitude-preserving convolution (kernel [k, k]) or fully-connected layer (kernel []): each output channel's
     weights are normalised to unit norm and scaled by gain / sqrt(fan-in). In training mode the stored weights are
     first overwritten by their normalised copy (forced weight normalisation), which keeps their scale and so the
-    effective learning rate fixed."""
+    effective learning rate fixed. The normalised weights then enter the graph as a copy: a later training-mode call
+    before the backward pass (a second forward in one step, e.g. ECT's target) rewrites the parameter in place,
+    which autograd refuses for a tensor it saved; the values, and so outputs and gradients, are the reference's."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel):
         super().__init__()
@@ -91,6 +93,7 @@ class MPConv(torch.nn.Module):
         if self.training:
             with torch.no_grad():
                 self.weight.copy_(normalize(w))
+            w = w.clone()
         w = normalize(w) * (gain / math.sqrt(w[0].numel()))
         w = w.to(x.dtype)
         if w.ndim == 2:
