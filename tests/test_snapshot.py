@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from cli.main import cli
 from cmt_pipeline.errors import CMTError
+from cmt_pipeline.latents import vae_source
 from cmt_pipeline.models.io import is_checkpoint
 from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.teachers.base import sigma_column
@@ -288,9 +289,14 @@ def test_an_edm2_encoder_record_gives_the_latent_statistics(standin, writer, tmp
                                                         "vae_name": "stabilityai/sd-vae-ft-mse", "scale": scale,
                                                         "bias": np.float32(0) - raw_mean * scale, "_vae": None},
                                 tmp_path / MARKER)
-    net = load_snapshot(writer("latent.pkl", top))
+    path = writer("latent.pkl", top)
+    net = load_snapshot(path)
     assert net.latents == {"vae_name": "stabilityai/sd-vae-ft-mse", "raw_mean": [5.81, 3.25, 0.12, -2.15],
                            "raw_std": [4.17, 4.62, 3.71, 3.28], "final_mean": 0.0, "final_std": 0.5}
+    assert vae_source("my-vae", str(path)) == ("my-vae", None, net.latents)  # read without decoding the weights
+    with pytest.raises(CMTError) as e:
+        vae_source("", str(path))
+    one_line_error(e, "works on the latents of the VAE stabilityai/sd-vae-ft-mse, which it does not hold")
     top["encoder"].meta["state"]["bias"] = np.zeros(4, np.float32)
     with pytest.raises(CMTError) as e:
         load_snapshot(writer("edited.pkl", top))
