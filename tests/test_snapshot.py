@@ -81,7 +81,7 @@ def writer(monkeypatch, tmp_path):
         path.write_bytes(pickle.dumps(top, protocol=4))
         return path
 
-    write.reconstruct, write.EasyDict = reconstruct, util.EasyDict
+    write.EasyDict = util.EasyDict
     return write
 
 
