@@ -17,6 +17,8 @@ from cmt_pipeline.errors import CMTError
 # group imports a command's module only when that command runs, and `cmt --help` lists these sentences instead;
 # tests/test_docs.py checks each against its command's own help.
 COMMANDS = {
+    "convert-teacher": ("convert", "Convert a published network file (an NVlabs EDM or EDM2 .pkl snapshot, a DiT / "
+                        "SiT .pt checkpoint) into a teacher folder."),
     "evaluate": ("evaluate", "Sample a generator from seeded noise and measure it: digits FD and KID (8x8 generators), "
                  "FID (with local Inception weights), paired error against a store, and exact errors for "
                  "Gaussian-mixture ground truth."),

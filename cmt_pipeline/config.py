@@ -101,8 +101,8 @@ class GenerateConfig(Checked):
     """`cmt generate-trajectories`: the teacher's ODE solve from seeded prior noise, stored as shards."""
 
     teacher: str = option("builtin", "Teacher: a model folder (project EDM format or diffusers unet/+scheduler/), "
-                          "a DiT-*.pt / SiT-*.pt checkpoint, gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped "
-                          "digits teacher).")
+                          "an NVlabs EDM/EDM2 .pkl snapshot (read as data), a DiT-*.pt / SiT-*.pt checkpoint, "
+                          "gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped digits teacher).")
     out: str = option("runs/trajectories", "Output folder.", path="folder")
     num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE, max=MAX_SAMPLES)
     solver: str = option("dpm3", "ODE solver.", choices=SOLVERS)
@@ -135,7 +135,8 @@ class GenerateConfig(Checked):
 class EvaluateConfig(Checked):
     """`cmt evaluate`: sample a generator (a teacher with a solver, or a student at 1 or 2 steps) and measure it."""
 
-    teacher: str = option("builtin", "Generator when no --student: a model folder, gmm:gmm2d, gmm:gmm8x8 or builtin.")
+    teacher: str = option("builtin", "Generator when no --student: a model folder, an NVlabs .pkl snapshot, gmm:gmm2d, "
+                          "gmm:gmm8x8 or builtin.")
     solver: str = option("dpm3", "The teacher's solver.", choices=SOLVERS)
     grid: str = option("logsnr", "The teacher's sigma grid.", choices=GRIDS)
     guidance_scale: float = option(1.0, "The teacher's classifier-free guidance scale (a class-conditional "

@@ -58,7 +58,8 @@ def inspect_checkpoint(path: Path) -> dict:
 
 def inspect_network_folder(path: Path) -> dict:
     d = open_network(path).module.describe()
-    return {"type": f"network folder ({d.pop('kind')})", **d, "size on disk": disk_usage(path)}
+    what = "published network file" if path.is_file() else "network folder"
+    return {"type": f"{what} ({d.pop('kind')})", **d, "size on disk": disk_usage(path)}
 
 
 def inspect_path(path) -> dict:

@@ -33,8 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .models.io import load_model
+from .networks.snapshot import read_latents
+from .teachers import is_teacher_file
 from .stores.layout import read_plan
-from .teachers.dit import is_dit_checkpoint
 from .utils import CMTError, hash_weights
 
 VAE_DIR = "vae"
@@ -188,31 +189,36 @@ def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None, dict |
     (None, None, None) = pixel space. An explicit folder replaces the recorded one but keeps its encoder record."""
     path = Path(spec) if spec else None
     recorded, folder = None, None
-    if path is not None and path.is_file() and not is_dit_checkpoint(path):  # a .pt teacher records no VAE
+    if path is not None and path.is_file() and not is_teacher_file(path):  # a published file names no VAE folder
         recorded = load_model(path).get("data", {}).get("vae")
     elif path is not None and ("://" in spec or (path / "plan.json").is_file()):  # a store, local or remote
         recorded = read_plan(spec).get("vae")
     elif path is not None and (path / VAE_DIR / "config.json").is_file():
         folder = str(path / VAE_DIR)
-    encoder = recorded.get("encoder") if recorded else native_encoder(path) if path is not None else None
+    expected = recorded.get("encoder") if recorded else native_latents(path) if path is not None else None
+    encoder = expected if expected and "raw_mean" in expected else None  # EDM2's statistics (DiT's: the VAE's own)
     if explicit:
         return explicit, None, encoder
     if folder is not None:
         return folder, None, encoder
     if recorded:
         return recorded["path"], recorded["fingerprint"], encoder
-    if encoder is not None:
-        name = encoder.get("vae_name", "the VAE it was trained with")
+    if expected is not None:
+        name = expected.get("vae_name") or expected.get("vae") or "the VAE it was trained with"
         raise CMTError(f"{spec} works on the latents of the VAE {name}, which it does not hold; pass --vae DIR with "
-                       f"that diffusers AutoencoderKL (AutoencoderKL.from_pretrained('{name}').save_pretrained(DIR) "
+                       "that diffusers AutoencoderKL (AutoencoderKL.from_pretrained(NAME).save_pretrained(DIR) "
                        "where the hub is reachable)")
     return None, None, None
 
 
-def native_encoder(path: Path) -> dict | None:
-    """The encoder record of a native network folder (teachers/native.py), None for anything else."""
+def native_latents(path: Path) -> dict | None:
+    """The latents record of a native network folder (teachers/native.py: the VAE it expects, and EDM2's encoder
+    statistics) or of an NVlabs snapshot file; None for anything else. A DiT / SiT .pt says which VAE only once its
+    weights are read (their shapes give the channels), so it is not opened here: pass --vae."""
     from .teachers.native import NATIVE_FILE
 
+    if is_teacher_file(path):
+        return read_latents(path) if path.suffix.lower() == ".pkl" else None
     try:
         return json.loads((path / NATIVE_FILE).read_text()).get("latents")
     except (OSError, ValueError):

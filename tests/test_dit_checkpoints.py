@@ -12,7 +12,7 @@ from safetensors.torch import load_file, safe_open
 from cmt_pipeline.models.io import build_network, network_spec, open_network
 from cmt_pipeline.networks.dit import DiT
 from cmt_pipeline.teachers import load_teacher
-from cmt_pipeline.teachers.dit import DiTDenoiser, SiTDenoiser, infer_arch, load_dit_checkpoint, main, parse_arch
+from cmt_pipeline.teachers.dit import DiTDenoiser, SiTDenoiser, infer_arch, load_dit_checkpoint, parse_arch
 from cmt_pipeline.teachers.native import NATIVE_FILE
 from cmt_pipeline.utils import CMTError
 
@@ -103,8 +103,8 @@ def test_refusals_name_the_problem(tmp_path, checkpoints, monkeypatch):
     (tmp_path / "SiT-text.pt").write_text("not a torch file")
     with pytest.raises(CMTError, match="cannot read .* as a torch checkpoint"):
         load_dit_checkpoint(tmp_path / "SiT-text.pt")
-    with pytest.raises(SystemExit, match="error: .*does not say whether"):  # the converter's one line
-        main([str(tmp_path / "model.pt"), "--out", str(tmp_path / "out")])
+    r = run_cli("convert-teacher", tmp_path / "model.pt", "--out", tmp_path / "out")  # the converter's one line
+    assert r.exit_code == 2 and "does not say whether" in r.output and not (tmp_path / "out").exists(), r.output
     with pytest.raises(CMTError, match="unknown architecture override"):
         load_dit_checkpoint(tmp_path / "model.pt", arch={"heads": 2}, flavour="dit")
     with pytest.raises(CMTError, match="not divisible into 3 heads"):
@@ -137,7 +137,8 @@ def test_teacher_pt_the_converted_folder_and_a_rebuilt_spec_agree(tmp_path, chec
     for kind in ("DiT", "SiT"):
         pt = checkpoints / f"{kind}-tiny-8x8.pt"
         direct = load_teacher(str(pt))
-        main([str(pt), "--out", str(tmp_path / kind)])  # python -m cmt_pipeline.teachers.dit
+        r = run_cli("convert-teacher", pt, "--out", tmp_path / kind)
+        assert r.exit_code == 0 and f"{kind} {'x'.join(map(str, direct.shape))}" in r.output, r.output
         folder = tmp_path / kind
         meta = json.loads((folder / NATIVE_FILE).read_text())
         assert meta["reference"] == kind and meta["source"]["checkpoint"] == pt.name and meta["latents"] is None
@@ -180,7 +181,8 @@ def run_cli(*args):
 
     from cli.main import cli
 
-    return CliRunner().invoke(cli, [*map(str, args)] + (["--device", "cpu", "--quiet"] if args[0] != "export" else []))
+    local = args[0] not in ("export", "convert-teacher")  # commands that run a network take these
+    return CliRunner().invoke(cli, [*map(str, args)] + (["--device", "cpu", "--quiet"] if local else []))
 
 
 @pytest.mark.slow

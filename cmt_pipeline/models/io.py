@@ -27,8 +27,7 @@ from typing import NamedTuple
 import torch
 
 from ..paths import not_a_model
-from ..teachers import BUILTIN_SPECS, DiffusersDenoiser, EDMDenoiser, Precond, load_teacher
-from ..teachers.dit import is_dit_checkpoint
+from ..teachers import BUILTIN_SPECS, DiffusersDenoiser, EDMDenoiser, Precond, is_teacher_file, load_teacher
 from ..teachers.native import NativeDenoiser
 from ..errors import CMTError, first_line
 from ..utils import atomic_folder, atomic_write_bytes
@@ -59,8 +58,8 @@ def open_network(spec, device="cpu", ema: bool = True) -> Network:
 
 def is_checkpoint(spec) -> bool:
     """Whether a spec names a model.ckpt (so a missing one is reported as a missing checkpoint) rather than a
-    folder or a teacher spec (a DiT / SiT .pt is a teacher)."""
-    return (Path(spec).is_file() and not is_dit_checkpoint(spec)) or str(spec).endswith(".ckpt")
+    folder, a published network file (an NVlabs .pkl) or a teacher spec."""
+    return not is_teacher_file(spec) and (Path(spec).is_file() or str(spec).endswith(".ckpt"))
 
 
 def network_spec(model: torch.nn.Module) -> dict | None:

@@ -18,7 +18,7 @@ Parametrisations, each the reference's own convention:
 A learned-variance output (learn_sigma) is cut to its first C channels, as both references do.
 
 On disk: NativeDenoiser's folder (cmt_native.json with reference "DiT" or "SiT", model.safetensors holding the
-reference's parameter names), which load_teacher reads; `convert_dit_checkpoint` writes it. A latent model (4 input
+reference's parameter names), which load_teacher reads; `cmt convert-teacher` writes it. A latent model (4 input
 channels) records in `latents` the SD-VAE it expects; pass that autoencoder's folder as --vae.
 """
 
@@ -39,7 +39,6 @@ from .base import sigma_column
 from .diffusers_model import VPParametrisation
 from .native import NativeDenoiser, register
 
-SUFFIXES = (".pt", ".pth")
 FLAVOURS = ("DiT", "SiT")
 HEADS = {1152: 16, 1024: 16}  # DiT-XL, DiT-L (B: 768 -> 12 and S: 384 -> 6 follow hidden / 64)
 SD_VAE = {"vae": "stabilityai/sd-vae-ft-mse or stabilityai/sd-vae-ft-ema (diffusers AutoencoderKL; pass its "
@@ -117,12 +116,6 @@ class SiTDenoiser(DiTFamily):
         self.param = SiTLinearPath()
 
 
-def is_dit_checkpoint(path) -> bool:
-    """Whether `path` is a file this reader owns (a .pt / .pth); its content is checked by load_dit_checkpoint."""
-    path = Path(path)
-    return path.suffix.lower() in SUFFIXES and path.is_file()
-
-
 def read_checkpoint(path: Path) -> tuple[dict, dict]:
     """(state dict, training args or {}) of a DiT / SiT .pt, loaded with weights_only=True."""
     try:
@@ -176,7 +169,7 @@ def family(path: Path, args: dict, flavour: str | None) -> str:
         if m:
             return FLAVOURS[m.group(1).lower() == "sit"]
     raise CMTError(f"{path.name} does not say whether it is a DiT (diffusion) or a SiT (linear flow) model; "
-                   f"rename it DiT-*.pt / SiT-*.pt, or convert it: python -m cmt_pipeline.teachers.dit {path} "
+                   f"rename it DiT-*.pt / SiT-*.pt, or convert it: cmt convert-teacher {path} "
                    "--flavour dit|sit --out DIR")
 
 
@@ -230,16 +223,6 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def convert_dit_checkpoint(path, out, arch: dict | None = None, flavour: str | None = None) -> Path:
-    """Write a DiT / SiT checkpoint as a teacher folder (NativeDenoiser's format), swapped in when complete."""
-    from ..utils import atomic_folder
-
-    net = load_dit_checkpoint(path, arch, flavour)
-    with atomic_folder(Path(out)) as tmp:
-        net.save(tmp)
-    return Path(out)
-
-
 def parse_arch(text: str) -> dict:
     """'num_heads=8,class_dropout_prob=0' -> {"num_heads": 8, "class_dropout_prob": 0.0} (numbers, true/false)."""
     out = {}
@@ -250,22 +233,3 @@ def parse_arch(text: str) -> dict:
         low = value.strip().lower()
         out[key.strip()] = low == "true" if low in ("true", "false") else float(low) if "." in low else int(low)
     return out
-
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m cmt_pipeline.teachers.dit",
-                                description="Convert a DiT / SiT .pt checkpoint into a cmt teacher folder.")
-    p.add_argument("checkpoint")
-    p.add_argument("--out", required=True, help="the teacher folder to write")
-    p.add_argument("--flavour", choices=("dit", "sit"), help="the family, when the file name does not say")
-    p.add_argument("--arch", default="", help="constructor overrides, e.g. num_heads=16,class_dropout_prob=0")
-    a = p.parse_args(argv)
-    try:
-        out = convert_dit_checkpoint(a.checkpoint, a.out, parse_arch(a.arch), a.flavour)
-    except (CMTError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from e
-    print(f"wrote {out}; use it as --teacher {out}")
-
-
-if __name__ == "__main__":
-    main()

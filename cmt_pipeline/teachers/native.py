@@ -16,12 +16,14 @@ it, and `latents` (None for pixel models) names the VAE and latent statistics a 
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
 import torch
 
 from ..errors import CMTError
+from ..networks.snapshot import read_snapshot
 from .base import Denoiser
 
 NATIVE_FILE = "cmt_native.json"
@@ -46,6 +48,23 @@ def build_native(reference: str, init_kwargs: dict) -> "NativeDenoiser":
     except (TypeError, ValueError) as e:  # an argument the class does not take, or a value it refuses
         raise CMTError(f"{reference} cannot be built from these arguments ({e}); the snapshot was made by a "
                        "version of the reference code this project does not know") from e
+
+
+def load_snapshot(path: str | Path) -> "NativeDenoiser":
+    """A published NVlabs EDM/EDM2 snapshot (networks/snapshot.py reads it as data) as a native network holding
+    its weights, `source` naming the file and its sha256 and `latents` its encoder's statistics."""
+    snap = read_snapshot(path)
+    kwargs = snap.init_kwargs
+    if snap.init_args and snap.reference in PRECONDS:  # bound to their names, as the folder format records them
+        kwargs = {**inspect.signature(PRECONDS[snap.reference]).bind_partial(*snap.init_args).arguments, **kwargs}
+    net = build_native(snap.reference, kwargs)
+    try:
+        net.load_state_dict(snap.weights, strict=True)
+    except RuntimeError as e:
+        raise CMTError(f"snapshot {Path(path).name}: its weights do not fit this project's {snap.reference} built "
+                       f"from its arguments ({' '.join(str(e).split())[:300]})") from None
+    net.source, net.latents = snap.source, snap.latents
+    return net
 
 
 class NativeDenoiser(Denoiser):
