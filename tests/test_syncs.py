@@ -9,6 +9,7 @@ values also fails outright.
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 
 import pytest
@@ -95,7 +96,7 @@ def teachers(vp_teacher_dir):
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
 @pytest.mark.parametrize("name", ["digits", "gmm", "vp", "guided"])
 def test_solver_loop_has_no_host_device_sync(teachers, name, solver, device):
-    teacher = teachers[name].to(device)
+    teacher = copy.deepcopy(teachers[name]).to(device)  # the shared CPU copy keeps its weights
     x = torch.randn(2, *teacher.shape).to(device)
     labels = torch.tensor([0, 1]).to(device) if teacher.num_classes else None
     sigmas = logsnr_grid(4)

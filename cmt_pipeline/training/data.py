@@ -108,8 +108,8 @@ class Workers:
 
 
 class StepBatches(torch.utils.data.Dataset):
-    """Item i: the batch of step start + 1 + i; an error comes back as the item, to be raised as itself (a
-    DataLoader would re-raise it wrapped in the worker's traceback)."""
+    """Item i: the batch of step start + 1 + i; a CMTError comes back as the item, to be raised as itself (a
+    DataLoader would re-raise it wrapped in the worker's traceback, unfit for a user)."""
 
     def __init__(self, source, start: int, rank: int, world: int):
         self.source, self.start, self.rank, self.world = source, start, rank, world
@@ -117,7 +117,7 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         try:
             return self.source.batch(self.start + 1 + i, self.rank, self.world)
-        except Exception as e:  # noqa: BLE001 - raised unchanged in the training process
+        except CMTError as e:
             return e
 
 
