@@ -92,3 +92,17 @@ def test_training_from_workers_gives_the_same_losses(tmp_path):
               progress=False)
         out[workers] = [json.loads(r)["loss"] for r in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
     assert out[0] == out[2] and len(out[0]) == 6
+
+
+def test_workers_only_when_a_gpu_trains_and_within_this_processs_cpu_share(monkeypatch):
+    from cmt_pipeline.training import trajectories
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trajectories.loader_workers() == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trajectories.loader_workers() == 2  # one CPU drives the GPU
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")
+    assert trajectories.loader_workers() == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert trajectories.loader_workers() == 0

@@ -30,7 +30,7 @@ from ..stores.checks import require_finite, require_shapes
 from ..stores.location import Location
 from ..stores.wds_store import shard_key
 from ..utils import CMTError, check_memory, sample_seed
-from ..threads import available_cpus
+from ..threads import default_threads
 from .data import TensorSource, Workers
 
 FIELDS = ("traj", "x0", "labels")
@@ -124,9 +124,10 @@ class WdsSource:
 
 
 def loader_workers() -> int:
-    """Gathering processes for an in-memory store: up to 4 of this process's spare CPUs when a GPU trains; none
-    without CUDA, where the training step itself uses every CPU this process has."""
-    return min(4, available_cpus() - 1) if torch.cuda.is_available() else 0
+    """Gathering processes for an in-memory store: up to 4 of this process's share of the CPUs (threads.py; a
+    launcher's local processes split them), less the one that drives the GPU; none without CUDA, where the
+    training step itself uses every CPU this process has."""
+    return max(0, min(4, default_threads() - 1)) if torch.cuda.is_available() else 0
 
 
 def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, cache: bool | None = None,
