@@ -29,8 +29,8 @@ from ..stores import open_store, read_range
 from ..stores.checks import require_finite, require_shapes
 from ..stores.location import Location
 from ..stores.wds_store import shard_key
-from ..utils import CMTError, check_memory, sample_seed
 from ..threads import default_threads
+from ..utils import CMTError, check_memory, sample_seed
 from .data import TensorSource, Workers
 
 FIELDS = ("traj", "x0", "labels")
