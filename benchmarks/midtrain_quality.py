@@ -102,7 +102,7 @@ def run_variant(args, name: str, overrides: dict, data: Path) -> dict:
     if result.exists():
         return with_gap(json.loads(result.read_text()), run, data, result)
 
-    fd = FewStepEval(PostTrainConfig(eval_samples=args.eval_samples, data="digits"), torch.device("cpu"))
+    fd = FewStepEval(PostTrainConfig(eval_samples=args.eval_samples, data="digits"), (1, 8, 8), torch.device("cpu"))
     spent = [0.0]
 
     def timed(model):

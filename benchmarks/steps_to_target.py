@@ -72,7 +72,7 @@ def mid(args, store: Path, run: Path, seed: int) -> dict[int, float]:
     """CMT mid-training from the teacher; {step: EMA 1-step MSE to the exact flow map}, measured as post-training
     measures it (the same evaluation noise, written to few-step.jsonl; step 0, the teacher's weights as a
     consistency student, is the same for every seed and measured once)."""
-    measure = FewStepEval(PostTrainConfig(eval_samples=args.eval_samples, data="gmm:gmm8x8"), "cpu")
+    measure = FewStepEval(PostTrainConfig(eval_samples=args.eval_samples, data="gmm:gmm8x8"), (1, 8, 8), "cpu")
     if not done(run, "model.ckpt"):
         mid_train(MidTrainConfig(data=str(store), init="teacher", flavour="cm", holdout=256, steps=args.mid_steps,
                                  batch_size=8, lr=args.lr, ema_decay=args.ema, eval_every=args.mid_steps,

@@ -30,5 +30,5 @@ def mid_train_cmd(config_path, resume, quiet, **opts):
     cfg = load_config(MidTrainConfig, config_path, "mid_train", **opts)
     r = mid_train(cfg, resume=resume, progress=not quiet)
     extra = "".join(f", held-out 1-step {k} {r[k]:.4g}" for k in ("teacher_mse", "exact_mse") if k in r)
-    click.echo(f"{r['out']}: {r['step']} steps in {r['seconds']:.0f} s, final loss {r['loss']:.4g}{extra}; "
-               f"checkpoint {r['checkpoint']}")
+    loss = f"final loss {r['loss']:.4g}" if r["loss"] is not None else "no steps left to train"
+    click.echo(f"{r['out']}: {r['step']} steps in {r['seconds']:.0f} s, {loss}{extra}; checkpoint {r['checkpoint']}")

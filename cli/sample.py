@@ -48,9 +48,7 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
 
     if not (png or npz):
         raise CMTError("nothing to write: pass --out grid.png and/or --npz samples.npz")
-    if num_samples < 1 or not 0 < sigma_mid < sigma_max:
-        raise CMTError(f"need --num-samples >= 1 and 0 < --sigma-mid < --sigma-max, got {num_samples}, "
-                       f"{sigma_mid}, {sigma_max}")
+    check_sigmas(sigma_max, sigma_mid)
     for path in filter(None, (png, npz)):
         check_sample_out(Path(path), overwrite)
     dev = resolve_device(device)
@@ -67,6 +65,18 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
         np.savez(buf, **arrays, **({"renoise": renoise} if renoise is not None else {}))
         atomic_write_bytes(npz, buf.getvalue())
     click.echo(f"{num_samples} samples in {steps} step(s) from {ckpt}: " + ", ".join(p for p in (png, npz) if p))
+
+
+def check_sigmas(sigma_max: float, sigma_mid: float) -> None:
+    """Sampling noise levels must be finite with 0 < sigma_mid < sigma_max: NaN or a negative level makes every
+    sample NaN (black images), and export would record it as the pipeline's default."""
+    import math
+
+    from cmt_pipeline.errors import CMTError
+
+    if not (math.isfinite(sigma_max) and 0 < sigma_mid < sigma_max):
+        raise CMTError(f"need finite 0 < --sigma-mid < --sigma-max, got {sigma_mid:g} and {sigma_max:g}; "
+                       f"the defaults are {SIGMA_MID:g} and {SIGMA_MAX:g}")
 
 
 def check_sample_out(path: Path, overwrite: bool) -> None:
@@ -120,6 +130,7 @@ def export_cmd(ckpt, out, overwrite, raw, vae, sigma_max, sigma_mid):
     from cmt_pipeline.latents import load_vae
     from cmt_pipeline.models.io import load_model, model_from_checkpoint
 
+    check_sigmas(sigma_max, sigma_mid)
     loaded = load_model(ckpt)
     model = model_from_checkpoint(loaded, ema=not raw)
     codec = load_vae(vae or "", ckpt, shape=model.shape, who="student")

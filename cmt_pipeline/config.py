@@ -15,7 +15,7 @@ from typing import ClassVar, get_type_hints
 from pathlib import Path
 
 from .constants import SIGMA_DATA, SIGMA_MAX, SIGMA_MID, SIGMA_MIN, SIGMA_MIN_SHIFT
-from .errors import CMTError
+from .errors import CMTError, first_line
 
 # choices shared by several stages; tests/test_config.py checks them against the library's own tables
 SOLVERS = ("euler", "heun", "dpm2", "dpm3")
@@ -25,6 +25,8 @@ POSITIVE = {"min": 0, "min_open": True}
 NONNEGATIVE = {"min": 0}
 DECAY = {"min": 0, "max": 1, "max_open": True}  # a rate in [0, 1): EMA, Adam's betas, dropout
 MAX_SAMPLES = 2**31 - 1  # sample indices are int32-sized everywhere; a larger request is a typo, not a dataset
+MAX_SOLVER_STEPS = 4096  # a store keeps every state: far past any published sampler (EDM: 18-256 steps)
+MAX_REFERENCE_STEPS = 65536  # the exact-flow-map reference solve (1024 by default)
 
 
 def option(default, help: str, *, choices: tuple = (), min=None, max=None, min_open: bool = False,
@@ -99,11 +101,12 @@ class GenerateConfig(Checked):
     """`cmt generate-trajectories`: the teacher's ODE solve from seeded prior noise, stored as shards."""
 
     teacher: str = option("builtin", "Teacher: a model folder (project EDM format or diffusers unet/+scheduler/), "
-                          "gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped digits teacher).")
+                          "a DiT-*.pt / SiT-*.pt checkpoint, gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped "
+                          "digits teacher).")
     out: str = option("runs/trajectories", "Output folder.", path="folder")
     num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE, max=MAX_SAMPLES)
     solver: str = option("dpm3", "ODE solver.", choices=SOLVERS)
-    steps: int = option(16, "Solver steps K; each sample stores K states.", **POSITIVE)
+    steps: int = option(16, "Solver steps K; each sample stores K states.", **POSITIVE, max=MAX_SOLVER_STEPS)
     grid: str = option("logsnr", "Sigma grid (logsnr: the paper's).", choices=GRIDS)
     sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.", **POSITIVE)
     sigma_min: float = option(SIGMA_MIN, "The solve's last sigma.", **POSITIVE)
@@ -143,7 +146,7 @@ class EvaluateConfig(Checked):
                           "export, or a student folder (project EDM format); evaluated at --steps 1 or 2 instead of "
                           "the teacher.")
     steps: int | None = option(None, "Solver steps for a teacher [default: 16]; 1 or 2 for a student "
-                               "[default: 1].", **POSITIVE)
+                               "[default: 1].", **POSITIVE, max=MAX_SOLVER_STEPS)
     sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.", **POSITIVE)
     sigma_min: float = option(SIGMA_MIN, "The teacher solve's last sigma.", **POSITIVE)
     sigma_mid: float = option(SIGMA_MID, "A 2-step student's intermediate sigma.", **POSITIVE)
@@ -158,8 +161,8 @@ class EvaluateConfig(Checked):
                                               toml_only=True, **NONNEGATIVE)
     class_labels: str = option("random", "random, or one class index for all samples (conditional generators).")
     batch_size: int = option(256, "Samples per batch.", **POSITIVE)
-    store: str = option("", "Trajectory store: paired MSE/PSNR of the generator vs the stored solver samples.",
-                        path="existing folder")
+    store: str = option("", "Trajectory store (a folder or an s3:// URL): paired MSE/PSNR of the generator vs the "
+                        "stored solver samples.", path="any")
     store_samples: int = option(256, "Use the store's last N samples, where `cmt mid-train --holdout` keeps its "
                                 "held-out trajectories (0 = all).", **NONNEGATIVE)
     inception_weights: str = option("", "Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); "
@@ -169,7 +172,8 @@ class EvaluateConfig(Checked):
     vae: str = option("", "Latent generator: the AutoencoderKL that decodes its samples for the image metrics and "
                       "picture.  [default: the one it recorded, or its folder's vae/]", path="folder")
     gmm: str = option("", "gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
-    reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.", **POSITIVE)
+    reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.", **POSITIVE,
+                                  max=MAX_REFERENCE_STEPS)
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     out: str = option("runs/evaluate", "Folder for evaluation.json and samples.png.", path="folder")
 
@@ -242,7 +246,7 @@ class PretrainConfig(TrainConfig):
     p_mean: float = option(-1.2, "Training sigma ~ LogNormal(p_mean, p_std).")
     p_std: float = option(1.2, "See --p-mean.", **POSITIVE)
     sample_solver: str = option("dpm3", "Solver of the sample grids.", choices=SOLVERS)
-    sample_steps: int = option(16, "Solver steps of the sample grids.", **POSITIVE)
+    sample_steps: int = option(16, "Solver steps of the sample grids.", **POSITIVE, max=MAX_SOLVER_STEPS)
     sample_grid: str = option("logsnr", "Sigma grid of the sample grids.", choices=GRIDS)
     num_grid_samples: int = option(64, "Samples in each sample grid.", **POSITIVE, max=4096)
     export_dtype: str = option("float32", "Weights dtype of the exported teacher folder (float16 halves its size).",
@@ -364,15 +368,36 @@ class PostTrainConfig(TrainConfig):
                                                                 "num_grid_samples")
 
 
+# every table a config file may hold: each stage's own, and [pipeline] (cmt pipeline's wiring)
+TABLES = ("pipeline", "pretrain", "generate", "mid_train", "post_train", "evaluate")
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; this bounds what a wrong path (a device, a dataset) can cost
+
+
+def read_toml(path) -> dict:
+    """The tables of a config file; CMTError for anything that is not a small TOML file whose tables are all known
+    (a misspelled [generat] would otherwise run on defaults)."""
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_CONFIG_BYTES:
+            raise CMTError(f"config {path} is not a TOML file of at most {MAX_CONFIG_BYTES >> 20} MiB; "
+                           "pass one of configs/*.toml or your own copy")
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
+        raise CMTError(f"cannot read config {path}: {first_line(e)}") from e
+    except RecursionError as e:  # tomllib recurses into nested arrays and tables
+        raise CMTError(f"cannot read config {path}: nested too deeply") from e
+    unknown = sorted(set(data) - set(TABLES))
+    if unknown:
+        raise CMTError(f"{path}: unknown table(s) {unknown}; a config file has tables among {list(TABLES)}")
+    return data
+
+
 def load_config(cls, path: str | Path | None = None, section: str | None = None, **overrides):
     """Build `cls` from defaults, then the TOML table `section` of `path`, then non-None overrides."""
     values = {}
     if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
-            raise CMTError(f"cannot read config {path}: {e}") from e
-        values = data.get(section, {}) if section else data
+        data = read_toml(path)
+        values = dict(data.get(section, {})) if section else data
     values.update({k: v for k, v in overrides.items() if v is not None})
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - names)

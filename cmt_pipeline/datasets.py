@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .utils import CMTError
+from .utils import CMTError, check_memory
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
@@ -67,7 +68,11 @@ def gmm_samples_of(preset: str, n: int, seed: int) -> ImageData:
                        + ", ".join(f"gmm:{k}" for k in PRESETS))
     if n < 1:
         raise CMTError(f"gmm_samples must be positive, got {n}")
-    x = PRESETS[preset]().sample(n, torch.Generator().manual_seed(seed)).float()
+    gmm = PRESETS[preset]()
+    # float64 noise, samples and their gather, the component index, and the float32 copy
+    check_memory("--gmm-samples", n, 8 * (3 * math.prod(gmm.shape) + 1) + 4 * math.prod(gmm.shape),
+                 "drawing the training set")
+    x = gmm.sample(n, torch.Generator().manual_seed(seed)).float()
     return ImageData(x, None, 0, {"name": f"gmm:{preset}", "seed": seed})
 
 

@@ -9,9 +9,18 @@ Latents are scaled the way diffusers pipelines scale them, so a pipeline's own d
 with scale = scaling_factor and shift = shift_factor (0 if unset), or, for a VAE that configures per-channel
 latents_mean / latents_std, shift = latents_mean and scale = scaling_factor / latents_std.
 
+A native EDM2 network (teachers/edm2.py) instead records its `encoder`: the init arguments of NVlabs/edm2's
+StabilityVAEEncoder (vae_name, raw_mean, raw_std, final_mean, final_std). Its latents are
+z = (raw - raw_mean) / raw_std * final_std + final_mean with raw the VAE's unscaled latent (scaling_factor unused),
+and its VAE sees pixels in [0, 1], not [-1, 1] (EDM2 divides uint8 pixels by 255; the statistics are of those).
+The codec then maps the project's [-1, 1] images to and from that range. EDM2 trains on a posterior sample;
+encode() here keeps the posterior mean (see encode). The record travels with the codec's description (stores,
+checkpoints) and beside a saved copy of the VAE (ENCODER_FILE).
+
 Which VAE belongs to a model (`vae_source`): an explicit --vae folder, else the one a model.ckpt's data or a
 store's plan recorded (checked against its recorded fingerprint), else a teacher folder's own `vae/` subfolder
-(diffusers' pipeline layout, and what `cmt pretrain --vae` writes), else none (a pixel-space model).
+(diffusers' pipeline layout, and what `cmt pretrain --vae` writes), else none (a pixel-space model). A native
+latent network's folder names its VAE but does not hold it: it needs --vae (never downloaded at run time).
 """
 
 from __future__ import annotations
@@ -25,20 +34,24 @@ from tqdm.auto import tqdm
 
 from .models.io import load_model
 from .stores.layout import read_plan
+from .teachers.dit import is_dit_checkpoint
 from .utils import CMTError, hash_weights
 
 VAE_DIR = "vae"
+ENCODER_FILE = "cmt_latent_encoder.json"  # beside a saved VAE: the EDM2 encoder record its latents follow
 BATCH = 16  # images per VAE call: its activations at full image resolution, not the batch, bound memory
 
 
 class LatentCodec(torch.nn.Module):
-    def __init__(self, vae, path: str | Path):
+    def __init__(self, vae, path: str | Path, encoder: dict | None = None):
         from .few_step_pipeline import latent_scale_shift
 
         super().__init__()
         self.vae, self.path = vae.eval().requires_grad_(False), str(Path(path).resolve())
+        self.encoder = encoder
         cfg = vae.config
-        scale, shift = latent_scale_shift(cfg)  # the exported pipeline's own scaling, so both decode alike
+        # diffusers scaling: the exported pipeline's own, so both decode alike
+        scale, shift = latent_scale_shift(cfg) if encoder is None else encoder_scale_shift(encoder, cfg.latent_channels)
         self.register_buffer("shift", shift)
         self.register_buffer("scale", scale)
         self.latent_channels, self.image_channels = cfg.latent_channels, cfg.out_channels
@@ -46,8 +59,9 @@ class LatentCodec(torch.nn.Module):
         self._fingerprint = None
 
     @classmethod
-    def load(cls, path: str | Path) -> LatentCodec:
-        """An AutoencoderKL folder (`vae.save_pretrained(DIR)`), or a pipeline folder holding one in vae/."""
+    def load(cls, path: str | Path, encoder: dict | None = None) -> LatentCodec:
+        """An AutoencoderKL folder (`vae.save_pretrained(DIR)`), or a pipeline folder holding one in vae/; `encoder`
+        (else the one saved beside it) an EDM2 encoder record that sets the latents' statistics."""
         from diffusers import AutoencoderKL
 
         p = Path(path)
@@ -63,7 +77,9 @@ class LatentCodec(torch.nn.Module):
             vae = AutoencoderKL.from_pretrained(p)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CMTError(f"could not load the AutoencoderKL in {path}: {str(e).splitlines()[0]}; {fix}") from e
-        return cls(vae, p)
+        if encoder is None and (p / ENCODER_FILE).is_file():
+            encoder = json.loads((p / ENCODER_FILE).read_text())
+        return cls(vae, p, encoder)
 
     @property
     def device(self) -> torch.device:
@@ -90,7 +106,7 @@ class LatentCodec(torch.nn.Module):
         out = []
         for b in tqdm(range(0, len(images), batch_size), desc="encode", unit="batch", disable=not progress):
             x = images[b:b + batch_size].to(self.device, torch.float32)
-            mean = self.vae.encode(x).latent_dist.mean
+            mean = self.vae.encode(self._to_vae_pixels(x)).latent_dist.mean
             out.append(((mean - self.shift) * self.scale).to(images.device))
         return torch.cat(out)
 
@@ -100,8 +116,16 @@ class LatentCodec(torch.nn.Module):
         out = []
         for b in range(0, len(latents), batch_size):
             z = latents[b:b + batch_size].to(self.device, torch.float32)
-            out.append(self.vae.decode(z / self.scale + self.shift).sample.clamp(-1, 1).to(latents.device))
+            images = self._from_vae_pixels(self.vae.decode(z / self.scale + self.shift).sample)
+            out.append(images.clamp(-1, 1).to(latents.device))
         return torch.cat(out)
+
+    def _to_vae_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """[-1, 1] images -> what the VAE was given when the latent statistics were measured ([0, 1] for EDM2)."""
+        return images if self.encoder is None else (images + 1) / 2
+
+    def _from_vae_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        return images if self.encoder is None else images * 2 - 1
 
     def fingerprint(self) -> str:
         """sha256 of every weight of the autoencoder: names the exact VAE that data or a model was made with."""
@@ -117,7 +141,7 @@ class LatentCodec(torch.nn.Module):
         d = {"path": self.path, "class": type(self.vae).__name__, "scaling_factor": cfg.scaling_factor,
              "shift_factor": cfg.shift_factor, "latents_mean": getattr(cfg, "latents_mean", None),
              "latents_std": getattr(cfg, "latents_std", None), "latent_channels": self.latent_channels,
-             "downsample": self.factor, "fingerprint": self.fingerprint()}
+             "downsample": self.factor, "fingerprint": self.fingerprint(), "encoder": self.encoder}
         if latent_shape is not None:
             d.update(latent_shape=list(latent_shape), image_shape=list(self.image_shape(latent_shape)))
         return d
@@ -130,8 +154,25 @@ class LatentCodec(torch.nn.Module):
                            "was trained with, or none for a pixel-space model")
 
     def save(self, folder: str | Path) -> None:
-        """Write the autoencoder as `folder` (diffusers save_pretrained): makes a model folder self-contained."""
+        """Write the autoencoder as `folder` (diffusers save_pretrained), with its encoder record when it has one:
+        makes a model folder self-contained."""
         self.vae.save_pretrained(folder)
+        if self.encoder is not None:
+            (Path(folder) / ENCODER_FILE).write_text(json.dumps(self.encoder, indent=2) + "\n")
+
+
+def encoder_scale_shift(encoder: dict, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, C, 1, 1), of EDM2's StabilityVAEEncoder record in this codec's form
+    z = (raw - shift) * scale: scale = final_std / raw_std, shift = raw_mean - final_mean / scale (float32 as there)."""
+    try:
+        raw_mean, raw_std, final_mean, final_std = (torch.as_tensor(encoder[k], dtype=torch.float32).expand(channels)
+                                                    for k in ("raw_mean", "raw_std", "final_mean", "final_std"))
+    except (KeyError, RuntimeError) as e:
+        raise CMTError(f"the latent encoder record {encoder} is not EDM2's StabilityVAEEncoder arguments for "
+                       f"{channels} latent channels ({e}); rebuild the network folder from its snapshot") from e
+    scale = final_std / raw_std
+    shift = raw_mean - final_mean / scale
+    return scale.reshape(1, channels, 1, 1), shift.reshape(1, channels, 1, 1)
 
 
 def _class_name(folder: Path) -> str | None:
@@ -142,31 +183,52 @@ def _class_name(folder: Path) -> str | None:
         return None
 
 
-def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None]:
-    """(VAE folder, fingerprint it must have or None) for a model or store `spec`; (None, None) = pixel space."""
-    if explicit:
-        return explicit, None
+def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None, dict | None]:
+    """(VAE folder, fingerprint it must have or None, EDM2 encoder record or None) for a model or store `spec`;
+    (None, None, None) = pixel space. An explicit folder replaces the recorded one but keeps its encoder record."""
     path = Path(spec) if spec else None
-    recorded = None
-    if path is not None and path.is_file():
+    recorded, folder = None, None
+    if path is not None and path.is_file() and not is_dit_checkpoint(path):  # a .pt teacher records no VAE
         recorded = load_model(path).get("data", {}).get("vae")
     elif path is not None and ("://" in spec or (path / "plan.json").is_file()):  # a store, local or remote
         recorded = read_plan(spec).get("vae")
     elif path is not None and (path / VAE_DIR / "config.json").is_file():
-        return str(path / VAE_DIR), None
-    return (recorded["path"], recorded["fingerprint"]) if recorded else (None, None)
+        folder = str(path / VAE_DIR)
+    encoder = recorded.get("encoder") if recorded else native_encoder(path) if path is not None else None
+    if explicit:
+        return explicit, None, encoder
+    if folder is not None:
+        return folder, None, encoder
+    if recorded:
+        return recorded["path"], recorded["fingerprint"], encoder
+    if encoder is not None:
+        name = encoder.get("vae_name", "the VAE it was trained with")
+        raise CMTError(f"{spec} works on the latents of the VAE {name}, which it does not hold; pass --vae DIR with "
+                       f"that diffusers AutoencoderKL (AutoencoderKL.from_pretrained('{name}').save_pretrained(DIR) "
+                       "where the hub is reachable)")
+    return None, None, None
+
+
+def native_encoder(path: Path) -> dict | None:
+    """The encoder record of a native network folder (teachers/native.py), None for anything else."""
+    from .teachers.native import NATIVE_FILE
+
+    try:
+        return json.loads((path / NATIVE_FILE).read_text()).get("latents")
+    except (OSError, ValueError):
+        return None
 
 
 def load_vae(explicit: str, spec: str, device="cpu", shape=None, who: str = "teacher") -> LatentCodec | None:
     """The VAE of `spec` (see vae_source) on `device`, checked against its record and against `shape`'s channels."""
-    path, fingerprint = vae_source(explicit, spec)
+    path, fingerprint, encoder = vae_source(explicit, spec)
     if path is None:
         return None
     if not Path(path).exists():
         raise CMTError(f"--vae {path} does not exist; pass a diffusers AutoencoderKL folder" if explicit else
                        f"{spec} was made with the VAE in {path}, which no longer exists; "
                        "pass --vae DIR (that autoencoder)")
-    codec = LatentCodec.load(path)
+    codec = LatentCodec.load(path, encoder)
     if fingerprint and codec.fingerprint() != fingerprint:
         raise CMTError(f"the VAE in {path} is not the one {spec} was made with (fingerprint "
                        f"{codec.fingerprint()[:12]}, recorded {fingerprint[:12]}); pass --vae DIR with the original")

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import json
 import time
-import tomllib
 from dataclasses import replace
 from pathlib import Path
 
-from .config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config, to_dict
+from .config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config, read_toml, to_dict
 from .evaluation.run import evaluate
 from .generation import generate
 from .models.io import load_model
@@ -36,10 +35,7 @@ SECTIONS = {"pipeline", "generate", "mid_train", "post_train", "evaluate"}
 
 def load_pipeline(path, out: str | None = None) -> dict:
     """The stage configs of a pipeline file, with the run folder wiring applied."""
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except (OSError, ValueError) as e:  # TOMLDecodeError, and UnicodeDecodeError for a binary file
-        raise CMTError(f"cannot read pipeline config {path}: {e}") from e
+    data = read_toml(path)
     unknown = sorted(set(data) - SECTIONS)
     if unknown:
         raise CMTError(f"{path}: unknown table(s) {unknown}; a pipeline file has {sorted(SECTIONS)}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .utils import CMTError
+from .errors import CMTError
 
 RENOISE, REFERENCE = 1, 2  # side streams: re-noising noise; a reference set (e.g. exact mixture samples)
 
@@ -108,3 +108,17 @@ def stream_seed(seed: int, index: int, stream: int) -> int:
 def draw_renoise(seed: int, indices, shape, steps: int) -> np.ndarray:
     """(n, steps, C, H, W) unit noise for re-noising, from a per-sample stream distinct from the prior's."""
     return _draw(seed_words(seed, indices, RENOISE), (steps, *tuple(shape)))[0]
+
+
+def check_class_labels(class_labels: str, num_classes: int, who: str = "generator") -> None:
+    """The --class-labels values draw_priors understands for a `who` with `num_classes` classes (0 = unconditional):
+    random or none for an unconditional one, random or a class index for a conditional one; CMTError otherwise."""
+    if not num_classes:
+        if class_labels not in ("random", "none"):
+            raise CMTError(f"--class-labels {class_labels} given, but the {who} is unconditional; drop the option")
+        return
+    if class_labels == "none":
+        raise CMTError(f"the {who} is class-conditional ({num_classes} classes); use --class-labels random or a "
+                       "class index")
+    if class_labels != "random" and not (class_labels.isdigit() and int(class_labels) < num_classes):
+        raise CMTError(f"--class-labels must be random or a class in 0..{num_classes - 1}, got {class_labels!r}")

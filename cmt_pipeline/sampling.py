@@ -12,17 +12,19 @@ noises per sample; they are drawn per sample index like the prior, so samples ne
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .constants import SIGMA_MAX, SIGMA_MID, SIGMA_MIN
-from .priors import draw_priors, draw_renoise
+from .priors import check_class_labels, draw_priors, draw_renoise
 from .solvers import NFE_PER_STEP, get_solver, make_grid
 from .models import as_denoiser
 from .models.io import open_network
 from .teachers import Denoiser
-from .utils import full_fp32
+from .utils import check_memory, full_fp32
 
 
 class TeacherSampler:
@@ -108,6 +110,9 @@ def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256
 def sample(sampler, num_samples: int, seed: int = 0, batch_size: int = 256, device="cpu",
            class_labels: str = "random", progress: bool = False):
     """Samples 0..n-1 of a seeded run: (samples, prior, labels, renoise); sample i depends only on (seed, i)."""
+    check_class_labels(class_labels, sampler.num_classes)
+    check_memory("--num-samples", num_samples, (2 + sampler.renoise_steps) * 4 * math.prod(sampler.shape),
+                 "its samples and noise")
     indices = np.arange(num_samples)
     prior, labels = draw_priors(seed, indices, sampler.shape, sampler.num_classes, class_labels)
     renoise = draw_renoise(seed, indices, sampler.shape, sampler.renoise_steps) if sampler.renoise_steps else None

@@ -125,10 +125,16 @@ def resolve_device(device: str | None) -> torch.device:
     """'auto' picks CUDA when present; CMTError for CUDA asked for where there is none. Precision: full_fp32."""
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CMTError(f"--device {device} is not a device; use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise CMTError(f"--device {device} asked for CUDA but none is available; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CMTError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                           "use cuda:0 up to the last one")
     return dev
 
 

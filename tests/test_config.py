@@ -96,3 +96,20 @@ def test_config_choices_are_the_librarys_own():
     assert choices["GenerateConfig", "dtype"] == tuple(DTYPES)
     assert choices["PostTrainConfig", "optimizer"] == tuple(OPTIMIZERS)
     assert choices["PostTrainConfig", "objective"] == tuple(DEFAULT_NOISE)
+
+
+def test_config_files_that_are_not_small_known_toml_are_refused_in_one_line(tmp_path):
+    """A misspelled table ran on defaults; /dev/zero exhausted memory; a deeply nested list raised RecursionError."""
+    path = tmp_path / "c.toml"
+    path.write_text('[generat]\nnum_samples = 8\n')
+    with pytest.raises(CMTError, match=r"unknown table\(s\) \['generat'\]"):
+        load_config(GenerateConfig, path, "generate")
+    r = CliRunner().invoke(cli, ["generate-trajectories", "--config", str(path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "unknown table(s) ['generat']" in r.output and not (tmp_path / "o").exists()
+    path.write_text("x = " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(CMTError, match="nested too deeply"):
+        load_config(GenerateConfig, path, "generate")
+    with pytest.raises(CMTError, match="is not a TOML file of at most 1 MiB"):
+        load_config(GenerateConfig, "/dev/zero", "generate")
+    with pytest.raises(CMTError, match="is not a TOML file"):
+        load_config(GenerateConfig, tmp_path, "generate")

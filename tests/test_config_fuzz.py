@@ -63,6 +63,13 @@ PROBES = [  # (command, options, TOML [table] lines, what the error names)
     ("generate-trajectories", [], "sigma_max = inf", "--sigma-max must be a finite number"),
     ("evaluate", ["--num-samples", "2000000000"], "", "GiB for its samples"),
     ("evaluate", ["--num-samples", "1"], "", "--num-samples must be in [2, "),
+    # sizes that allocated before they were checked (each a traceback under a memory limit)
+    ("generate-trajectories", ["--steps", "1000000000"], "", "--steps must be positive and <= 4096"),
+    ("evaluate", ["--reference-steps", "1000000000"], "", "--reference-steps must be positive and <= 65536"),
+    ("evaluate", ["--steps", "4097"], "", "--steps must be positive and <= 4096"),
+    ("post-train", ["--gmm-samples", "2147483647", "--init", "random"], "", "--gmm-samples 2147483647 needs about"),
+    ("post-train", ["--eval-samples", "2147483647", "--init", "random"], "", "--eval-samples 2147483647 needs about"),
+    ("post-train", ["--channels", "13,7", "--init", "random"], "", "each width must be in 2..2048"),
 ]
 
 

@@ -102,3 +102,30 @@ def test_readme_paired_error_comes_with_a_store():
 def test_readme_run_time_names_the_machine_and_the_slowdown_when_busy():
     head = README.read_text().split("pip install -e . && cmt pipeline")[0]
     assert "idle x86_64" in head and "docs/performance.md" in head and "busy" in head
+
+
+ROOT = DOC.parent.parent
+PATH_RE = r"(?<![\w/.-])((?:configs|benchmarks|docs|tests|cmt_pipeline|cli)/[\w./*-]*\w/?)"
+
+
+def named_in_docs():
+    """(file, path) for every repository path named in the README, docs/ and configs/."""
+    import re
+
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "configs").glob("*.toml"))]:
+        text = re.sub(r"-\n\s+", "-", doc.read_text())  # a path --help wrapped at its hyphen (docs/cli.md)
+        for path in re.findall(PATH_RE, text):
+            yield doc.relative_to(ROOT), path
+
+
+def test_every_path_and_command_the_docs_name_exists():
+    """A doc naming configs/cifar10-generate.toml (never shipped) sends the reader nowhere."""
+    import re
+
+    missing = sorted({f"{doc}: {path}" for doc, path in named_in_docs() if not list(ROOT.glob(path.rstrip("/")))})
+    assert not missing, "paths named in the docs that do not exist:\n" + "\n".join(missing)
+    texts = [p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]]
+    # a command as typed: at a line's start (code blocks) or after a backtick, `$(which cmt)` or `&& `
+    commands = {c for t in texts for c in re.findall(r"(?:^\s*|`|\) |&& )cmt ([a-z][a-z-]+)", t, re.M)}
+    unknown = sorted(c for c in commands if c not in COMMANDS)
+    assert not unknown, f"commands named in the docs that cmt does not have: {unknown}"

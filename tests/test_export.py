@@ -192,3 +192,26 @@ def test_sample_writes_a_grid_and_an_npz(ckpts, tmp_path):
         assert np.array_equal(sample(sampler, 9, seed=1)[0].numpy(), data["samples"])  # --seed default 1
     r = cmt("sample", "--ckpt", ckpts["cm"])
     assert r.exit_code == 2 and "nothing to write" in r.output
+
+
+@pytest.mark.parametrize("command", ["export", "sample"])
+@pytest.mark.parametrize("sigmas", [["--sigma-max", "nan"], ["--sigma-mid", "-3"], ["--sigma-max", "inf"],
+                                    ["--sigma-mid", "nan"]])
+def test_sampling_noise_levels_are_checked_before_anything_is_written(tmp_path, command, sigmas):
+    """export wrote NaN into model_index.json (the pipeline then drew black images); sample took inf."""
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    out = tmp_path / ("o" if command == "export" else "o.png")
+    r = CliRunner().invoke(cli, [command, "--ckpt", str(ckpt), "--out", str(out), *sigmas])
+    assert r.exit_code == 2 and "need finite 0 < --sigma-mid < --sigma-max" in r.output, r.output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("options, phrase", [(["--class-labels", "3"], "but the generator is unconditional"),
+                                             (["--num-samples", "2147483647"], "--num-samples 2147483647 needs about")])
+def test_sample_checks_labels_and_size_before_sampling(tmp_path, options, phrase):
+    """An unconditional student took --class-labels 3 (generate refused it); 2**31 samples allocated first."""
+    r = CliRunner().invoke(cli, ["sample", "--ckpt", "gmm:gmm8x8", "--out", str(tmp_path / "s.png"), "--device", "cpu",
+                                 *options])
+    assert r.exit_code == 2 and phrase in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "s.png").exists()

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import shutil
 
 import pytest
 import torch
@@ -287,3 +288,46 @@ def test_two_process_mid_training_on_a_webdataset_store(tmp_path):
     assert {p.name for p in (out / "checkpoints" / "step-0000003").iterdir()} == {"model.safetensors", "ema.safetensors", "optimizer.pt", "state.json"}
     assert [json.loads(l)["step"] for l in (out / "eval.jsonl").read_text().splitlines()] == [0, 3]
     assert load_model(out / "model.ckpt", kind="mid-cm")["step"] == 3
+
+
+def test_resuming_a_finished_run_says_nothing_is_left(gmm_store, tmp_path):
+    """A kill after the last checkpoint leaves a finished run; --resume latest then trains no step, and the summary
+    line had formatted the missing loss (TypeError)."""
+    out = tmp_path / "done"
+    args = ["mid-train", "--data", str(gmm_store), "--out", str(out), "--init", "random", "--holdout", "64",
+            "--steps", "2", "--batch-size", "2", "--points-per-traj", "4", "--channels", "16,32",
+            "--layers-per-block", "1", "--device", "cpu", "--no-tensorboard", "--checkpoint-every", "2",
+            "--sample-every", "0", "--eval-every", "0", "--quiet"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    r = CliRunner().invoke(cli, [*args, "--resume", "latest"])
+    assert r.exit_code == 0 and "2 steps" in r.output and "no steps left to train" in r.output, r.output
+
+
+def test_resume_refuses_other_data_at_the_same_path(tmp_path):
+    """A store replaced by one of another seed at the same path was silently mixed into the resumed run."""
+    store = tmp_path / "store"
+
+    def make(seed):
+        shutil.rmtree(store, ignore_errors=True)
+        generate(GenerateConfig(teacher="gmm:gmm8x8", num_samples=32, shard_size=16, batch_size=16, steps=4,
+                                device="cpu", seed=seed, out=str(store)), progress=False)
+
+    cfg = MidTrainConfig(data=str(store), out=str(tmp_path / "run"), init="random", holdout=8, steps=4, lr=1e-3,
+                         batch_size=2, points_per_traj=4, eval_every=0, **TINY, **{**FAST, "checkpoint_every": 2})
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(state):
+        if state.step == 3:
+            raise Stop
+
+    make(0)
+    with pytest.raises(Stop):
+        mid_train(cfg, progress=False, callbacks=[stop_at_3])
+    make(1)
+    with pytest.raises(CMTError, match="cannot resume .*: it trained on data with fingerprint [0-9a-f]{16}, and the "
+                                       "data given now has fingerprint [0-9a-f]{16}"):
+        mid_train(cfg, resume="latest", progress=False)
+    make(0)  # the original data resumes
+    assert mid_train(cfg, resume="latest", progress=False)["step"] == 4

@@ -2,6 +2,7 @@
 started and stopped here): the bucket holds the bytes a local run writes, nothing partial is trusted, `cmt verify`
 catches damaged objects, bad URLs give one line, and no credential is ever written or shown."""
 
+import json
 import os
 import random
 import signal
@@ -209,3 +210,16 @@ def test_mid_training_from_the_bucket(stores, tmp_path):
             if f.is_file():
                 data = f.read_bytes()
                 assert SECRET.encode() not in data and KEY_ID.encode() not in data, f
+
+
+def test_evaluate_pairs_with_a_store_in_the_bucket(stores, tmp_path):
+    """--store s3://... was refused as a missing directory before the library saw it."""
+    scores = {}
+    for store in ("s3://cmt/small/zarr", stores / "zarr"):
+        out = tmp_path / str(len(scores))
+        r = cmd("evaluate", "--teacher", "gmm:gmm8x8", "--steps", 4, "--num-samples", 48, "--store", store,
+                "--store-samples", 16, "--device", "cpu", "--out", out)
+        assert r.exit_code == 0, r.output
+        metrics = json.loads((out / "evaluation.json").read_text())["metrics"]
+        scores[str(store)] = (metrics["paired_samples"], metrics["paired_mse"])
+    assert len(set(scores.values())) == 1 and next(iter(scores.values()))[0] == 16, scores

@@ -294,3 +294,22 @@ def test_post_training_numbers_are_cmt_evaluates_numbers(tmp_path):
         ours = json.loads((tmp_path / f"eval{steps}" / "evaluation.json").read_text())["metrics"]
         for key in keys:
             assert metrics[f"{steps}step_{key}"] == pytest.approx(ours[key], rel=1e-5), (steps, key)
+
+
+def test_resume_refuses_other_npy_data_at_the_same_path(tmp_path):
+    """post-train --data X.npy, stopped, X.npy replaced, --resume latest: the run mixed both sets silently."""
+    cm = save_student(tmp_path / "cm.ckpt", consistency_student(tiny_net()), "mid-cm")
+    data = tmp_path / "x.npy"
+    cfg = PostTrainConfig(init=cm, data=str(data), out=str(tmp_path / "run"), steps=3, batch_size=4, eval_every=0,
+                          eval_samples=8, **{**FAST, "checkpoint_every": 1})
+
+    def stop_at_2(state):
+        if state.step == 2:
+            raise KeyboardInterrupt
+
+    np.save(data, np.random.default_rng(0).integers(0, 255, (16, 8, 8), np.uint8))
+    with pytest.raises(KeyboardInterrupt):
+        post_train(cfg, progress=False, callbacks=[stop_at_2])
+    np.save(data, np.random.default_rng(1).integers(0, 255, (16, 8, 8), np.uint8))
+    with pytest.raises(CMTError, match="it trained on data with fingerprint .* now has fingerprint"):
+        post_train(cfg, resume="latest", progress=False)

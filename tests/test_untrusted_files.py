@@ -135,3 +135,33 @@ def test_a_folder_naming_a_pipeline_as_its_model_is_refused(vp_teacher_dir, tmp_
     r = cmt("inspect", folder)
     refused_or_ignored(r, marker)
     assert r.exit_code == 2 and "no model class 'DiffusionPipeline'" in r.output, r.output
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["sample", "--ckpt"], ["evaluate", "--student"],
+                                     ["export", "--ckpt"]])
+def test_a_zero_byte_checkpoint_is_refused_in_one_line(tmp_path, command):
+    """torch raises EOFError with an empty message there; quoting its first line raised IndexError."""
+    ckpt = tmp_path / "model.ckpt"
+    ckpt.write_bytes(b"")
+    r = CliRunner().invoke(cli, [*command, str(ckpt), "--out", str(tmp_path / "o")] if command[0] != "inspect"
+                           else [*command, str(ckpt)])
+    assert r.exit_code != 0 and "cannot read checkpoint" in r.output and "EOFError" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("command", [["generate-trajectories", "--teacher", "gmm:gmm2d", "--num-samples", "4"],
+                                     ["sample", "--ckpt", "gmm:gmm2d"], ["evaluate", "--student", "gmm:gmm2d"]])
+def test_an_unknown_device_is_refused_in_one_line(tmp_path, command):
+    r = CliRunner().invoke(cli, [*command, "--device", "banana", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and r.output.strip().splitlines() == [
+        "Error: --device banana is not a device; use auto, cpu, cuda or cuda:N"], r.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("channels", ["13,7", "100000,200000", "1,2"])
+def test_unet_widths_are_checked_before_the_network_is_built(tmp_path, channels):
+    """13,7 raised GroupNorm's ValueError; 100000,200000 tried to allocate 160 GB."""
+    r = CliRunner().invoke(cli, ["post-train", "--data", "gmm:gmm2d", "--init", "random", "--channels", channels,
+                                 "--steps", "1", "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert r.exit_code == 2 and f"--channels {channels}: each width must be in 2..2048" in r.output, r.output
+    assert not (tmp_path / "o").exists()

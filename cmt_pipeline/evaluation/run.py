@@ -21,6 +21,7 @@ from .. import __version__
 from ..config import EvaluateConfig, to_dict
 from ..latents import load_vae
 from ..plotting import save_image_grid, save_scatter
+from ..priors import check_class_labels
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
 from ..stores import open_store
 from ..teachers import GMMDenoiser, load_teacher
@@ -76,16 +77,7 @@ def fid(cfg: EvaluateConfig, model, samples: torch.Tensor) -> float:
 def check(cfg: EvaluateConfig, sampler, image_shape) -> None:
     """Every input problem surfaces here, before any sampling is spent."""
     check_memory("--num-samples", cfg.num_samples, 3 * 4 * math.prod(image_shape), "its samples, priors and images")
-    checks = [
-        (sampler.num_classes or cfg.class_labels in ("random", "none"),
-         f"--class-labels {cfg.class_labels} given, but the generator is unconditional"),
-        (not sampler.num_classes or cfg.class_labels == "random"
-         or (cfg.class_labels.isdigit() and int(cfg.class_labels) < sampler.num_classes),
-         f"--class-labels must be random or a class in 0..{sampler.num_classes - 1}, got {cfg.class_labels!r}"),
-    ]
-    for ok, msg in checks:
-        if not ok:
-            raise CMTError(msg)
+    check_class_labels(cfg.class_labels, sampler.num_classes)
     if cfg.store:
         check_store(open_store(cfg.store).plan, sampler, cfg.store)
     ref = cfg.fid_reference

@@ -28,8 +28,10 @@ import torch
 
 from ..paths import not_a_model
 from ..teachers import BUILTIN_SPECS, DiffusersDenoiser, EDMDenoiser, Precond, load_teacher
+from ..teachers.dit import is_dit_checkpoint
 from ..teachers.native import NativeDenoiser
-from ..utils import CMTError, atomic_folder, atomic_write_bytes
+from ..errors import CMTError, first_line
+from ..utils import atomic_folder, atomic_write_bytes
 from .consistency import BoundaryDenoiser
 from .meanflow import MeanFlowStudent
 
@@ -57,8 +59,8 @@ def open_network(spec, device="cpu", ema: bool = True) -> Network:
 
 def is_checkpoint(spec) -> bool:
     """Whether a spec names a model.ckpt (so a missing one is reported as a missing checkpoint) rather than a
-    folder or a teacher spec."""
-    return Path(spec).is_file() or str(spec).endswith(".ckpt")
+    folder or a teacher spec (a DiT / SiT .pt is a teacher)."""
+    return (Path(spec).is_file() and not is_dit_checkpoint(spec)) or str(spec).endswith(".ckpt")
 
 
 def network_spec(model: torch.nn.Module) -> dict | None:
@@ -137,8 +139,8 @@ def load_model(path, kind: str | tuple[str, ...] | None = None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a truncated or foreign file
-        raise CMTError(f"cannot read checkpoint {path} (corrupt or not a torch file: "
-                       f"{str(e).splitlines()[0][:120]}); re-export it from its training run") from e
+        raise CMTError(f"cannot read checkpoint {path} (corrupt or not a torch file: {first_line(e, 120)}); "
+                       "re-export it from its training run") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CMTError(f"{path} is not a cmt model checkpoint (format {FORMAT}); "
                        "pass the model.ckpt written by cmt pretrain / mid-train / post-train")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CMTError
+from ..errors import CMTError, first_line
 
 # torchvision's VGG16 ("D") features: a number is a 3x3 conv (padding 1) + ReLU, "M" a 2x2 max-pool
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -61,8 +61,7 @@ def _read(path: str, option: str) -> dict:
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch's own errors all mean the same here
-        raise CMTError(f"{option} {path} is not a readable torch state dict ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0] if str(e) else ''})") from e
+        raise CMTError(f"{option} {path} is not a readable torch state dict ({first_line(e)})") from e
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):

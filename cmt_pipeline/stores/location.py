@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .. import errors
 from ..utils import CMTError, disk_usage, replace_file
 
 TMP = ".tmp"
@@ -40,8 +41,8 @@ def redact(text: str) -> str:
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return redact(f"{type(e).__name__}: {text[0]}" if text else type(e).__name__)
+    """errors.first_line, with credentials blanked out (an object store's errors can quote them)."""
+    return redact(errors.first_line(e, limit=10_000))
 
 
 class Location:

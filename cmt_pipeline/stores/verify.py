@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..utils import CMTError
+from ..errors import CMTError, first_line
 from .checks import name_samples, nonfinite_samples
 from .layout import (MANIFEST, PLAN, build_manifest, differing_keys, finalize, leftovers, marker_path, marker_problems,
                      num_shards, plan_fingerprint, plan_of, read_json, read_marker, read_plan, shard_range)
@@ -150,7 +150,7 @@ def verify(root, full: bool = True, progress: bool = False) -> Report:
                 reader = reader_cls(root, plan)
             why = check_shard(root, plan, writer, reader, k, marker, full)
         except Exception as e:  # anything a damaged file makes the decoder raise is a finding, not a crash
-            why = f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no message'})"
+            why = f"unreadable ({first_line(e)})"
         if why:
             report.corrupt[k] = why
         markers[k] = marker

@@ -1,10 +1,10 @@
 """Teachers: everything behind the denoiser seam D(x, sigma, class_labels) -> x0_hat (EDM form).
 
 `load_teacher(spec)` accepts a directory (the project's EDM format, a diffusers backbone + scheduler: VP or
-flow-matching, UNet or DiT, or a student folder written by `cmt export`), `gmm:<preset>` for the closed-form
-mixtures, or `builtin`/`digits` for the shipped digits teacher; optionally wrapped in classifier-free guidance.
-It is the one place folders are told apart; models/io.py's `open_network` adds model.ckpt files on top, and
-everything that opens a network goes through that.
+flow-matching, UNet or DiT, a converted published network, or a student folder written by `cmt export`), a DiT /
+SiT `.pt` checkpoint (dit.py), `gmm:<preset>` for the closed-form mixtures, or `builtin`/`digits` for the shipped
+digits teacher; optionally wrapped in classifier-free guidance. It is the one place folders are told apart;
+models/io.py's `open_network` adds model.ckpt files on top, and everything that opens a network goes through that.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from ..paths import not_a_model
 from ..utils import CMTError
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
+from .dit import is_dit_checkpoint, load_dit_checkpoint
 from .edm import PRECOND_FILE, EDMDenoiser, Precond, build_unet
+from .edm2 import EDM2Precond  # registers EDM2's "Precond" for build_native
 from .exported import is_export, load_export
 from .native import NATIVE_FILE, NativeDenoiser
 from .gmm import PRESETS as GMM_PRESETS
@@ -26,7 +28,7 @@ BUILTIN_DIGITS = Path(__file__).resolve().parent.parent / "assets" / "digits-tea
 BUILTIN_SPECS = ("builtin", "digits", "builtin:digits")
 
 __all__ = ["Denoiser", "EDMDenoiser", "Precond", "build_unet", "GMMDenoiser", "DiffusersDenoiser",
-           "GuidedDenoiser", "NativeDenoiser", "load_teacher", "BUILTIN_DIGITS"]
+           "GuidedDenoiser", "NativeDenoiser", "EDM2Precond", "load_teacher", "BUILTIN_DIGITS"]
 
 
 def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_label: int | None = None) -> Denoiser:
@@ -48,7 +50,9 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
         path = Path(spec)
         if not path.exists():
             raise CMTError(f"teacher path {spec} does not exist; pass a model folder, gmm:<preset> or builtin")
-        if (path / PRECOND_FILE).exists():
+        if is_dit_checkpoint(path):  # a facebookresearch/DiT or willisma/SiT .pt (teachers/dit.py)
+            teacher = load_dit_checkpoint(path)
+        elif (path / PRECOND_FILE).exists():
             teacher = _load_or_explain(EDMDenoiser.load, path)
         elif (path / NATIVE_FILE).exists():  # a published network converted by `cmt convert-teacher`
             teacher = _load_or_explain(NativeDenoiser.load, path)

@@ -77,12 +77,14 @@ def class_info(model, label_arg: str | None) -> tuple[int, int | None]:
 
 
 class VPParametrisation(torch.nn.Module):
-    def __init__(self, scheduler):
+    """`alphas_cumprod` as given (a float64 table keeps the small-sigma end exact; teachers/dit.py passes DiT's)."""
+
+    def __init__(self, prediction_type: str, alphas_cumprod: torch.Tensor):
         super().__init__()
-        self.prediction_type = scheduler.config.prediction_type
+        self.prediction_type = prediction_type
         if self.prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}; expected one of {PREDICTION_TYPES}")
-        ac = scheduler.alphas_cumprod.double()
+        ac = alphas_cumprod.double()
         self.register_buffer("log_sigmas", ((1 - ac) / ac).sqrt().log())  # increasing in t
 
     def model_input(self, x, sig):
@@ -131,7 +133,7 @@ def parametrisation_for(scheduler) -> torch.nn.Module:
     if type(scheduler).__name__.startswith("FlowMatch"):
         return FlowMatchParametrisation(scheduler)
     if hasattr(scheduler, "alphas_cumprod"):
-        return VPParametrisation(scheduler)
+        return VPParametrisation(scheduler.config.prediction_type, scheduler.alphas_cumprod)
     raise ValueError(f"unsupported scheduler {type(scheduler).__name__}: expected a VP scheduler with "
                      "alphas_cumprod (DDPMScheduler, DDIMScheduler, ...) or FlowMatchEulerDiscreteScheduler")
 

@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from ..constants import SIGMA_DATA
+from ..errors import CMTError
 from .base import Denoiser, sigma_column
 
 PRECOND_FILE = "cmt_precond.json"
+MAX_WIDTH = 2048  # wider than any published UNet level; a larger --channels value is a typo that would exhaust memory
 
 
 @dataclass
@@ -39,6 +41,11 @@ def build_unet(shape, channels=(48, 96), layers_per_block=2, num_classes=0, drop
     """A small diffusers UNet2DModel for the embedded defaults (about 2 M parameters at channels 48/96)."""
     from diffusers import UNet2DModel
 
+    groups = min(32, channels[0] // 2)
+    bad = [ch for ch in channels if not 2 <= ch <= MAX_WIDTH or ch % max(groups, 1)]
+    if groups < 1 or bad:
+        raise CMTError(f"--channels {','.join(map(str, channels))}: each width must be in 2..{MAX_WIDTH} and divisible "
+                       f"by the GroupNorm group count min(32, first width // 2) = {groups}; e.g. 48,96 or 64,128")
     c, h, w = shape
     n = len(channels)
     down = ["AttnDownBlock2D" if attention and i == n - 1 else "DownBlock2D" for i in range(n)]

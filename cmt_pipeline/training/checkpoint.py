@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from ..utils import CMTError, atomic_write_bytes, replace_folder
+from ..errors import CMTError, first_line
+from ..utils import atomic_write_bytes, replace_folder
 
 LATEST = "latest"
 FORMAT = "cmt-train-state/1"
@@ -64,8 +65,7 @@ def load_training_state(folder: Path, model, ema, optimizer, scaler) -> int:
             scaler.load_state_dict(state["scaler"])
         return int(state["step"])
     except Exception as e:  # safetensors, torch and json raise many types for a damaged or foreign file
-        raise CMTError(f"cannot resume from {folder}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}"
-                       "; the checkpoint is damaged, was written for another model or by another version; resume "
+        raise CMTError(f"cannot resume from {folder}: {first_line(e)}; the checkpoint is damaged, was written for another model or by another version; resume "
                        "from another checkpoint or start a new --out") from e
 
 

@@ -121,8 +121,9 @@ def prepare_run_dir(accelerator, cfg: TrainConfig, kind: str, resume: str | None
                        "or choose a new --out")
     if resume is not None and (run / "config.json").exists():
         try:
-            old = json.loads((run / "config.json").read_text())["config"]
-        except (ValueError, TypeError, KeyError) as e:
+            was = json.loads((run / "config.json").read_text())
+            old, old_data = was["config"], was.get("data") or {}
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise CMTError(f"{run / 'config.json'} is damaged ({type(e).__name__}), so the run's settings are unknown; "
                            "start a new --out") from e
         # an option added since the run began is absent from its config.json: it ran with that option's default
@@ -133,6 +134,11 @@ def prepare_run_dir(accelerator, cfg: TrainConfig, kind: str, resume: str | None
         if diff:
             raise CMTError(f"cannot resume {run} with different settings {diff} (was "
                            f"{ {k: old.get(k) for k in diff} }); use the original values or a new --out")
+        # the same path can hold other data (a store regenerated with another seed): the bytes decide
+        then, now = old_data.get("fingerprint"), data_info.get("fingerprint")
+        if then and now and then != now:
+            raise CMTError(f"cannot resume {run}: it trained on data with fingerprint {then[:16]}, and the data given "
+                           f"now has fingerprint {now[:16]}; pass the original data or start a new --out")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         run.mkdir(parents=True, exist_ok=True)

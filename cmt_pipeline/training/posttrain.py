@@ -18,6 +18,7 @@ once to latents; its samples are decoded before they are measured or drawn.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from ..plotting import save_image_grid
 from ..priors import draw_priors
 from ..sampling import StudentSampler, sample, student_grid, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, Precond, build_unet, load_teacher
-from ..utils import CMTError, atomic_write_json, seeded
+from ..utils import CMTError, atomic_write_json, check_memory, seeded
 from .data import TensorSource
 from .lock import holds_run_folder
 from .loop import EvalLog, SampleGrid, train
@@ -147,7 +148,9 @@ class FewStepEval:
 
     KEYS = ("digits_fd", "digits_kid", "fid", "flow_map_mse", "sliced_w2")
 
-    def __init__(self, cfg: PostTrainConfig, device, vae=None):
+    def __init__(self, cfg: PostTrainConfig, shape, device, vae=None):
+        # sampling, priors, re-noise and decoded images of every evaluation: refused here, before the run folder
+        check_memory("--eval-samples", cfg.eval_samples, 4 * 4 * math.prod(shape), "each evaluation's samples")
         self.cfg = EvaluateConfig(num_samples=cfg.eval_samples, seed=EVAL_SEED, sigma_max=cfg.sigma_max,
                                   sigma_mid=cfg.sigma_mid)
         self.device, self.vae = device, vae
@@ -201,7 +204,7 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     info = {**data.description, "fingerprint": source.fingerprint(), "init": cfg.init, "init_origin": origin}
 
     run = Path(cfg.out)
-    evaluator = FewStepEval(cfg, process.device, vae)
+    evaluator = FewStepEval(cfg, student.shape, process.device, vae)
     log = EvalLog(evaluator, run / "eval.jsonl", cfg.eval_every)
     log.start(student.to(process.device), resume, process.is_main_process)
     grid_prior, grid_labels = draw_priors(EVAL_SEED, np.arange(cfg.num_grid_samples), data.shape,
