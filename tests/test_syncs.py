@@ -20,7 +20,9 @@ from torch.utils._pytree import tree_leaves
 
 from cmt_pipeline.solvers import SOLVERS, logsnr_grid
 from cmt_pipeline.teachers import load_teacher
+from cmt_pipeline.teachers.dit import DiTDenoiser
 from cmt_pipeline.teachers.guidance import guided
+from cmt_pipeline.teachers.native import build_native
 
 DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique2", "unique_consecutive", "equal", "is_nonzero",
                   "_local_scalar_dense"}
@@ -88,13 +90,27 @@ DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(scope="module")
 def teachers(vp_teacher_dir):
     conditional = load_teacher(str(vp_teacher_dir(num_classes=4)))
+    torch.manual_seed(0)
+    edm2 = build_native("Precond", dict(img_resolution=4, img_channels=4, label_dim=3, model_channels=4,
+                                        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[2],
+                                        channels_per_head=4, logvar_channels=4))
+    dit = DiTDenoiser(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3)
     return {"digits": load_teacher("builtin"), "gmm": load_teacher("gmm:gmm8x8"),
-            "vp": load_teacher(str(vp_teacher_dir())), "guided": guided(conditional, 2.0, 3)}
+            "vp": load_teacher(str(vp_teacher_dir())), "guided": guided(conditional, 2.0, 3),
+            "edm2": edm2.eval(), "dit": dit.eval()}
+
+
+KNOWN = {  # syncs still in a network's forward; strict, so the mark must go when one is fixed
+    "edm2": "networks/edm2.py resample(): the filter kernel is built on the host and copied to x.device",
+    "dit": "networks/dit.py timestep_features(): the frequencies are computed on the host and copied to t.device",
+}
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-@pytest.mark.parametrize("name", ["digits", "gmm", "vp", "guided"])
+@pytest.mark.parametrize("name", ["digits", "gmm", "vp", "guided",
+                                  *(pytest.param(k, marks=pytest.mark.xfail(reason=r, strict=True, raises=(
+                                      AssertionError, RuntimeError))) for k, r in KNOWN.items())])
 def test_solver_loop_has_no_host_device_sync(teachers, name, solver, device):
     teacher = copy.deepcopy(teachers[name]).to(device)  # the shared CPU copy keeps its weights
     x = torch.randn(2, *teacher.shape).to(device)
