@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 
 import torch
 
@@ -15,8 +16,12 @@ from ..utils import hash_weights
 
 
 def sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
-    """Broadcast a float, 0-d or (B,) sigma to shape (B, 1, 1, 1) in x's dtype and device."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    """Broadcast a float, 0-d or (B,) sigma to shape (B, 1, 1, 1) in x's dtype and device. A Python number becomes
+    a fill on x's device, not a host tensor copied there: that copy would wait for the device at every solver step."""
+    if isinstance(sigma, numbers.Real):
+        sigma = torch.full((), float(sigma), dtype=x.dtype, device=x.device)
+    else:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))

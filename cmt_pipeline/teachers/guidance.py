@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Denoiser
+from .base import Denoiser, sigma_column
 
 
 class GuidedDenoiser(Denoiser):
@@ -25,7 +25,7 @@ class GuidedDenoiser(Denoiser):
 
     def forward(self, x, sigma, class_labels=None):
         labels = self.check_labels(class_labels, x.shape[0])
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        sigma = sigma_column(sigma, x).reshape(-1)
         both = self.inner(torch.cat([x, x]), torch.cat([sigma, sigma]),
                           torch.cat([labels, torch.full_like(labels, self.null_label)]))
         cond, uncond = both.chunk(2)

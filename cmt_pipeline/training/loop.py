@@ -33,7 +33,7 @@ from ..models.io import save_model
 from ..plotting import save_image_grid
 from ..utils import CMTError, atomic_write_bytes, atomic_write_json, sample_seed
 from .checkpoint import load_training_state, resolve_resume, save_training_state
-from .data import batch_stream
+from .data import batch_stream, device_batches
 from .ema import EMA, ema_decay
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}
@@ -173,7 +173,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     if tracker:
         acc.init_trackers("tensorboard")
 
-    stream = batch_stream(data, start, rank, world)
+    stream = device_batches(batch_stream(data, start, rank, world), acc.device)
     bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and acc.is_main_process), desc=kind,
                unit="step", dynamic_ncols=True)
     state = LoopState(start, cfg.steps, acc, acc.unwrap_model(model), ema.model, run)
@@ -181,8 +181,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     try:
         for step in range(start + 1, cfg.steps + 1):
             t0 = time.perf_counter()
-            batch = {k: v.to(acc.device, non_blocking=True) if torch.is_tensor(v) else v
-                     for k, v in next(stream).items()}
+            batch = next(stream)
             t1 = time.perf_counter()
             torch.manual_seed(sample_seed(cfg.seed, step * world + rank))
             for g in opt.param_groups:

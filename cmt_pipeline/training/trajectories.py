@@ -2,9 +2,10 @@
 
 `trajectory_source(path, batch_size, seed, holdout)` picks by format (from the manifest):
 - Zarr, map-style, shuffled by sample: batch k is a seeded permutation's k-th slice, so a resumed run and any
-  number of processes see the same global batches. Held in memory when it fits (`cache`), else each batch
-  reads its samples from the store (one inner chunk per sample), a few batches ahead on a thread (ReadAhead)
-  so that the loop does not wait for object storage.
+  number of processes see the same global batches. Held in memory when it fits (`cache`), its batches gathered
+  in worker processes (data.Workers) when a GPU trains; else each batch reads its samples from the store (one
+  inner chunk per sample), a few batches ahead on a thread (ReadAhead) so that the loop does not wait for object
+  storage.
 - WebDataset, streaming: shards split by node (process) and by DataLoader worker, seeded shuffling of
   shards and of samples in a buffer, and resampled epochs (shards drawn with replacement, forever). Shards
   are opened through the store's Location: local files, or objects streamed from any fsspec URL.
@@ -28,8 +29,9 @@ from ..stores import open_store, read_range
 from ..stores.checks import require_finite, require_shapes
 from ..stores.location import Location
 from ..stores.wds_store import shard_key
+from ..threads import default_threads
 from ..utils import CMTError, check_memory, sample_seed
-from .data import TensorSource
+from .data import TensorSource, Workers
 
 FIELDS = ("traj", "x0", "labels")
 
@@ -121,9 +123,17 @@ class WdsSource:
         yield from stream
 
 
+def loader_workers() -> int:
+    """Gathering processes for an in-memory store: up to 4 of this process's share of the CPUs (threads.py; a
+    launcher's local processes split them), less the one that drives the GPU; none without CUDA, where the
+    training step itself uses every CPU this process has."""
+    return max(0, min(4, default_threads() - 1)) if torch.cuda.is_available() else 0
+
+
 def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, cache: bool | None = None,
-                      require_complete: bool = True, max_cache_bytes: int = 8 << 30):
-    """(source, info) for the store at `path`; see the module doc."""
+                      require_complete: bool = True, max_cache_bytes: int = 8 << 30, workers: int | None = None):
+    """(source, info) for the store at `path`; see the module doc. `workers`: processes that gather an in-memory
+    store's batches (default loader_workers())."""
     reader = open_store(path, require_complete)
     plan = reader.plan
     n = plan["num_samples"] - holdout
@@ -137,7 +147,8 @@ def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, ca
         cache = sample_bytes(plan) * n <= max_cache_bytes
     if cache:
         arrays = read_range(reader)
-        return TensorSource({k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}, batch_size, seed), info
+        source = TensorSource({k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}, batch_size, seed)
+        return Workers(source, loader_workers() if workers is None else workers), info
     columns = {k: ZarrColumn(reader.arrays[k], n, path) for k in FIELDS}
     return ReadAhead(TensorSource(columns, batch_size, seed)), info
 
