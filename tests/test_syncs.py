@@ -100,24 +100,16 @@ def teachers(vp_teacher_dir):
             "edm2": edm2.eval(), "dit": dit.eval()}
 
 
-KNOWN = {  # syncs still in a network's forward; strict, so the mark must go when one is fixed
-    "edm2": "networks/edm2.py resample(): the filter kernel is built on the host and copied to x.device",
-    "dit": "networks/dit.py timestep_features(): the frequencies are computed on the host and copied to t.device",
-}
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("solver", sorted(SOLVERS))
-@pytest.mark.parametrize("name", ["digits", "gmm", "vp", "guided",
-                                  *(pytest.param(k, marks=pytest.mark.xfail(reason=r, strict=True, raises=(
-                                      AssertionError, RuntimeError))) for k, r in KNOWN.items())])
+@pytest.mark.parametrize("name", ["digits", "gmm", "vp", "guided", "edm2", "dit"])
 def test_solver_loop_has_no_host_device_sync(teachers, name, solver, device):
     teacher = copy.deepcopy(teachers[name]).to(device)  # the shared CPU copy keeps its weights
     x = torch.randn(2, *teacher.shape).to(device)
     labels = torch.tensor([0, 1]).to(device) if teacher.num_classes else None
     sigmas = logsnr_grid(4)
-    if device == "cuda":
-        SOLVERS[solver](teacher, x, sigmas, labels)  # warm-up: lazy CUDA and cuDNN setup may sync once
+    # warm-up: lazy CUDA and cuDNN setup, and constants a network copies to its device once, may sync once
+    SOLVERS[solver](teacher, x, sigmas, labels)
     with no_syncs(device):
         states = SOLVERS[solver](teacher, x, sigmas, labels)
     assert states.shape == (5, *x.shape)

@@ -12,6 +12,7 @@ the extra embedding row it trained is the "no class" label that guidance passes 
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -21,11 +22,16 @@ from torch.nn import functional as F
 FREQUENCY_DIM = 256  # DiT's TimestepEmbedder frequency_embedding_size
 
 
+@functools.lru_cache(maxsize=None)
+def frequencies(half: int, max_period: float, device: torch.device) -> torch.Tensor:
+    """max_period^(-i / half) for i < half, computed on the host as the reference does (same bits) and copied to
+    `device` once, not at every forward (a copy that would sync the stream)."""
+    return torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(device)
+
+
 def timestep_features(t: torch.Tensor, dim: int = FREQUENCY_DIM, max_period: float = 10000.0) -> torch.Tensor:
     """[cos(t f_i), sin(t f_i)] with f_i = max_period^(-i / half), i < half: DiT's sinusoidal timestep features."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half).to(t.device)
-    args = t[:, None].float() * freqs[None]
+    args = t[:, None].float() * frequencies(dim // 2, max_period, t.device)[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 

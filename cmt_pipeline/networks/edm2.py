@@ -11,6 +11,7 @@ reference's order and precisions, so outputs agree to float32 rounding (benchmar
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,17 +27,24 @@ def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
     return x / norm.to(x.dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def filter_kernel(f: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The normalised 2-D kernel outer(f, f) / sum(f)^2 of a 1-D filter, on `device`: built on the host once per
+    (filter, dtype, device), since a host-to-device copy at every forward would sync the stream."""
+    t = torch.tensor(f, dtype=torch.float32)
+    if t.ndim != 1 or len(t) % 2:
+        raise ValueError(f"the resampling filter must be 1-D of even length, got {list(f)}")
+    t = t / t.sum()
+    return torch.outer(t, t)[None, None].to(dtype).to(device)
+
+
 def resample(x: torch.Tensor, f=(1, 1), mode: str = "keep") -> torch.Tensor:
     """2x down- or upsampling by the separable, normalised filter `f` applied per channel ('keep': x as is).
     Upsampling multiplies the filter by 4, the number of outputs each input feeds, to keep the magnitude."""
     if mode == "keep":
         return x
-    f = torch.tensor(f, dtype=torch.float32)
-    if f.ndim != 1 or len(f) % 2:
-        raise ValueError(f"the resampling filter must be 1-D of even length, got {f.tolist()}")
     pad = (len(f) - 1) // 2
-    f = f / f.sum()
-    kernel = torch.outer(f, f)[None, None].to(x.dtype).to(x.device).tile([x.shape[1], 1, 1, 1])
+    kernel = filter_kernel(tuple(f), x.dtype, x.device).tile([x.shape[1], 1, 1, 1])
     if mode == "down":
         return F.conv2d(x, kernel, groups=x.shape[1], stride=2, padding=(pad,))
     if mode != "up":
