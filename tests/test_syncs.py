@@ -122,3 +122,24 @@ def test_the_meta_detector_catches_each_kind_of_sync(sync):
     with pytest.raises(AssertionError, match="host-device sync"):
         with no_syncs("meta"):
             sync(torch.zeros(3, device="meta"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flavour", ["cm", "mf"])
+def test_a_mid_training_loss_step_has_no_host_device_sync(flavour, device):
+    """The objectives copied their sigma grid to the device and read an unconditional store's labels back at
+    every step; a training step now queues without waiting for the device (after a warm-up step)."""
+    from cmt_pipeline.models import MeanFlowStudent, consistency_student
+    from cmt_pipeline.objectives.cmt import CMTLoss, CMTMeanFlowLoss
+
+    teacher = load_teacher("builtin")
+    student = (consistency_student(teacher) if flavour == "cm" else MeanFlowStudent(copy.deepcopy(teacher)))
+    student = student.to(device).train()
+    sigmas = logsnr_grid(4).double()
+    loss = CMTLoss(sigmas, points_per_traj=2, off_grid=0.5) if flavour == "cm" else CMTMeanFlowLoss(sigmas, 4, 0.5)
+    batch = {"traj": torch.randn(2, 4, 1, 8, 8).to(device), "x0": torch.randn(2, 1, 8, 8).to(device),
+             "labels": torch.full((2,), -1).to(device)}
+    loss(student, batch, 0)  # warm-up: the grid's one copy to the device
+    with no_syncs(device):
+        value, _ = loss(student, batch, 1)
+    assert value.shape == ()

@@ -19,6 +19,8 @@ MF flavour:  in flow-matching time (z = x / (1 + sigma), t = sigma / (1 + sigma)
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +31,16 @@ from .distances import distance
 
 
 def _labels(batch, repeat: int):
+    """Each trajectory's label for its `repeat` points. An unconditional store's -1 labels reach the model, which
+    ignores labels when it has no classes (Denoiser.check_labels): testing them here would read the device back."""
     labels = batch.get("labels")
-    if labels is None or (labels < 0).all():
-        return None
-    return labels.repeat_interleave(repeat)
+    return None if labels is None else labels.repeat_interleave(repeat)
+
+
+@functools.lru_cache(maxsize=8)
+def grid_on(sigmas: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The objective's sigma grid in float32 on `device`, copied once rather than at every step (a copy that syncs)."""
+    return sigmas.to(device, torch.float32)
 
 
 def between_grid(points, sig, rows, idx, x, share: float):
@@ -75,7 +83,7 @@ class CMTLoss:
     def __call__(self, model, batch, step):
         traj, x0 = batch["traj"].float(), batch["x0"].float()
         b, k = traj.shape[:2]
-        sig = self.sigmas[:k].to(traj.device, torch.float32)
+        sig = grid_on(self.sigmas, traj.device)[:k]
         rows = torch.arange(b, device=traj.device)[:, None]
         idx = torch.arange(k, device=traj.device).expand(b, k)
         if self.points_per_traj and self.points_per_traj < k:
@@ -99,7 +107,7 @@ class CMTMeanFlowLoss:
         traj, x0 = batch["traj"].float(), batch["x0"].float()
         b, k = traj.shape[:2]
         points = torch.cat([traj, x0[:, None]], 1)  # (B, K + 1, ...): the endpoint is the last point
-        sig = self.sigmas[: k + 1].to(traj.device, torch.float32)
+        sig = grid_on(self.sigmas, traj.device)[: k + 1]
         t_all = fm_time(sig)
         # uniform over all (K + 1) K / 2 pairs i < j (sony/mf-rae): the endpoint and x_T each take part in K of them
         pairs = torch.triu_indices(k + 1, k + 1, offset=1, device=traj.device)
