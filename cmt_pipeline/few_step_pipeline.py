@@ -35,8 +35,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 
 def column(sigma, x: torch.Tensor) -> torch.Tensor:
-    """A float, 0-d or (B,) noise level as a (B, 1, 1, 1) tensor in x's dtype and device."""
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    """A float, 0-d or (B,) noise level as a (B, 1, 1, 1) tensor in x's dtype and device (a Python number as a fill
+    on the device: a host tensor copied there would wait for the device)."""
+    if isinstance(sigma, (int, float)):
+        sigma = torch.full((), float(sigma), dtype=x.dtype, device=x.device)
+    else:
+        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
