@@ -121,7 +121,7 @@ def export_cmd(ckpt, out, overwrite, raw, vae, sigma_max, sigma_mid):
     (few_step_pipeline.py), unet/, a MeanFlow student's gap_embedding/, a latent student's vae/, and a model card.
 
     Load it with `DiffusionPipeline.from_pretrained(OUT, trust_remote_code=True)`, then
-    `pipe(batch_size=16, steps=2).images` (class-conditional students: `class_labels=`). cmt accepts OUT
+    `pipe(batch_size=16, num_inference_steps=2).images` (class-conditional students: `class_labels=`). cmt accepts OUT
     wherever it takes a student (`cmt sample --ckpt`, `cmt evaluate --student`, `cmt inspect`).
 
     A student of a published network written natively in cmt (EDM's SongUNet / DhariwalUNet) is written as that

@@ -75,7 +75,7 @@ def model_card(pipe, ckpt: dict, ckpt_path, command: str) -> str:
              f"# A {c.parametrisation} student: {ckpt['kind']} (cmt), 1- or 2-step sampling", "",
              "```python", "import torch", "from diffusers import DiffusionPipeline", "",
              'pipe = DiffusionPipeline.from_pretrained("THIS_FOLDER", trust_remote_code=True)',
-             "images = pipe(batch_size=16, steps=2, generator=torch.Generator().manual_seed(0)"
+             "images = pipe(batch_size=16, num_inference_steps=2, generator=torch.Generator().manual_seed(0)"
              + (", class_labels=0" if c.num_classes else "") + ").images", "```", "",
              f"Needs only torch and diffusers; the pipeline's code is `{PIPELINE_FILE.name}` in this folder. "
              f"Sampling: sigma_max {c.sigma_max:g}, sigma_mid {c.sigma_mid:g} (2 steps); classes: "

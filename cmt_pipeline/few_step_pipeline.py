@@ -4,7 +4,7 @@ where diffusers looks for a custom component's code), and cmt itself samples exp
 folder and `cmt sample` run the same code. Load a folder with
 
     pipe = DiffusionPipeline.from_pretrained(FOLDER, trust_remote_code=True)
-    images = pipe(batch_size=16, steps=2, generator=torch.Generator().manual_seed(0)).images
+    images = pipe(batch_size=16, num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images
 
 Noise convention EDM / VE: x_sigma = x0 + sigma * eps. The UNet is EDM-preconditioned (config: sigma_data,
 time_scale, boundary_sigma):
@@ -128,14 +128,24 @@ class FewStepPipeline(DiffusionPipeline):
         return self.vae.decode(latents.float() / scale + shift).sample.clamp(-1, 1)
 
     @torch.no_grad()
-    def __call__(self, batch_size: int = 1, steps: int = 1, class_labels=None, generator=None,
-                 noise: torch.Tensor | None = None, renoise: torch.Tensor | None = None,
+    def __call__(self, batch_size: int = 1, num_inference_steps: int = 1, class_labels=None, generator=None,
+                 latents: torch.Tensor | None = None, renoise: torch.Tensor | None = None,
                  sigma_max: float | None = None, sigma_mid: float | None = None,
-                 output_type: str = "pil", return_dict: bool = True):
-        """Sample in `steps` (1 or 2) network evaluations. Class-conditional students need `class_labels` (one
-        index, or one per sample). `noise` (B, C, H, W) and `renoise` (B, 1, C, H, W) unit Gaussians may be given,
-        else they are drawn from `generator`. output_type 'pt': tensors as the student and VAE produce them
-        (about [-1, 1], unclamped for pixel-space students); 'np': arrays in [0, 1]; 'pil': images."""
+                 output_type: str = "pil", return_dict: bool = True, steps: int | None = None,
+                 noise: torch.Tensor | None = None):
+        """Sample in `num_inference_steps` (1 or 2) network evaluations, with diffusers' calling convention.
+        Class-conditional students need `class_labels` (one index, or one per sample). `latents` (B, C, H, W: the
+        unit Gaussian prior, scaled by sigma_max here) and `renoise` (B, 1, C, H, W) may be given, else they are
+        drawn from `generator`. output_type 'pt': tensors as the student and VAE produce them (about [-1, 1],
+        unclamped for pixel-space students); 'np': arrays in [0, 1]; 'pil': images. `steps` and `noise` are the
+        names of earlier versions, kept as aliases."""
+        if steps is not None:
+            num_inference_steps = steps
+        if noise is not None:
+            if latents is not None:
+                raise ValueError("pass latents or its alias noise, not both")
+            latents = noise
+        steps, noise = num_inference_steps, latents
         if steps not in (1, 2):
             raise ValueError(f"a few-step student samples in 1 or 2 steps, got {steps}")
         c, dev = self.config, self.unet.device

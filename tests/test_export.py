@@ -40,8 +40,12 @@ for name in sys.argv[2:]:
         ref = np.load(sys.argv[1] + f"/{name}-{steps}.npz")
         labels = torch.from_numpy(ref["labels"]) if pipe.config.num_classes else None
         renoise = torch.from_numpy(ref["renoise"]) if steps == 2 else None
-        out[f"{name}-{steps}"] = pipe(noise=torch.from_numpy(ref["prior"]), renoise=renoise, class_labels=labels,
-                                      steps=steps, output_type="pt").images.numpy()
+        out[f"{name}-{steps}"] = pipe(latents=torch.from_numpy(ref["prior"]), renoise=renoise, class_labels=labels,
+                                      num_inference_steps=steps, output_type="pt").images.numpy()
+        if steps == 2:  # the names of earlier versions still work
+            again = pipe(noise=torch.from_numpy(ref["prior"]), renoise=renoise, class_labels=labels, steps=2,
+                         output_type="pt", return_dict=False)[0].numpy()
+            assert np.array_equal(again, out[f"{name}-{steps}"])
 np.savez(sys.argv[1] + "/fresh.npz", **out)
 """
 
