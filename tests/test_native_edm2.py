@@ -136,8 +136,8 @@ def test_two_training_forwards_before_one_backward(tmp_path):
 
 @pytest.mark.slow
 def test_latent_edm2_teacher_through_generate_mid_post_train_and_evaluate(tmp_path, vae_dir):
-    """Every stage keeps the EDM2 encoder record with its VAE, so the latents are read and decoded alike throughout.
-    (`cmt export` is left out: its pipeline holds the project's own EDM networks only, for now.)"""
+    """Every stage keeps the EDM2 encoder record with its VAE, so the latents are read and decoded alike throughout,
+    the exported student (its network folder, boundary record and vae/) included."""
     teacher = edm2_teacher(tmp_path, ENCODER, label_dim=0)  # the .npy images below have no labels
     train = ["--device", "cpu", "--no-tensorboard", "--quiet", "--checkpoint-every", "1000", "--sample-every", "0"]
     np.save(tmp_path / "images.npy", (np.random.default_rng(0).random((16, *IMAGE)) * 2 - 1).astype(np.float32))
@@ -150,6 +150,11 @@ def test_latent_edm2_teacher_through_generate_mid_post_train_and_evaluate(tmp_pa
          tmp_path / "post", "--steps", 2, "--batch-size", 4, "--eval-samples", 4, *train],
         ["evaluate", "--student", tmp_path / "post" / "model.ckpt", "--num-samples", 4, "--device", "cpu", "--quiet",
          "--out", tmp_path / "eval"],
+        ["export", "--ckpt", tmp_path / "post" / "model.ckpt", "--out", tmp_path / "export"],
+        ["sample", "--ckpt", tmp_path / "post" / "model.ckpt", "--steps", 2, "--num-samples", 4, "--device", "cpu",
+         "--npz", tmp_path / "ckpt.npz"],
+        ["sample", "--ckpt", tmp_path / "export", "--steps", 2, "--num-samples", 4, "--device", "cpu",
+         "--npz", tmp_path / "export.npz"],
     ]
     for args in steps:
         r = CliRunner().invoke(cli, [str(a) for a in args])
@@ -162,3 +167,5 @@ def test_latent_edm2_teacher_through_generate_mid_post_train_and_evaluate(tmp_pa
     assert any(isinstance(m, EDM2Precond) for m in student.modules())  # rebuilt from the checkpoint's spec
     result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert result["vae"]["encoder"] == ENCODER and result["vae"]["image_shape"] == list(IMAGE)
+    with np.load(tmp_path / "ckpt.npz") as a, np.load(tmp_path / "export.npz") as b:  # decoded by the export's vae/
+        assert a["samples"].shape == (4, *IMAGE) and np.array_equal(a["samples"], b["samples"])
