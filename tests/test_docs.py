@@ -124,8 +124,11 @@ def test_every_path_and_command_the_docs_name_exists():
 
     missing = sorted({f"{doc}: {path}" for doc, path in named_in_docs() if not list(ROOT.glob(path.rstrip("/")))})
     assert not missing, "paths named in the docs that do not exist:\n" + "\n".join(missing)
-    texts = [p.read_text() for p in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]]
-    # a command as typed: at a line's start (code blocks) or after a backtick, `$(which cmt)` or `&& `
-    commands = {c for t in texts for c in re.findall(r"(?:^\s*|`|\) |&& )cmt ([a-z][a-z-]+)", t, re.M)}
+    code = []  # what a reader types: shell code blocks and inline code spans (not help text or prose)
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        text = doc.read_text()
+        code += re.findall(r"^```(?:bash|sh|console|)\n(.*?)^```", text, re.M | re.S)
+        code += re.findall(r"`([^`\n]+)`", re.sub(r"^```.*?^```", "", text, flags=re.M | re.S))
+    commands = {c for t in code for c in re.findall(r"(?<![\w/.-])cmt ([a-z][a-z-]+)", t)}
     unknown = sorted(c for c in commands if c not in COMMANDS)
     assert not unknown, f"commands named in the docs that cmt does not have: {unknown}"
