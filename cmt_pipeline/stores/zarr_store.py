@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 from numcodecs import Blosc
 
+from ..threads import available_cpus
 from ..utils import CMTError
 from .checks import require_shapes
 from .layout import ARRAYS, PLAN, plan_of, sample_arrays, shard_range
@@ -78,9 +79,9 @@ def encode_shard(a: np.ndarray, shard_size: int, chunk: int, fill, map=map) -> b
 class ZarrWriter:
     format = "zarr"
 
-    def __init__(self, root, plan: dict, threads: int = 1):
-        """`threads`: how many Blosc calls write_shard runs at once."""
-        self.root, self.plan, self.threads = Location.of(root), plan, threads
+    def __init__(self, root, plan: dict, threads: int | None = None):
+        """`threads`: how many Blosc calls write_shard runs at once (default: the CPUs this process may use)."""
+        self.root, self.plan, self.threads = Location.of(root), plan, threads or available_cpus()
 
     def prepare(self) -> None:
         """Create the group and its empty arrays once; safe when several workers race to do it (each metadata
