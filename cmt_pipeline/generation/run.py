@@ -8,7 +8,6 @@ same for any number of workers, any order, and any number of interruptions.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections import deque
 

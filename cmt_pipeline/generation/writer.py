@@ -2,8 +2,10 @@
 
 Why a process: casting, encoding, hashing and file I/O run Python code; on a thread beside the compute thread they
 take the GIL from it (a thread launching small torch ops waited ~10% of its time for the GIL beside the former
-writer thread). A forked child shares memory with the generator, not its GIL. It is forked before the work loop
-and uses neither torch nor CUDA, so the generator's threads and CUDA context are no concern.
+writer thread). A child process shares memory with the generator, not its GIL. It is forked, not spawned, just
+before the work loop: it starts in milliseconds (nothing to import, so nothing to overlap with the teacher's
+loading) and inherits the slots' mapping. It runs no torch op and no CUDA call, so the generator's threads and
+CUDA context, which a fork does not carry over, are no concern.
 
 Protocol, over one pipe (the generator sends batches in sample order, a shard's batches consecutively):
   generator -> writer  ("batch", slot, k, offset, n)  slot's first n samples are samples [offset, offset + n)
@@ -11,9 +13,9 @@ Protocol, over one pipe (the generator sends batches in sample order, a shard's 
                        ("close",)                     no more batches: commit every shard, then answer "closed"
                        ("stop",)                      interrupted: finish the commits under way, drop the rest
   writer -> generator  ("free", slot)                 the batch was copied out, cast to the store's dtype
-                       ("done", k)                    shard k is committed (layout.commit_shard: files, marker)
-                       ("error", exception)           shard k failed: the generator raises it at its next batch
-                       ("closed",)
+                       ("error", exception)           a shard failed: the generator raises it at its next batch
+                       ("closed",)                    every shard sent is committed (layout.commit_shard: files,
+                                                       then marker)
 A batch crosses in a slot of one anonymous shared mapping made before the fork (no pickling, no /dev/shm file to
 leak); on a GPU the mapping is page-locked (cudaHostRegister), so copies run asynchronously in both directions.
 Back-pressure: at most ENCODING shards are encoded at once; beyond, the writer reads nothing until one is done,
@@ -129,7 +131,6 @@ def serve(conn, parent_end, parent: int, root: str, plan: dict, slots: list, all
             except FileNotFoundError:  # whoever completed the set cleared .tmp under us: fine if k is done
                 if not shard_done(out, plan, k):
                     raise
-            tell("done", k)
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the generator, which raises it
             try:
                 with lock:
