@@ -2,11 +2,14 @@
 
 A launch-bound fake teacher (--ops small elementwise torch ops per forward, on a batch of 4x16x16 latents) is
 driven through the real generation loop (`generate`, one thread, on the CPU) while the writer encodes Zarr shards,
-then called alone for the same forwards. The main thread's /proc/thread-self/schedstat gives its time on a CPU
-and its time waiting for one; the rest of its wall time it was blocked. Inside a forward, which only computes, it
+then called alone for the same forwards. The main thread's CPU clock gives its time on a CPU, and
+/proc/thread-self/schedstat its time waiting for one; the rest of its wall time it was blocked. Inside a forward, which only computes, it
 blocks only on the GIL. Reported, median of --repeats alternating pairs:
   blocked_share   (wall - on CPU - runnable) / wall of the main thread inside the teacher's forwards during
                   generate(): the share of its compute time lost to the GIL                       (goal <= 1%)
+  blocks_per_forward  how often, per forward, it blocked (voluntary context switches)
+  bare_...        the same for the bare forwards, with no writer and no other thread: the floor of the
+                  measurement (a VM's or cgroup's time that is neither running nor queued shows as blocked)
   cpu_ratio       main-thread CPU seconds of all of generate() (setup, priors, solver, sending, tail) / of the
                   bare forwards                                                                   (goal <= 1.05)
 CPU seconds do not grow with the machine's load, so the ratio holds on a shared machine; the blocked share is
@@ -33,7 +36,7 @@ from cmt_pipeline.constants import SIGMA_MAX
 from cmt_pipeline.generation import Worker, generate
 from cmt_pipeline.solvers import NFE_PER_STEP
 
-SCHEDSTAT = Path("/proc/thread-self/schedstat")
+SCHEDSTAT, STATUS = Path("/proc/thread-self/schedstat"), Path("/proc/thread-self/status")
 
 
 class LaunchBound(torch.nn.Module):
@@ -45,7 +48,7 @@ class LaunchBound(torch.nn.Module):
         super().__init__()
         self.ops = ops
 
-        self.clock = [0.0, 0.0, 0.0]  # (wall, on CPU, runnable) seconds inside forwards, summed
+        self.clock = [0.0, 0.0, 0.0, 0]  # thread_clock() inside forwards, summed
 
     def forward(self, x, sigma, labels=None):
         t0 = thread_clock()
@@ -62,10 +65,12 @@ class LaunchBound(torch.nn.Module):
         return f"launch-bound-{self.ops}"
 
 
-def thread_clock() -> tuple[float, float, float]:
-    """(wall, on CPU, runnable but waiting for a CPU) seconds of the calling thread so far."""
-    cpu, wait = (int(v) / 1e9 for v in SCHEDSTAT.read_text().split()[:2])
-    return time.perf_counter(), cpu, wait
+def thread_clock() -> tuple[float, float, float, int]:
+    """(wall, on CPU, runnable but waiting for a CPU) seconds of the calling thread so far, and how often it
+    blocked (voluntary context switches: waiting for the GIL is one)."""
+    wait = int(SCHEDSTAT.read_text().split()[1]) / 1e9  # its first field lags for a running thread: not used
+    blocks = int(STATUS.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
+    return time.perf_counter(), time.thread_time(), wait, blocks
 
 
 def since(t0) -> tuple[float, float, float]:
@@ -101,11 +106,13 @@ def main():
         for r in range(args.repeats):
             cfg = GenerateConfig(teacher="builtin", out=f"{tmp}/{r}", num_samples=args.num_samples, steps=args.steps,
                                  batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
-            teacher.clock, t0 = [0.0, 0.0, 0.0], thread_clock()
+            teacher.clock, t0 = [0.0, 0.0, 0.0, 0], thread_clock()
             generate(cfg, Worker(threads=1), progress=False)
             g, f = since(t0), teacher.clock
             b = bare(teacher, args.num_samples, args.batch_size, nfe)
-            rows.append({"blocked_share": (f[0] - f[1] - f[2]) / f[0], "cpu_ratio": g[1] / b[1],
+            rows.append({"blocked_share": (f[0] - f[1] - f[2]) / f[0], "blocks_per_forward": f[3] / (nfe * (
+                args.num_samples // args.batch_size)), "bare_blocked_share": (b[0] - b[1] - b[2]) / b[0],
+                "bare_blocks_per_forward": b[3] / (nfe * (args.num_samples // args.batch_size)), "cpu_ratio": g[1] / b[1],
                          "generate_wall_s": g[0], "generate_cpu_s": g[1], "forwards_cpu_s": f[1],
                          "bare_cpu_s": b[1]})
     print(f"{args.label}: ops {args.ops}, {args.num_samples} samples, batch {args.batch_size}, shard "
