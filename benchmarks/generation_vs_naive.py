@@ -56,8 +56,11 @@ def naive(args) -> None:
 def timed(cmd: list[str]) -> float:
     """Wall seconds of a command, with OpenMP's waiting threads sleeping as the CLI makes them (cli/__init__.py):
     spinning ones would make the naive side pay for the machine's load, not for its loop."""
+    import cmt_pipeline  # `-m cli` runs the checkout this imports (PYTHONPATH's, else this one)
+
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=HERE.parent, capture_output=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+    subprocess.run(cmd, check=True, cwd=Path(cmt_pipeline.__file__).parent.parent, capture_output=True,
+                   env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     return time.perf_counter() - t0
 
 
