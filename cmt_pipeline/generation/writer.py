@@ -138,7 +138,7 @@ def serve(conn, parent_end, parent: int, root: str, plan: dict, slots: list, all
             except Exception:  # an exception that does not pickle: its one line
                 tell("error", CMTError(f"writing shard {k} failed: {type(e).__name__}: {e}"))
 
-    shards, running, msg = {}, set(), ("stop",)
+    shards, running = {}, set()
     with ThreadPoolExecutor(ENCODING, thread_name_prefix="cmt-encode") as pool:
         while True:
             try:
