@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Every stage once on a GPU, then the generation overhead there. From the repo root of a machine with CUDA:
 #   bash benchmarks/gpu_check.sh OUTDIR            (DEV=cpu SMALL=1 for a quick dry run anywhere)
+#   OLD=CHECKOUT bash benchmarks/gpu_check.sh OUTDIR  (or BASE=COMMIT in a git clone: also the generation overhead
+#                                                   of that older code, alternating with this one, same machine)
 # Each stage's log goes to OUTDIR/<stage>.log; the summary (exit code and seconds per stage) to stdout.
 set -uo pipefail
 out=${1:-gpu-check}; dev=${DEV:-cuda}; small=${SMALL:-0}
@@ -42,9 +44,28 @@ x = p(batch_size=8, steps=2, output_type='pt', generator=torch.Generator('$dev')
 print(type(p).__name__, tuple(x.shape), x.device, float(x.abs().max()))"
 step pipeline-small cmt pipeline benchmarks/pipeline-small.toml --out "$w/pipe" --quiet
 cp "$w/pipe/report.md" "$out/pipeline-small-report.md" 2>/dev/null
-step overhead-unet python3 benchmarks/generation.py --device "$dev" --num-samples "$(n 8192 512)" --batch-size 1024 \
-  --shard-size 4096 --repeats "$(n 2 1)" --json "$out/overhead-unet.json"
-step overhead-dit python3 benchmarks/generation.py --device "$dev" --teacher dit --num-samples "$(n 4096 64)" \
-  --batch-size 512 --shard-size 1024 --repeats "$(n 2 1)" --json "$out/overhead-dit.json"
+# Generation overhead (benchmarks/generation.py: generate vs bare forwards; setup / steady / tail seconds) for the
+# digits UNet, the DiT stand-in and a DDPM++-sized CIFAR-10 UNet at batch 512; with OLD or BASE, the older code's
+# run follows each of this code's, on the same warm machine (the benchmark script is this checkout's).
+old=${OLD:-}
+if [ -z "$old" ] && [ -n "${BASE:-}" ]; then old="$w/old"; mkdir -p "$old"; git archive "$BASE" | tar -x -C "$old"; fi
+overhead() {
+  local name=$1; shift
+  step "overhead-$name" python3 benchmarks/generation.py --device "$dev" "$@" --json "$out/overhead-$name.json"
+  [ -z "$old" ] || step "overhead-$name-old" env PYTHONPATH="$old" python3 benchmarks/generation.py --device "$dev" "$@" \
+    --json "$out/overhead-$name-old.json"
+}
+overhead unet --num-samples "$(n 8192 512)" --batch-size 1024 --shard-size 4096 --repeats "$(n 3 1)"
+overhead dit --teacher dit --num-samples "$(n 4096 64)" --batch-size 512 --shard-size 1024 --repeats "$(n 3 1)"
+overhead cifar --teacher cifar --num-samples "$(n 4096 16)" --batch-size "$(n 512 8)" --shard-size "$(n 1024 8)" \
+  --steps "$(n 16 2)" --repeats "$(n 2 1)"
+python3 - "$out" <<'PY'
+import json, pathlib, sys
+print(f"{'overhead':18s} {'generate s':>10s} {'bare s':>8s} {'ratio':>6s} {'setup s':>8s} {'steady s':>9s} {'tail s':>7s}")
+for f in sorted(pathlib.Path(sys.argv[1]).glob("overhead-*.json")):
+    r = json.loads(f.read_text())
+    print(f"{f.stem[9:]:18s} {r['generate_s']:10.2f} {r['bare_forward_s']:8.2f} {r['ratio']:6.2f} "
+          f"{r.get('setup_s', float('nan')):8.2f} {r.get('steady_s', float('nan')):9.2f} {r.get('tail_s', float('nan')):7.2f}")
+PY
 echo "$failed stage(s) failed"
 rm -rf "$w"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -93,7 +94,9 @@ def use_threads(requested: int | None = None) -> int:
 @contextmanager
 def one_thread_per_call(threads: int):
     """Yield a `map(fn, items)` that runs fn on `threads` items at once, each call with one intra-op thread, results
-    in order. Torch's thread count is restored afterwards."""
+    in order. It is lazy, like the builtin map: it takes an item only when a thread is about to be free (at most
+    threads + 1 are taken and not yet returned), so items may be costly to make (a batch slot of the writer).
+    Torch's thread count is restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -102,6 +105,15 @@ def one_thread_per_call(threads: int):
         else:
             with ThreadPoolExecutor(threads, thread_name_prefix="cmt-solve", initializer=torch.set_num_threads,
                                     initargs=(1,)) as pool:
-                yield pool.map
+                def run(fn, items):
+                    pending = deque()
+                    for item in items:
+                        pending.append(pool.submit(fn, item))
+                        if len(pending) > threads:
+                            yield pending.popleft().result()
+                    while pending:
+                        yield pending.popleft().result()
+
+                yield run
     finally:
         torch.set_num_threads(before)

@@ -8,9 +8,8 @@ same for any number of workers, any order, and any number of interruptions.
 from __future__ import annotations
 
 import math
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
 
 import numpy as np
 import torch
@@ -22,14 +21,13 @@ from ..latents import load_vae
 from ..priors import draw_priors
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
-from ..stores.checks import name_samples, nonfinite_samples
-from ..stores.layout import (STORE_VERSION, claim_plan, commit_shard, finalize, marker_problems, num_shards,
-                             read_marker, shard_range)
+from ..stores.layout import STORE_VERSION, claim_plan, finalize, num_shards, shard_range
 from ..stores.location import Location
 from ..teachers import load_teacher
 from ..threads import one_thread_per_call, resolve_threads
 from ..utils import CMTError, full_fp32, resolve_device
 from .worker import Worker
+from .writer import ShardWriter, shard_done
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 # Settings that change no stored byte, so a resume may differ in them.
@@ -86,39 +84,20 @@ def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor, vae=None) -> d
     }
 
 
-def solve_shard(teacher, solver, sigmas, cfg: GenerateConfig, plan: dict, k: int, device, run_batches=map,
-                progress=None) -> dict:
-    """Shard k's arrays. `run_batches` maps the solve over the shard's batches (threads.one_thread_per_call on a
-    CPU): batches are fixed by the config, so the bytes are the same however many run at once."""
-    start, stop = shard_range(plan, k)
-    indices = np.arange(start, stop, dtype=np.int64)
-    noise, labels = draw_priors(cfg.seed, indices, tuple(plan["shape"]), teacher.num_classes, cfg.class_labels)
-
-    def solve(b: int):
-        x = torch.from_numpy(noise[b:b + cfg.batch_size]).to(device) * float(sigmas[0])
-        lab = torch.from_numpy(labels[b:b + cfg.batch_size]).to(device) if teacher.num_classes else None
-        states = solver(teacher, x, sigmas, lab)  # (K+1, n, C, H, W)
-        return states[:-1].transpose(0, 1).cpu().numpy(), states[-1].cpu().numpy()
-
-    traj, x0 = [], []
-    for t, x in run_batches(solve, range(0, len(indices), cfg.batch_size)):
-        traj.append(t)
-        x0.append(x)
-        if progress is not None:
-            progress.update(len(x))
-    dt = DTYPES[plan["dtype"]]
-    with np.errstate(over="ignore"):  # a float16 overflow becomes inf, which check_finite reports by sample
-        traj, x0 = np.concatenate(traj).astype(dt), np.concatenate(x0).astype(dt)
-    return {"prior": noise, "traj": traj, "x0": x0, "labels": labels, "index": indices}
-
-
-def check_finite(arrays: dict, plan: dict, k: int) -> None:
-    """Refuse shard k before anything of it is stored when the teacher's solve gave a NaN or inf."""
-    bad = nonfinite_samples(arrays)
-    if len(bad):
-        fp16 = ", or --dtype float32 (float16 overflows beyond 65504)" if plan["dtype"] == "float16" else ""
-        raise CMTError(f"the teacher's trajectories hold NaN or inf in {name_samples(bad)} of shard {k}; check the "
-                       f"teacher's weights{fp16}, or pass --allow-nonfinite to store them (trainers refuse them)")
+def solve_batch(teacher, solver, sigmas, slot: dict[str, torch.Tensor], n: int, device):
+    """Solve the batch whose prior (and labels) fill `slot`'s first n rows, leaving its float32 states there. On a
+    GPU nothing waits: the slot is page-locked, both copies are asynchronous, and the returned event marks the
+    end of the copy back (None on a CPU, where all is done on return)."""
+    x = slot["prior"][:n].to(device, non_blocking=True) * float(sigmas[0])
+    lab = slot["labels"][:n].to(device, non_blocking=True) if teacher.num_classes else None
+    states = solver(teacher, x, sigmas, lab)  # (K+1, n, C, H, W)
+    slot["traj"][:n].copy_(states[:-1].transpose(0, 1), non_blocking=True)
+    slot["x0"][:n].copy_(states[-1], non_blocking=True)
+    if device.type != "cuda":
+        return None
+    copied = torch.cuda.Event()
+    copied.record(torch.cuda.current_stream(device))
+    return copied
 
 
 @full_fp32()
@@ -137,8 +116,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     sigmas = make_grid(cfg.grid, cfg.steps, cfg.sigma_max, cfg.sigma_min)
     plan = make_plan(cfg, teacher, sigmas, vae)
     claim_plan(out, plan)
-    writer = WRITERS[cfg.format](out, plan)
-    writer.prepare()
+    WRITERS[cfg.format](out, plan).prepare()
     solver = get_solver(cfg.solver)
 
     to_write = [k for k in range(num_shards(plan)) if worker.owns(k) and not shard_done(out, plan, k, report=True)]
@@ -146,30 +124,48 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     t0 = time.perf_counter()
     bar = tqdm(total=n_to_write, unit="sample", disable=not progress or n_to_write == 0,
                desc=f"worker {worker.index}/{worker.count}" if worker.count > 1 else "generate")
-    def publish(k: int, arrays: dict) -> None:
-        try:
-            commit_shard(out, plan, k, writer.write_shard(k, arrays))
-        except FileNotFoundError:  # whoever completed the set cleared .tmp under us: fine if k is done
-            if not shard_done(out, plan, k):
-                raise
 
-    # Shard k is compressed and written on a second thread while the teacher solves shard k + 1: the
-    # accelerator (or the main thread's cores) never waits for the disk. At most one write is in flight.
-    # On a CPU the worker's threads solve that many batches at once, each with one intra-op thread: the bytes
-    # then cannot depend on the thread count (threads.py). A GPU runs one batch at a time.
-    with ThreadPoolExecutor(max_workers=1) as io, one_thread_per_call(threads if device.type == "cpu" else 1) as run:
-        pending = None
-        for k in to_write:
-            if shard_done(out, plan, k):  # another process (a straggler, an overlapping rerun) finished it meanwhile
-                continue
-            arrays = solve_shard(teacher, solver, sigmas, cfg, plan, k, device, run, bar)
-            if not allow_nonfinite:
-                check_finite(arrays, plan, k)
-            if pending is not None:
-                pending.result()  # re-raises a failed write here
-            pending = io.submit(publish, k, arrays)
-        if pending is not None:
-            pending.result()
+    # Batches flow through slots to the writer process (writer.py), which casts, checks, encodes and commits
+    # whole shards while the teacher solves the next batches. On a CPU the worker's threads solve that many
+    # batches at once, across shard boundaries, each with one intra-op thread: the bytes cannot depend on the
+    # thread count (threads.py). A GPU runs one batch at a time, and the main thread waits for a batch's copy
+    # back (its event) only once the next batch is launched (lag).
+    threads = threads if device.type == "cpu" else 1
+    lag = 1 if device.type == "cuda" else 0
+    with ShardWriter(out, plan, cfg.batch_size, threads + lag + 2, allow_nonfinite, device) as writer, \
+            one_thread_per_call(threads) as run:
+        def batches():
+            """(slot, shard, offset, n) in sample order, the slot filled with the batch's priors."""
+            for k in to_write:
+                if shard_done(out, plan, k):  # another process (a straggler, an overlapping rerun) finished it
+                    continue
+                start, stop = shard_range(plan, k)
+                for offset in range(start, stop, cfg.batch_size):
+                    n, s = min(cfg.batch_size, stop - offset), writer.claim()
+                    index = np.arange(offset, offset + n, dtype=np.int64)
+                    noise, labels = draw_priors(cfg.seed, index, tuple(plan["shape"]), teacher.num_classes,
+                                                cfg.class_labels)
+                    for name, a in (("prior", noise), ("labels", labels), ("index", index)):
+                        writer.tensors[s][name][:n] = torch.from_numpy(a)
+                    yield s, k, offset, n
+
+        def solve(batch):
+            return batch, solve_batch(teacher, solver, sigmas, writer.tensors[batch[0]], batch[3], device)
+
+        def send(batch, copied):
+            if copied is not None:
+                copied.synchronize()
+            writer.send(*batch)
+            bar.update(batch[3])
+
+        unsent = deque()
+        for solved in run(solve, batches()):
+            unsent.append(solved)
+            if len(unsent) > lag:
+                send(*unsent.popleft())
+        while unsent:
+            send(*unsent.popleft())
+        writer.close()
     bar.close()
     out.clean_scratch()
     elapsed = time.perf_counter() - t0
@@ -189,16 +185,3 @@ def worker_device(spec: str, worker: Worker) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", worker.local_rank % torch.cuda.device_count())
     return device
-
-
-def shard_done(out: Location, plan: dict, k: int, report: bool = False) -> bool:
-    """A shard counts as done when its marker names this plan and its files have the recorded sizes (a cheap
-    stat); a marker whose files were truncated or deleted since, or copied from another dataset, is redone.
-    Flipped bytes need `cmt verify --repair`."""
-    marker = read_marker(out, k)
-    if marker is None:
-        return False
-    problems = marker_problems(out, plan, marker)
-    if problems and report:
-        tqdm.write(f"shard {k}: {problems[0]}; regenerating it", file=sys.stderr)
-    return not problems
