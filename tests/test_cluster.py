@@ -15,6 +15,7 @@ import pytest
 
 from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import generate
+from cmt_pipeline.generation.run import PAUSE_VARIABLE
 from cmt_pipeline.stores import read_all, verify
 from cmt_pipeline.stores.layout import finalize, leftovers
 
@@ -97,20 +98,23 @@ KILL_TEACHER = "gmm:gmm2d"  # the cheapest teacher to start: this test starts ma
 
 
 def run_and_kill(out, fmt, workers, rng):
-    """Start `workers` processes and SIGKILL them at a random moment of the run: once a random number of new
-    shards is done, plus a random few milliseconds (timing by progress, not by the clock, so a loaded machine
-    still sees kills mid-run). Returns (processes the kill hit, markers present at the kill)."""
+    """Start `workers` processes and SIGKILL them at a random moment of the run: each holds still once it has
+    handed a random number of shards to its writer (generation's test hook), and the kill comes once a random
+    number of new shards is done, plus a random few milliseconds, while the writers may still be committing the
+    rest (timing by progress and the hook, not by the clock: on a machine at any load the kill lands mid-run).
+    Returns (processes the kill hit, markers present at the kill)."""
+    base = markers(out)
+    # shards each worker hands over first: at most half of what is left, so no run finishes the set (3 attempts)
+    hold = 1 + rng.randrange(max(1, (N_SHARDS - base) // (2 * workers)))
+    env = clean_env(**{PAUSE_VARIABLE: str(hold)})
     if workers == 1:
-        procs = [start(out, fmt, teacher=KILL_TEACHER)]
+        procs = [start(out, fmt, teacher=KILL_TEACHER, env=env)]
     else:
         procs = [start(out, fmt, "--worker-index", str(i), "--num-workers", str(workers), "--num-threads", "1",
-                       teacher=KILL_TEACHER) for i in range(workers)]
-    base = markers(out)
-    target = base + rng.randrange(0, max(1, N_SHARDS - base - 1))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        if (out / "plan.json").exists() and markers(out) >= target:
-            break
+                       teacher=KILL_TEACHER, env=env) for i in range(workers)]
+    target, hung = base + rng.randrange(0, hold * workers), time.monotonic() + 900  # a guard against a hang only
+    while markers(out) < target:
+        assert all(p.poll() is None for p in procs) and time.monotonic() < hung
         time.sleep(0.002)
     time.sleep(rng.uniform(0, 0.03))
     at_kill = markers(out)

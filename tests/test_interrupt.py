@@ -1,5 +1,6 @@
 """Ctrl-C and SIGTERM: one line naming the command that resumes, exit 130 / 143, nothing half-written."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,20 +10,26 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
+from cmt_pipeline.generation.run import PAUSE_VARIABLE
 
 GENERATE = ["generate-trajectories", "--teacher", "gmm:gmm8x8", "--num-samples", "20000", "--shard-size", "2000",
             "--batch-size", "500", "--steps", "8", "--device", "cpu", "--quiet"]
 
 
+def done(out):
+    return len(list((out / "done").glob("*"))) if (out / "done").exists() else 0
+
+
 def interrupt(out, sig):
-    """Run the generation in a process and send it `sig` once its first shards are done."""
+    """Run the generation in a process that holds still after its second shard (generation's test hook), and send
+    it `sig` once those two shards are committed: the signal lands mid-run however loaded the machine is (it once
+    finished all 20000 samples before a timed poll saw a shard)."""
     p = subprocess.Popen([sys.executable, "-m", "cli", *GENERATE, "--out", str(out)], stderr=subprocess.PIPE,
-                         text=True)
-    done = len(list((out / "done").glob("*"))) if (out / "done").exists() else 0
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and p.poll() is None and (
-            not (out / "done").exists() or len(list((out / "done").glob("*"))) <= done):
-        time.sleep(0.1)
+                         text=True, env={**os.environ, PAUSE_VARIABLE: "2"})
+    before, hung = done(out), time.monotonic() + 900  # a guard against a hang, not a race: nothing else ends it
+    while done(out) < before + 2:
+        assert p.poll() is None and time.monotonic() < hung, p.stderr.read()  # it holds after two shards
+        time.sleep(0.05)
     p.send_signal(sig)
     return p.wait(timeout=120), p.stderr.read()
 

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from cli.main import cli
 from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import generate
+from cmt_pipeline.generation.run import PAUSE_VARIABLE
 from cmt_pipeline.stores import read_all, verify
 from cmt_pipeline.training.trajectories import trajectory_source
 from s3_server import KEY_ID, SECRET, local_s3
@@ -179,10 +180,13 @@ def test_sigkill_at_random_moments_and_two_workers_give_the_local_bytes(s3, tmp_
     rng, url, interrupted = random.Random(fmt), f"s3://cmt/killed/{fmt}", 0
     markers = f"cmt/killed/{fmt}/done/*"
     for _ in range(3):
-        # kill after a random number of new shard markers: mid-run on any machine, however long the start-up
-        kill_at = len(bucket().glob(markers)) + rng.randrange(1, N // SHARD // 4)
-        p = start(url, fmt, s3)
-        while p.poll() is None and len(bucket().glob(markers)) < kill_at:
+        # kill after a random number of new shard markers, the run holding still once it has handed that many to
+        # its writer (generation's test hook): mid-run on any machine, however long the start-up or the load
+        hold = rng.randrange(1, N // SHARD // 4)
+        kill_at, hung = len(bucket().glob(markers)) + hold, time.monotonic() + 900  # a guard against a hang only
+        p = start(url, fmt, {**s3, PAUSE_VARIABLE: str(hold)})
+        while len(bucket().glob(markers)) < kill_at:
+            assert p.poll() is None and time.monotonic() < hung
             time.sleep(0.05)
         p.send_signal(signal.SIGKILL)
         p.wait()

@@ -8,6 +8,8 @@ same for any number of workers, any order, and any number of interruptions.
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from collections import deque
 
@@ -30,6 +32,9 @@ from .worker import Worker
 from .writer import ShardWriter, shard_done
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
+# A test hook: with CMT_TEST_PAUSE_AFTER_SHARDS=N set, a worker holds still once it has handed N shards to its writer
+# (which commits them), until a signal ends it; a test then interrupts generation at a known point, at any load.
+PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_SHARDS"
 # Settings that change no stored byte, so a resume may differ in them.
 RUNTIME_ONLY = ("out", "device")
 
@@ -152,11 +157,19 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
         def solve(batch):
             return batch, solve_batch(teacher, solver, sigmas, writer.tensors[batch[0]], batch[3], device)
 
+        pause, handed = int(os.environ.get(PAUSE_VARIABLE) or 0), 0
+
         def send(batch, copied):
+            nonlocal handed
             if copied is not None:
                 copied.synchronize()
             writer.send(*batch)
             bar.update(batch[3])
+            _, k, offset, n = batch
+            handed += offset + n == shard_range(plan, k)[1]
+            if pause and handed == pause:
+                while True:  # the test hook above: a signal's handler raises out of here (Ctrl-C, SIGTERM)
+                    signal.pause()
 
         unsent = deque()
         for solved in run(solve, batches()):
