@@ -190,3 +190,18 @@ def test_random_tables_through_the_cli_reach_the_stage_or_exit_2_in_one_line(mon
         assert_sound(reached[0])
     else:
         one_line_error(r)
+
+
+@pytest.mark.parametrize("options, phrase", [
+    (["--num-samples", "2147483647", "--shard-size", "2147483647", "--batch-size", "2147483647"],
+     "--batch-size 2147483647 needs about"),
+    (["--num-samples", "2147483647"], "GiB on disk"),
+])
+def test_generation_sizes_are_estimated_before_anything_is_written(tmp_path, options, phrase):
+    """These allocated (or started writing 2.8 TB) before any check, and left plan.json and .tmp behind."""
+    r = cmt("generate-trajectories", "--teacher", "builtin", "--device", "cpu", *options, "--out", tmp_path / "out")
+    one_line_error(r, phrase)
+    assert not (tmp_path / "out").exists()
+    r = cmt("generate-trajectories", "--teacher", "builtin", "--device", "cpu", "--num-samples", 8, "--batch-size",
+            10**8, "--steps", 2, "--quiet", "--out", tmp_path / "small")  # a batch is at most its shard
+    assert r.exit_code == 0, r.output

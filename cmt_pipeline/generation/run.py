@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import time
 from collections import deque
@@ -23,13 +24,13 @@ from ..latents import load_vae
 from ..priors import draw_priors
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
-from ..stores.layout import STORE_VERSION, claim_plan, finalize, num_shards, shard_range
+from ..stores.layout import STORE_VERSION, claim_plan, finalize, num_shards, sample_arrays, shard_range
 from ..stores.location import Location
 from ..teachers import load_teacher
 from ..threads import one_thread_per_call, resolve_threads
-from ..utils import CMTError, full_fp32, resolve_device
+from ..utils import CMTError, check_memory, full_fp32, resolve_device
 from .worker import Worker
-from .writer import ShardWriter, shard_done
+from .writer import ENCODING, ShardWriter, shard_done, slot_bytes, slot_fields
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 # A test hook: with CMT_TEST_PAUSE_AFTER_SHARDS=N set, a worker holds still once it has handed N shards to its writer
@@ -53,6 +54,23 @@ def validate(cfg: GenerateConfig, teacher) -> None:
         if not labels.lstrip("-").isdigit() or not 0 <= int(labels) < teacher.num_classes:
             raise CMTError(f"--class-labels must be random, none or a class in 0..{teacher.num_classes - 1}, "
                            f"got {labels!r}")
+
+
+def check_sizes(cfg: GenerateConfig, plan: dict, out: Location, slots: int, todo: int) -> None:
+    """Memory for the writer's batch slots and the shards it holds, and disk for the `todo` samples still to store,
+    against what this machine has, before the plan is claimed: a refused size leaves nothing behind."""
+    stored = sum(math.prod(tail) * np.dtype(dt).itemsize for tail, dt in sample_arrays(plan).values())
+    batch = min(cfg.batch_size, plan["shard_size"])  # a batch never crosses a shard
+    check_memory("--batch-size", batch, slots * slot_bytes(slot_fields(plan, 1)), f"{slots} batch slots")
+    # each shard being encoded is held twice (the arrays, their encoded bytes), one more is being filled
+    check_memory("--shard-size", plan["shard_size"], (2 * ENCODING + 1) * stored, "the shards the writer holds")
+    if out.local:
+        root = next(p for p in (out.path, *out.path.parents) if p.exists())
+        free = shutil.disk_usage(root).free
+        if todo * stored > free:
+            raise CMTError(f"{todo:,} samples need about {todo * stored / 2**30:.1f} GiB on disk ({stored:,} bytes "
+                           f"each before compression), and {root} has {free / 2**30:.1f} GiB free; free space, "
+                           f"lower --num-samples or --steps{', or use --dtype float16' * (plan['dtype'] != 'float16')}")
 
 
 def smoke_test(teacher, device) -> None:
@@ -120,6 +138,11 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     vae = load_vae(cfg.vae, cfg.teacher, shape=teacher.shape)  # on the CPU: only described, never run here
     sigmas = make_grid(cfg.grid, cfg.steps, cfg.sigma_max, cfg.sigma_min)
     plan = make_plan(cfg, teacher, sigmas, vae)
+    threads = threads if device.type == "cpu" else 1
+    lag = 1 if device.type == "cuda" else 0  # batches in flight on a GPU before the main thread waits for one
+    resuming = out.exists("plan.json")
+    mine = [k for k in range(num_shards(plan)) if worker.owns(k) and not (resuming and shard_done(out, plan, k))]
+    check_sizes(cfg, plan, out, threads + lag + 2, sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in mine))
     claim_plan(out, plan)
     WRITERS[cfg.format](out, plan).prepare()
     solver = get_solver(cfg.solver)
@@ -135,9 +158,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     # batches at once, across shard boundaries, each with one intra-op thread: the bytes cannot depend on the
     # thread count (threads.py). A GPU runs one batch at a time, and the main thread waits for a batch's copy
     # back (its event) only once the next batch is launched (lag).
-    threads = threads if device.type == "cpu" else 1
-    lag = 1 if device.type == "cuda" else 0
-    with ShardWriter(out, plan, cfg.batch_size, threads + lag + 2, allow_nonfinite, device) as writer, \
+    with ShardWriter(out, plan, min(cfg.batch_size, plan["shard_size"]), threads + lag + 2, allow_nonfinite, device) as writer, \
             one_thread_per_call(threads) as run:
         def batches():
             """(slot, shard, offset, n) in sample order, the slot filled with the batch's priors."""
