@@ -8,9 +8,7 @@ same for any number of workers, any order, and any number of interruptions.
 from __future__ import annotations
 
 import math
-import os
 import shutil
-import signal
 import time
 from collections import deque
 
@@ -28,14 +26,12 @@ from ..stores.layout import STORE_VERSION, claim_plan, finalize, num_shards, sam
 from ..stores.location import Location
 from ..teachers import load_teacher
 from ..threads import one_thread_per_call, resolve_threads
-from ..utils import CMTError, check_memory, full_fp32, resolve_device
+from ..utils import CMTError, check_memory, full_fp32, hold_for_test, resolve_device
 from .worker import Worker
 from .writer import ENCODING, ShardWriter, shard_done, slot_bytes, slot_fields
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-# A test hook: with CMT_TEST_PAUSE_AFTER_SHARDS=N set, a worker holds still once it has handed N shards to its writer
-# (which commits them), until a signal ends it; a test then interrupts generation at a known point, at any load.
-PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_SHARDS"
+PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_SHARDS"  # =N: hold once N shards are handed to the writer (utils.hold_for_test)
 # Settings that change no stored byte, so a resume may differ in them.
 RUNTIME_ONLY = ("out", "device")
 
@@ -178,7 +174,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
         def solve(batch):
             return batch, solve_batch(teacher, solver, sigmas, writer.tensors[batch[0]], batch[3], device)
 
-        pause, handed = int(os.environ.get(PAUSE_VARIABLE) or 0), 0
+        handed = 0
 
         def send(batch, copied):
             nonlocal handed
@@ -187,10 +183,9 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
             writer.send(*batch)
             bar.update(batch[3])
             _, k, offset, n = batch
-            handed += offset + n == shard_range(plan, k)[1]
-            if pause and handed == pause:
-                while True:  # the test hook above: a signal's handler raises out of here (Ctrl-C, SIGTERM)
-                    signal.pause()
+            if offset + n == shard_range(plan, k)[1]:
+                handed += 1
+                hold_for_test(PAUSE_VARIABLE, handed)
 
         unsent = deque()
         for solved in run(solve, batches()):
