@@ -143,7 +143,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     WRITERS[cfg.format](out, plan).prepare()
     solver = get_solver(cfg.solver)
 
-    to_write = [k for k in range(num_shards(plan)) if worker.owns(k) and not shard_done(out, plan, k, report=True)]
+    to_write = [k for k in mine if not shard_done(out, plan, k, report=True)]  # done ones were read once, above
     n_to_write = sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in to_write)
     t0 = time.perf_counter()
     bar = tqdm(total=n_to_write, unit="sample", disable=not progress or n_to_write == 0,
