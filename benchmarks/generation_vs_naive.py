@@ -47,7 +47,7 @@ def naive(args) -> None:
             index = np.arange(b, min(b + args.batch_size, args.num_samples))
             noise, labels = draw_priors(cfg.seed, index, teacher.shape, teacher.num_classes, cfg.class_labels)
             lab = torch.from_numpy(labels) if teacher.num_classes else None
-            states = solver(teacher, torch.from_numpy(noise) * float(sigmas[0]), sigmas, lab)
+            states = solver(teacher, torch.from_numpy(noise) * float(sigmas[0]), sigmas, lab, return_intermediates=True)
             np.save(out / f"{b:09d}-traj.npy", states[:-1].transpose(0, 1).numpy().astype(np.float16))
             np.save(out / f"{b:09d}-x0.npy", states[-1].numpy().astype(np.float16))
             np.save(out / f"{b:09d}-prior.npy", noise)

@@ -45,7 +45,8 @@ class OnlineSource:
         for step in count(start + 1):
             idx = range(step * self.batch_size, (step + 1) * self.batch_size)
             prior, _ = draw_priors(self.seed, idx, self.teacher.shape, 0, "none")
-            states = self.solve(self.teacher, torch.from_numpy(prior) * float(self.sigmas[0]), self.sigmas)
+            states = self.solve(self.teacher, torch.from_numpy(prior) * float(self.sigmas[0]), self.sigmas,
+                                return_intermediates=True)
             yield {"traj": states[:-1].transpose(0, 1), "x0": states[-1],
                    "labels": torch.full((self.batch_size,), -1)}
 

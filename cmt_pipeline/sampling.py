@@ -39,7 +39,7 @@ class TeacherSampler:
         self.sigma_max = float(self.sigmas[0])
 
     def __call__(self, prior, labels=None, renoise=None):
-        return self.solve(self.net, prior * self.sigma_max, self.sigmas, labels)[-1]
+        return self.solve(self.net, prior * self.sigma_max, self.sigmas, labels)
 
     def describe(self) -> dict:
         return {"kind": "teacher", "solver": self.solver_name, "steps": self.steps, "grid": self.grid, "nfe": self.nfe,

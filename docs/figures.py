@@ -19,7 +19,7 @@ def main(out=Path(__file__).parent / "images" / "concepts.png"):
     teacher = gmm2d()
     sig = logsnr_grid(16)
     prior = torch.randn(10, 2, 1, 1, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    states = SOLVERS["dpm3"](teacher, 80 * prior, sig)[:, :, :, 0, 0]  # (17, 10, 2)
+    states = SOLVERS["dpm3"](teacher, 80 * prior, sig, return_intermediates=True)[:, :, :, 0, 0]  # (17, 10, 2)
     vp = states / (1 + sig.view(-1, 1, 1) ** 2).sqrt()  # variance-preserving scaling keeps noise in view
     modes = teacher.means.numpy()
     fig, axes = plt.subplots(1, 3, figsize=(12, 4), dpi=110)

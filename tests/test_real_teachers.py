@@ -95,7 +95,8 @@ def test_flow_matching_mapping_is_exact_against_the_velocity_models_euler_steps(
     ts = (sigmas / (1 + sigmas)).float()
     sched.set_timesteps(sigmas=ts[:-1].tolist())  # shift 3 moves the grid: take the one it sets, in both
     ts = torch.cat([sched.sigmas[:-1], ts[-1:]])
-    states = get_solver("euler")(teacher, prior * float(sigmas[0]), (ts / (1 - ts)).double(), None)
+    states = get_solver("euler")(teacher, prior * float(sigmas[0]), (ts / (1 - ts)).double(), None,
+                                 return_intermediates=True)
     z = states[0] / (1 + float(ts[0] / (1 - ts[0])))
     for k in range(len(ts) - 1):
         v = model(z, sched.timesteps[k].expand(3)).sample

@@ -90,7 +90,7 @@ def test_trajectory_ends_at_the_teacher_solve(tmp_path):
     gen(tmp_path / "a", dtype="float32", steps=8)
     data = read_all(tmp_path / "a")
     prior = torch.from_numpy(data["prior"][7:8])
-    states = SOLVERS["dpm3"](load_teacher("gmm:gmm8x8"), 80 * prior, logsnr_grid(8))
+    states = SOLVERS["dpm3"](load_teacher("gmm:gmm8x8"), 80 * prior, logsnr_grid(8), return_intermediates=True)
     assert data["traj"].shape[1] == 8
     assert np.allclose(data["traj"][7], states[:-1, 0].numpy(), atol=1e-5)
     assert np.allclose(data["x0"][7], states[-1, 0].numpy(), atol=1e-5)

@@ -111,7 +111,7 @@ def test_solver_loop_has_no_host_device_sync(teachers, name, solver, device):
     # warm-up: lazy CUDA and cuDNN setup, and constants a network copies to its device once, may sync once
     SOLVERS[solver](teacher, x, sigmas, labels)
     with no_syncs(device):
-        states = SOLVERS[solver](teacher, x, sigmas, labels)
+        states = SOLVERS[solver](teacher, x, sigmas, labels, return_intermediates=True)
     assert states.shape == (5, *x.shape)
 
 

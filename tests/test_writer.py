@@ -133,9 +133,9 @@ def test_threads_solve_batches_of_different_shards_at_once(tmp_path, monkeypatch
     def solver_meeting_at_the_barrier(name):
         solve = real(name)
 
-        def solve_at_once(*args):
+        def solve_at_once(*args, **kwargs):
             barrier.wait()
-            return solve(*args)
+            return solve(*args, **kwargs)
         return solve_at_once
 
     monkeypatch.setattr(run, "get_solver", solver_meeting_at_the_barrier)

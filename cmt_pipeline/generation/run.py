@@ -109,7 +109,7 @@ def solve_batch(teacher, solver, sigmas, slot: dict[str, torch.Tensor], n: int, 
     end of the copy back (None on a CPU, where all is done on return)."""
     x = slot["prior"][:n].to(device, non_blocking=True) * float(sigmas[0])
     lab = slot["labels"][:n].to(device, non_blocking=True) if teacher.num_classes else None
-    states = solver(teacher, x, sigmas, lab)  # (K+1, n, C, H, W)
+    states = solver(teacher, x, sigmas, lab, return_intermediates=True)  # (K+1, n, C, H, W)
     slot["traj"][:n].copy_(states[:-1].transpose(0, 1), non_blocking=True)
     slot["x0"][:n].copy_(states[-1], non_blocking=True)
     if device.type != "cuda":

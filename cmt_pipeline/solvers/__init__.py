@@ -1,5 +1,6 @@
-"""ODE solvers over the denoiser seam. Each is `solver(denoiser, x, sigmas, class_labels) -> states`, where
-states has shape (len(sigmas), B, ...) and states[i] is the state at sigmas[i] (states[0] = x, states[-1] the sample).
+"""ODE solvers over the denoiser seam. Each is `solver(denoiser, x, sigmas, class_labels) -> sample`, the state at
+sigmas[-1]; with `return_intermediates=True` it returns states of shape (len(sigmas), B, ...), states[i] the state
+at sigmas[i] (states[0] = x, states[-1] the sample).
 """
 
 from __future__ import annotations

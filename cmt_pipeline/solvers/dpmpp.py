@@ -10,17 +10,17 @@ again (order <= steps left), which keeps the final jump to sigma_min stable. One
 
 import math
 
-import torch
+from .states import ode_solver
 
 
-@torch.no_grad()
+@ode_solver
 def dpmpp(denoiser, x, sigmas, class_labels=None, order: int = 3, lower_order_final: bool = True):
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
     sig = sigmas.tolist()
     lam = [-math.log(s) for s in sig]
     n = len(sig) - 1
-    states, hist = [x], []  # hist: denoised outputs, newest last
+    hist = []  # hist: denoised outputs, newest last
     for i in range(n):
         hist = (hist + [denoiser(x, sig[i], class_labels)])[-3:]
         k = min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
@@ -40,5 +40,4 @@ def dpmpp(denoiser, x, sigmas, class_labels=None, order: int = 3, lower_order_fi
                 d2 = (d1_0 - d1_1) / (r0 + r1)
                 x_next = x_next + ((r - 1) / h + 1) * d1 - ((r - 1 + h) / h**2 - 0.5) * d2
         x = x_next
-        states.append(x)
-    return torch.stack(states)
+        yield x

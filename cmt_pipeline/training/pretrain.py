@@ -49,7 +49,7 @@ def grid_sampler(cfg: PretrainConfig, shape, num_classes: int, vae=None):
     def sample(denoiser):
         dev = next(denoiser.parameters()).device
         lab = labels.to(dev) if labels is not None else None
-        x = solver(denoiser, noise.to(dev) * float(sigmas[0]), sigmas, lab)[-1]
+        x = solver(denoiser, noise.to(dev) * float(sigmas[0]), sigmas, lab)
         return x if vae is None else vae.to(dev).decode(x)
 
     return sample
