@@ -39,7 +39,7 @@ from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.stores import open_store, read_range
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import post_train
-from cmt_pipeline.utils import atomic_write_json
+from cmt_pipeline.files import atomic_write_json
 
 BASE = dict(objective="ect", optimizer="radam", lr=1e-4, lr_schedule="constant", q=4096.0, q_double_every=0,
             distance="norm", huber_c=0.0, ema_decay=0.99, dropout=0.0)

@@ -31,7 +31,7 @@ from cmt_pipeline.datasets import load_images
 from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.training.data import TensorSource
 from cmt_pipeline.training.posttrain import build_objective, build_student, validate
-from cmt_pipeline.utils import atomic_write_json
+from cmt_pipeline.files import atomic_write_json
 
 SETTINGS = {"norm, q 4096 (reference)": dict(distance="norm", q=4096.0),
             "norm, q 256": dict(distance="norm", q=256.0),

@@ -49,7 +49,7 @@ from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import EVAL_SEED, post_train
 from cmt_pipeline.training.pretrain import pretrain
-from cmt_pipeline.utils import atomic_write_json
+from cmt_pipeline.files import atomic_write_json
 
 QUIET = dict(device="cpu", tensorboard=False, sample_every=0, log_every=25)
 INITS = ("random", "diffusion", "CMT")

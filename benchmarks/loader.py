@@ -29,7 +29,7 @@ from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
 from cmt_pipeline.training.data import device_batches
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.trajectories import trajectory_source
-from cmt_pipeline.utils import seeded
+from cmt_pipeline.seeding import seeded
 
 
 def make_cifar(out: Path, num_samples: int) -> None:

@@ -24,7 +24,7 @@ import torch
 from cmt_pipeline.datasets import load_images
 from cmt_pipeline.docs_sections import write_section
 from cmt_pipeline.models.io import open_network
-from cmt_pipeline.utils import atomic_write_json
+from cmt_pipeline.files import atomic_write_json
 
 STEPS = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 LEVELS = (0.3, 1.0, 5.0, 20.0)

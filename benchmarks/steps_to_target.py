@@ -47,7 +47,7 @@ from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.training.loop import EvalLog
 from cmt_pipeline.training.midtrain import build_student, mid_train
 from cmt_pipeline.training.posttrain import FewStepEval, post_train
-from cmt_pipeline.utils import atomic_write_json
+from cmt_pipeline.files import atomic_write_json
 
 METRIC = "1step_flow_map_mse"
 

@@ -44,7 +44,9 @@ def sample_cmd(ckpt, steps, sigma_max, sigma_mid, num_samples, seed, class_label
     from cmt_pipeline.latents import load_vae
     from cmt_pipeline.plotting import save_image_grid
     from cmt_pipeline.sampling import StudentSampler, load_student, sample, student_sigmas
-    from cmt_pipeline.utils import CMTError, atomic_write_bytes, resolve_device
+    from cmt_pipeline.errors import CMTError
+    from cmt_pipeline.files import atomic_write_bytes
+    from cmt_pipeline.devices import resolve_device
 
     if not (png or npz):
         raise CMTError("nothing to write: pass --out grid.png and/or --npz samples.npz")
@@ -82,7 +84,7 @@ def check_sigmas(sigma_max: float, sigma_mid: float) -> None:
 def check_sample_out(path: Path, overwrite: bool) -> None:
     """An existing file is replaced only with --overwrite, and only when it is a PNG or an .npz holding `samples`
     (what sample writes), so a mistyped --npz RUN/model.ckpt cannot destroy a model."""
-    from cmt_pipeline.utils import CMTError
+    from cmt_pipeline.errors import CMTError
 
     if not path.exists():
         return

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import CMTError, check_memory
+from .errors import CMTError
+from .memory import check_memory
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 

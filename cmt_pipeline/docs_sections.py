@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .utils import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 def replace_section(doc: str, name: str, text: str) -> str:

@@ -1,4 +1,4 @@
-"""CMTError lives apart from utils (which imports torch) so that configs and the CLI's error handling load fast."""
+"""CMTError lives in a module that imports nothing, so that configs and the CLI's error handling load fast."""
 
 
 class CMTError(Exception):

@@ -35,7 +35,8 @@ from .paths import not_a_model
 from .teachers.edm import EDMDenoiser
 from .teachers.exported import GAP_DIR, INDEX, MODULE, STUDENT_FILE, STUDENT_FORMAT, is_export
 from .teachers.native import NativeDenoiser
-from .utils import CMTError, atomic_folder
+from .errors import CMTError
+from .files import atomic_folder
 
 PIPELINE_FILE = Path(__file__).with_name(f"{MODULE}.py")
 
@@ -133,7 +134,7 @@ def check_out(out_dir: Path, overwrite: bool) -> None:
 
 def export_pipeline(pipe, out_dir, card: str = "", overwrite: bool = False) -> Path:
     """Write `pipe` (see to_pipeline) and its model card into a temporary folder, then swap it into place
-    (utils.atomic_folder: the old export is renamed aside before the new one is renamed in)."""
+    (files.atomic_folder: the old export is renamed aside before the new one is renamed in)."""
     out_dir = Path(out_dir)
     check_out(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,8 @@ from .models.io import is_checkpoint, load_model, open_network
 from .plotting import save_image_grid, save_scatter
 from .stores import Location, open_store, read_range
 from .stores.layout import MANIFEST, PLAN, done_shards, num_shards, read_plan
-from .utils import CMTError, disk_usage
+from .errors import CMTError
+from .files import disk_usage
 
 
 def inspect_store(root: Location) -> dict:

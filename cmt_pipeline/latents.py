@@ -36,7 +36,8 @@ from .models.io import load_model
 from .networks.snapshot import read_latents
 from .teachers import is_teacher_file
 from .stores.layout import read_plan
-from .utils import CMTError, hash_weights
+from .errors import CMTError
+from .teachers.base import hash_weights
 
 VAE_DIR = "vae"
 ENCODER_FILE = "cmt_latent_encoder.json"  # beside a saved VAE: the EDM2 encoder record its latents follow

@@ -28,7 +28,8 @@ from .plotting import save_curves
 from .stores import open_store
 from .training.midtrain import mid_train
 from .training.posttrain import post_train
-from .utils import CMTError, atomic_write_bytes, atomic_write_json
+from .errors import CMTError
+from .files import atomic_write_bytes, atomic_write_json
 
 SECTIONS = {"pipeline", "generate", "mid_train", "post_train", "evaluate"}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 def write_png(path, save) -> None:

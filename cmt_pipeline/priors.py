@@ -101,7 +101,7 @@ def draw_priors(seed: int, indices, shape, num_classes: int, class_labels: str):
 
 def stream_seed(seed: int, index: int, stream: int) -> int:
     """A 63-bit seed for sample `index` of side stream `stream` (RENOISE, REFERENCE) of a run seeded `seed`;
-    a different SeedSequence entropy (three words) from any prior seed (utils.sample_seed: two)."""
+    a different SeedSequence entropy (three words) from any prior seed (seeding.sample_seed: two)."""
     return int(seed_words(seed, [index], stream)[0])
 
 

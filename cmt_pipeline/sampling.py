@@ -24,7 +24,8 @@ from .solvers import NFE_PER_STEP, get_solver, make_grid
 from .models import as_denoiser
 from .models.io import open_network
 from .teachers import Denoiser
-from .utils import check_memory, full_fp32
+from .memory import check_memory
+from .devices import full_fp32
 
 
 class TeacherSampler:

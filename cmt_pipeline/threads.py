@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import CMTError
+from .errors import CMTError
 
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))

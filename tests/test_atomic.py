@@ -1,10 +1,10 @@
-"""utils' atomic writes: readers see the old content or the new, never a half-written file or no folder at all."""
+"""files.py's atomic writes: readers see the old content or the new, never a half-written file or no folder at all."""
 
 from __future__ import annotations
 
 import pytest
 
-from cmt_pipeline.utils import atomic_file, atomic_folder, atomic_write_bytes
+from cmt_pipeline.files import atomic_file, atomic_folder, atomic_write_bytes
 
 
 def test_atomic_file_replaces_and_leaves_no_temporary(tmp_path):

@@ -14,7 +14,7 @@ from cmt_pipeline.networks.dit import DiT
 from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.teachers.dit import DiTDenoiser, SiTDenoiser, infer_arch, load_dit_checkpoint, parse_arch
 from cmt_pipeline.teachers.native import NATIVE_FILE
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 FIXTURE = Path(__file__).parent / "data" / "dit_reference.safetensors"
 

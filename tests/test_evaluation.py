@@ -20,7 +20,7 @@ from cmt_pipeline.generation import generate
 from cmt_pipeline.sampling import StudentSampler, TeacherSampler, load_student, sample
 from cmt_pipeline.teachers import Denoiser, EDMDenoiser, Precond, build_unet
 from cmt_pipeline.teachers.gmm import gmm2d, gmm8x8
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 
 def run_cli(*args):

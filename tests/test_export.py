@@ -19,7 +19,7 @@ from cmt_pipeline.models import MeanFlowStudent, consistency_student
 from cmt_pipeline.sampling import StudentSampler, load_student, sample, student_sigmas
 from cmt_pipeline.teachers import EDMDenoiser, GMMDenoiser, Precond, build_unet
 from cmt_pipeline.models.io import save_model
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 KINDS = ("cm", "cm-classes", "mf", "mf-classes", "cm-latent")
 

@@ -101,7 +101,7 @@ def test_disk_full_mid_run_is_reported_and_resumable(tmp_path, monkeypatch):
 
     from cmt_pipeline.stores import open_store
     from cmt_pipeline.stores.wds_store import WdsWriter
-    from cmt_pipeline.utils import CMTError
+    from cmt_pipeline.errors import CMTError
 
     real = WdsWriter.write_shard
     calls = []

@@ -2,7 +2,7 @@
 
 Read from the source with `ast`, so imports deferred into functions count as much as those at the top: a deferred
 import dodges the cycle at start-up, not the tangle. Each subpackage (teachers/, training/, ...) is one node, and
-so is each top-level module (sampling.py, utils.py, ...); imports inside one subpackage are its own business.
+so is each top-level module (sampling.py, files.py, ...); imports inside one subpackage are its own business.
 """
 
 from __future__ import annotations

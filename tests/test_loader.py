@@ -15,7 +15,7 @@ from cmt_pipeline.generation import generate
 from cmt_pipeline.training.data import TensorSource, Workers, device_batches
 from cmt_pipeline.training.loop import train
 from cmt_pipeline.training.trajectories import trajectory_source
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 TRAJ = torch.randn(300, 4, 3, 8, 8, generator=torch.Generator().manual_seed(0)).half()
 LABELS = torch.arange(300)

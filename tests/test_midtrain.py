@@ -18,7 +18,7 @@ from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.stores import open_store, read_range
 from cmt_pipeline.training.midtrain import mid_train
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 TINY = dict(channels=[16, 32], layers_per_block=1)
 FAST = dict(device="cpu", tensorboard=False, checkpoint_every=1000, sample_every=0, log_every=1)

@@ -13,7 +13,7 @@ import torch
 from cmt_pipeline.models.io import build_network, network_spec
 from cmt_pipeline.teachers import NativeDenoiser, load_teacher
 from cmt_pipeline.teachers.native import NATIVE_FILE, build_native
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 FIXTURE = Path(__file__).parent / "data" / "edm_reference.safetensors"
 

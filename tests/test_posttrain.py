@@ -21,7 +21,7 @@ from cmt_pipeline.objectives.meanflow import MeanFlowLoss, meanflow_target
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
 from cmt_pipeline.models.io import load_model, model_from_checkpoint, save_model
 from cmt_pipeline.training.posttrain import post_train
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 FAST = dict(device="cpu", tensorboard=False, checkpoint_every=1000, sample_every=0, log_every=5)
 

@@ -14,7 +14,7 @@ from cli.main import cli
 from cmt_pipeline.datasets import load_images
 from cmt_pipeline.teachers import BUILTIN_DIGITS, load_teacher
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 TINY = ["--channels", "8,16", "--layers-per-block", "1", "--batch-size", "16", "--sample-steps", "2",
         "--device", "cpu", "--no-tensorboard", "--quiet"]
@@ -202,7 +202,7 @@ def test_time_scale_reaches_the_backbone_and_every_student(tmp_path):
     r = cmt(*post_args, "--time-scale", 1000, "--out", tmp_path / "post-1000")
     assert r.exit_code != 0 and "--time-scale 1000 only shapes a fresh UNet" in r.output and "scale 1" in r.output
     assert not (tmp_path / "post-1000").exists()
-    from cmt_pipeline.models.io import with_time_scale
+    from cmt_pipeline.training.stage import with_time_scale
     copied = build_student(load_config(MidTrainConfig, None, None, init="teacher"), teacher, teacher.shape)
     assert with_time_scale(load_config(MidTrainConfig, None, None), copied, "t").time_scale == 1.0
     with pytest.raises(CMTError, match="only shapes a fresh UNet, and the teacher has timestep scale 1;"):

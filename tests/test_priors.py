@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cmt_pipeline.priors import RENOISE, REFERENCE, draw_priors, draw_renoise, seed_words, stream_seed
-from cmt_pipeline.utils import CMTError, sample_seed
+from cmt_pipeline.errors import CMTError
+from cmt_pipeline.seeding import sample_seed
 
 
 def reference_priors(seed, indices, shape, num_classes, class_labels):

@@ -15,7 +15,7 @@ from cmt_pipeline.solvers import get_solver, make_grid
 from cmt_pipeline.stores import read_all
 from cmt_pipeline.teachers import DiffusersDenoiser, load_teacher
 from cmt_pipeline.models.io import build_network, network_spec
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 NUM_CLASSES = 5
 

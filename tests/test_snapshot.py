@@ -34,7 +34,7 @@ from cmt_pipeline.models.io import is_checkpoint
 from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.teachers.base import sigma_column
 from cmt_pipeline.teachers.native import PRECONDS, NativeDenoiser, load_snapshot
-from cmt_pipeline.utils import sha256_file
+from cmt_pipeline.files import sha256_file
 
 
 class StandIn(NativeDenoiser):

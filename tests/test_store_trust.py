@@ -17,7 +17,7 @@ from cmt_pipeline.generation import generate
 from cmt_pipeline.stores import open_store, repair, verify
 from cmt_pipeline.stores.layout import MANIFEST, PLAN, STORE_VERSION, claim_plan, marker_path, plan_fingerprint
 from cmt_pipeline.training.trajectories import trajectory_source
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 from conftest import copier
 
 GMM = dict(teacher="gmm:gmm8x8", num_samples=48, shard_size=16, batch_size=16, steps=4, device="cpu")

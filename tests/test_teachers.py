@@ -5,7 +5,7 @@ import torch
 
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet, load_teacher
 from cmt_pipeline.teachers.gmm import GMMDenoiser, gmm8x8
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])

@@ -10,7 +10,7 @@ from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import Worker, generate
 from cmt_pipeline.stores import read_all
 from cmt_pipeline.threads import cgroup_cpu_limit, default_threads, one_thread_per_call, resolve_threads
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 
 def test_cgroup_quota_is_read_from_v2_then_v1(tmp_path):

@@ -21,7 +21,7 @@ from cmt_pipeline.training.checkpoint import resolve_resume
 from cmt_pipeline.training.data import batch_stream
 from cmt_pipeline.training.loop import LoopState, due
 from cmt_pipeline.training.pretrain import build_teacher
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 
 # ---- periodic callbacks ------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from cli.main import cli
 from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import generate
 from cmt_pipeline.stores import open_store
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 from conftest import copier
 
 

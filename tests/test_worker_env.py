@@ -4,7 +4,7 @@ import pytest
 
 from cmt_pipeline.generation import Worker, worker_from_env
 from cmt_pipeline.threads import available_cpus
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 CPUS = available_cpus()
 

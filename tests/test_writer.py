@@ -15,7 +15,7 @@ import zarr
 
 from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import Worker, generate
-from cmt_pipeline.utils import CMTError
+from cmt_pipeline.errors import CMTError
 
 from cmt_pipeline.stores import WRITERS
 from cmt_pipeline.stores.layout import ARRAYS, STORE_VERSION, claim_plan, shard_range

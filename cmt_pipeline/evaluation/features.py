@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..datasets import digits
-from ..utils import CMTError, atomic_write_json
+from ..errors import CMTError
+from ..files import atomic_write_json
 from .frechet import feature_stats, frechet_distance
 from .kid import kernel_distance
 

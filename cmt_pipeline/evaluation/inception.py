@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import CMTError
+from ..errors import CMTError
 
 SIZE = 299
 

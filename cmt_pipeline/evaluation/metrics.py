@@ -22,7 +22,7 @@ import torch
 from ..constants import SIGMA_MAX, SIGMA_MIN
 from ..sampling import TeacherSampler, draw_renoise, run_sampler
 from ..stores import open_store, read_range
-from ..utils import CMTError
+from ..errors import CMTError
 
 
 def mse_psnr(x, target) -> dict:

@@ -25,7 +25,10 @@ from ..priors import check_class_labels
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
 from ..stores import open_store
 from ..teachers import GMMDenoiser, load_teacher
-from ..utils import CMTError, atomic_write_json, check_memory, full_fp32, resolve_device
+from ..errors import CMTError
+from ..files import atomic_write_json
+from ..memory import check_memory
+from ..devices import full_fp32, resolve_device
 from .features import DigitsFD, real_digits
 from .frechet import feature_stats, frechet_distance
 from .inception import inception_features, load_inception

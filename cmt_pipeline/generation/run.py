@@ -26,12 +26,15 @@ from ..stores.layout import STORE_VERSION, claim_plan, finalize, num_shards, sam
 from ..stores.location import Location
 from ..teachers import load_teacher
 from ..threads import one_thread_per_call, resolve_threads
-from ..utils import CMTError, check_memory, full_fp32, hold_for_test, resolve_device
+from ..errors import CMTError
+from ..memory import check_memory
+from ..devices import full_fp32, resolve_device
+from ..hooks import hold_for_test
 from .worker import Worker
 from .writer import ENCODING, ShardWriter, shard_done, slot_bytes, slot_fields
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
-PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_SHARDS"  # =N: hold once N shards are handed to the writer (utils.hold_for_test)
+PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_SHARDS"  # =N: hold once N shards are handed to the writer (hooks.hold_for_test)
 # Settings that change no stored byte, so a resume may differ in them.
 RUNTIME_ONLY = ("out", "device")
 

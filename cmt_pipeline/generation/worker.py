@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 
 from ..threads import resolve_threads
-from ..utils import CMTError
+from ..errors import CMTError
 
 
 @dataclass(frozen=True)

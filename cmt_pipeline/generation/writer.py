@@ -43,7 +43,7 @@ from ..stores import WRITERS
 from ..stores.checks import name_samples, nonfinite_samples
 from ..stores.layout import commit_shard, marker_problems, read_marker, sample_arrays, shard_range
 from ..stores.location import Location
-from ..utils import CMTError
+from ..errors import CMTError
 
 ENCODING = 2  # shards encoded at once
 ALIGN = 4096  # every slot array starts on a page: page-locking and DMA like it

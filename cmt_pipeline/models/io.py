@@ -18,7 +18,6 @@ an EDM network as a network folder (EDMDenoiser.save). The trainer's own resume 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 from dataclasses import asdict
 from pathlib import Path
@@ -30,7 +29,7 @@ from ..paths import not_a_model
 from ..teachers import BUILTIN_SPECS, DiffusersDenoiser, EDMDenoiser, Precond, is_teacher_file, load_teacher
 from ..teachers.native import NativeDenoiser
 from ..errors import CMTError, first_line
-from ..utils import atomic_folder, atomic_write_bytes
+from ..files import atomic_folder, atomic_write_bytes
 from .consistency import BoundaryDenoiser
 from .meanflow import MeanFlowStudent
 
@@ -80,18 +79,6 @@ def network_spec(model: torch.nn.Module) -> dict | None:
     if isinstance(model, BoundaryDenoiser):
         return {"class": "BoundaryDenoiser", "net": inner, "precond": asdict(model.precond)}
     return {"class": "MeanFlowStudent", "net": inner, "gap_scale": model.gap_scale}
-
-
-def with_time_scale(cfg, net: torch.nn.Module, origin: str):
-    """cfg with time_scale set to what `net`'s UNet receives, so the recorded config says how the student was made
-    (None for a network without EDM's timestep input). --time-scale only shapes a fresh UNet: asking a network
-    made elsewhere (`origin`, for the message) for another scale is refused, not silently ignored."""
-    found = next((m.precond.time_scale for m in net.modules() if isinstance(m, EDMDenoiser)), None)
-    if cfg.time_scale is not None and cfg.time_scale != found:
-        has = f"timestep scale {found:g}" if found is not None else "no EDM timestep scale"
-        raise CMTError(f"--time-scale {cfg.time_scale:g} only shapes a fresh UNet, and {origin} has {has}; "
-                       "drop --time-scale")
-    return dataclasses.replace(cfg, time_scale=found)
 
 
 def build_network(spec: dict | None) -> torch.nn.Module:
@@ -157,7 +144,7 @@ def model_from_checkpoint(ckpt: dict, ema: bool = True) -> torch.nn.Module:
 
 
 def export_denoiser(model: EDMDenoiser, out_dir, dtype: str = "float32", vae=None) -> Path:
-    """Write `model` as a network folder (EDMDenoiser.save), swapped into place when complete (utils.atomic_folder);
+    """Write `model` as a network folder (EDMDenoiser.save), swapped into place when complete (files.atomic_folder);
     float16 halves the size and loads back as float32. A latent model's VAE (a LatentCodec) is saved in its vae/
     subfolder, so the folder is self-contained."""
     out_dir = Path(out_dir)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import CMTError
-from ..utils import sha256_file
+from ..files import sha256_file
 
 FORMAT = "NVlabs torch_utils.persistence pickle"
 PERSISTENCE_VERSION = 6  # torch_utils.persistence._version of both NVlabs/edm and NVlabs/edm2

@@ -9,7 +9,7 @@ x0 (n,C,H,W) the solver's final sample, labels (n,) int64 (-1 = unconditional), 
 
 from __future__ import annotations
 
-from ..utils import CMTError
+from ..errors import CMTError
 from .checks import require_finite
 from .layout import MANIFEST, finalize, num_shards, read_json, read_plan, shard_range
 from .location import Location

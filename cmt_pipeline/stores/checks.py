@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..utils import CMTError
+from ..errors import CMTError
 from .layout import sample_arrays
 
 MAX_NAMED = 8  # sample indices named in an error

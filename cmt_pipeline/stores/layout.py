@@ -24,7 +24,8 @@ import os
 import shutil
 from pathlib import Path
 
-from ..utils import CMTError, sha256_file
+from ..errors import CMTError
+from ..files import sha256_file
 from .location import TMP, Location
 
 PLAN = "plan.json"
@@ -75,7 +76,7 @@ def read_json(root: Location, rel: str):
 
 def leftovers(root) -> list[Path]:
     """Debris of interrupted writes in a local folder: DIR/.tmp, and `.NAME.tmp-*` files (the atomic-write naming
-    of utils). A remote store has none: its unmarked objects are overwritten by the next run."""
+    of files.temp_name). A remote store has none: its unmarked objects are overwritten by the next run."""
     root = Location.of(root)
     if not root.local:
         return []

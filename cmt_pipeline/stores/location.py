@@ -22,7 +22,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .. import errors
-from ..utils import CMTError, disk_usage, replace_file
+from ..errors import CMTError
+from ..files import disk_usage, replace_file
 
 TMP = ".tmp"
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FSSPEC_S3_SECRET",

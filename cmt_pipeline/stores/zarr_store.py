@@ -25,7 +25,7 @@ import zarr
 from numcodecs import Blosc
 
 from ..threads import available_cpus
-from ..utils import CMTError
+from ..errors import CMTError
 from .checks import require_shapes
 from .layout import ARRAYS, PLAN, plan_of, sample_arrays, shard_range
 from .location import Location

@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..paths import not_a_model
-from ..utils import CMTError, atomic_folder
+from ..errors import CMTError
+from ..files import atomic_folder
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .dit import load_dit_checkpoint

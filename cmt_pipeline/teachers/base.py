@@ -12,8 +12,6 @@ import numbers
 
 import torch
 
-from ..utils import hash_weights
-
 
 def sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a float, 0-d or (B,) sigma to shape (B, 1, 1, 1) in x's dtype and device. A Python number becomes
@@ -25,6 +23,14 @@ def sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
     if sigma.ndim == 0:
         sigma = sigma.expand(x.shape[0])
     return sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def hash_weights(h, module: torch.nn.Module) -> None:
+    """Feed every parameter and buffer of `module`, by sorted name, into the hash `h`: a network's identity."""
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().cpu()
+        h.update(name.encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).contiguous().numpy().tobytes())  # numpy has no bf16
 
 
 class Denoiser(torch.nn.Module):

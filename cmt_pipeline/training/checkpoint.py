@@ -1,5 +1,5 @@
 """The trainer's own state, for resuming: run/checkpoints/step-NNNNNNN folders, written into a temporary folder and
-swapped in when complete (utils.replace_folder); run/checkpoints/latest is a one-line file naming the newest
+swapped in when complete (files.replace_folder); run/checkpoints/latest is a one-line file naming the newest
 complete one, replaced atomically. A crash mid-save leaves only a `.tmp-*` folder that nothing reads. The model a
 run hands on (model.ckpt) is written and read by models/io.py.
 
@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from ..errors import CMTError, first_line
-from ..utils import atomic_write_bytes, replace_folder
+from ..files import atomic_write_bytes, replace_folder
 
 LATEST = "latest"
 FORMAT = "cmt-train-state/1"

@@ -16,7 +16,9 @@ from itertools import count
 
 import torch
 
-from ..utils import CMTError, check_memory, sample_seed
+from ..errors import CMTError
+from ..memory import check_memory
+from ..seeding import sample_seed
 
 
 class TensorSource:

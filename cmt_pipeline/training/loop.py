@@ -31,7 +31,10 @@ from .. import __version__
 from ..config import TrainConfig
 from ..models.io import save_model
 from ..plotting import save_image_grid
-from ..utils import CMTError, atomic_write_bytes, atomic_write_json, hold_for_test, sample_seed
+from ..errors import CMTError
+from ..files import atomic_write_bytes, atomic_write_json
+from ..hooks import hold_for_test
+from ..seeding import sample_seed
 from .checkpoint import load_training_state, resolve_resume, save_training_state
 from .data import batch_stream, device_batches
 from .ema import EMA, ema_decay
@@ -39,7 +42,7 @@ from .ema import EMA, ema_decay
 OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}
 AUTOCAST = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_STEP"  # =N: hold after optimizer step N (utils.hold_for_test)
+PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_STEP"  # =N: hold after optimizer step N (hooks.hold_for_test)
 
 
 @dataclass

@@ -17,16 +17,18 @@ from ..config import MidTrainConfig
 from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples, read_head, read_tail
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
-from ..models.io import build_network, export_denoiser, network_spec, with_time_scale
+from ..models.io import build_network, export_denoiser, network_spec
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.lpips import LPIPS
 from ..plotting import save_curves
 from ..sampling import StudentSampler, student_grid
 from ..stores import open_store
 from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
-from ..utils import CMTError, seeded
+from ..errors import CMTError
+from ..seeding import seeded
 from .lock import holds_run_folder
 from .loop import EvalLog, SampleGrid, train
+from .stage import with_time_scale
 from .trajectories import trajectory_source
 
 

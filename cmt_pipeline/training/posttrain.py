@@ -30,17 +30,21 @@ from ..datasets import load_images
 from ..evaluation.run import measure
 from ..latents import encode_images, load_vae
 from ..models import BoundaryDenoiser, MeanFlowStudent, as_denoiser, consistency_student
-from ..models.io import build_network, is_checkpoint, network_spec, open_network, with_time_scale
+from ..models.io import build_network, is_checkpoint, network_spec, open_network
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
 from ..priors import draw_priors
 from ..sampling import StudentSampler, sample, student_grid, student_sigmas
 from ..teachers import DiffusersDenoiser, EDMDenoiser, NativeDenoiser, Precond, build_unet, load_teacher
-from ..utils import CMTError, atomic_write_json, check_memory, seeded
+from ..errors import CMTError
+from ..files import atomic_write_json
+from ..memory import check_memory
+from ..seeding import seeded
 from .data import TensorSource
 from .lock import holds_run_folder
 from .loop import EvalLog, SampleGrid, train
+from .stage import with_time_scale
 
 STUDENT_KINDS = {"ect": ("mid-cm", "post-ect"), "meanflow": ("mid-mf", "post-meanflow")}
 MID_FLAVOUR = {"ect": "cm", "meanflow": "mf"}

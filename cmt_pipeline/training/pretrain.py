@@ -18,7 +18,8 @@ from ..models.io import export_denoiser
 from ..objectives import EDMLoss
 from ..solvers import get_solver, make_grid
 from ..teachers.edm import EDMDenoiser, Precond, build_unet
-from ..utils import CMTError, seeded
+from ..errors import CMTError
+from ..seeding import seeded
 from .data import TensorSource
 from .lock import holds_run_folder
 from .loop import SampleGrid, train

@@ -30,7 +30,9 @@ from ..stores.checks import require_finite, require_shapes
 from ..stores.location import Location
 from ..stores.wds_store import shard_key
 from ..threads import default_threads
-from ..utils import CMTError, check_memory, sample_seed
+from ..errors import CMTError
+from ..memory import check_memory
+from ..seeding import sample_seed
 from .data import TensorSource, Workers
 
 FIELDS = ("traj", "x0", "labels")
