@@ -1,4 +1,5 @@
-"""Network I/O: the one layer through which every stage opens, saves and rebuilds networks.
+"""Network I/O: the layer through which the stages open a network that may be a model.ckpt, save and rebuild networks
+(a teacher, never a model.ckpt, opens through teachers.load_teacher).
 
 `open_network(spec)` takes whatever names a network and returns it with its kind and its record:
 

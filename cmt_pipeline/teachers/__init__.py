@@ -4,8 +4,10 @@
 flow-matching, UNet or DiT, a published network converted by `cmt convert-teacher`, or a student folder written by
 `cmt export`), a published network file read by TEACHER_FILES (NVlabs EDM/EDM2 .pkl snapshots, DiT / SiT .pt
 checkpoints), `gmm:<preset>` for the closed-form mixtures, or `builtin`/`digits` for the shipped digits teacher;
-optionally wrapped in classifier-free guidance. It is the one place folders and teacher files are told apart; models/io.py's
-`open_network` adds model.ckpt files on top, and everything that opens a network goes through that.
+optionally wrapped in classifier-free guidance. It is the one place folders and teacher files are told apart. A
+teacher (generation, mid-training and evaluation's, guided or not; the mixture behind a ground truth) opens here;
+what may also be a trained model.ckpt (a student, post-training's --init, `cmt inspect`) opens through models/io.py's
+`open_network`, which adds model.ckpt files on top of this.
 """
 
 from __future__ import annotations
