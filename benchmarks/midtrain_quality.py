@@ -34,13 +34,12 @@ import torch
 
 from cmt_pipeline.config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config
 from cmt_pipeline.docs_sections import write_section
-from cmt_pipeline.evaluation.metrics import read_head, read_tail
 from cmt_pipeline.evaluation.run import evaluate
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.generation import generate
 from cmt_pipeline.pipeline import store_done
 from cmt_pipeline.plotting import save_curves
-from cmt_pipeline.stores import open_store
+from cmt_pipeline.stores import open_store, read_head, read_tail
 from cmt_pipeline.training.loop import EvalLog
 from cmt_pipeline.training.midtrain import holdout_error, mid_train
 from cmt_pipeline.training.posttrain import FewStepEval

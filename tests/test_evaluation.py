@@ -15,7 +15,7 @@ from cmt_pipeline.evaluation import (DigitsFD, FIDInceptionV3, exact_flow_map, f
                                      inception_features, load_inception, paired_error, real_digits)
 from cmt_pipeline.evaluation.features import CARD, CLASSIFIER_DIR, heldout_accuracy, load_classifier
 from cmt_pipeline.evaluation.inception import resize_tf1
-from cmt_pipeline.evaluation.metrics import read_head, read_tail
+from cmt_pipeline.stores import read_head, read_tail
 from cmt_pipeline.generation import generate
 from cmt_pipeline.sampling import StudentSampler, TeacherSampler, load_student, sample
 from cmt_pipeline.teachers import Denoiser, EDMDenoiser, Precond, build_unet

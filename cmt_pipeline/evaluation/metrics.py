@@ -21,32 +21,13 @@ import torch
 
 from ..constants import SIGMA_MAX, SIGMA_MIN
 from ..sampling import TeacherSampler, draw_renoise, run_sampler
-from ..stores import open_store, read_range
+from ..stores import read_tail
 from ..errors import CMTError
 
 
 def mse_psnr(x, target) -> dict:
     mse = float(((torch.as_tensor(x).double() - torch.as_tensor(target).double()) ** 2).mean())
     return {"mse": mse, "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
-
-
-def read_tail(root, num: int) -> dict:
-    """The last `num` samples (all if num <= 0) of a complete store, where mid-training keeps its held-out
-    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan."""
-    reader = open_store(root)
-    n = reader.plan["num_samples"]
-    return _read(reader, max(n - num, 0) if num > 0 else 0, n)
-
-
-def read_head(root, num: int) -> dict:
-    """The first `num` samples, as read_tail: ones mid-training does train on (its error there against the tail's
-    shows memorisation)."""
-    return _read(open_store(root), 0, num)
-
-
-def _read(reader, start: int, stop: int) -> dict:
-    arrays = read_range(reader, start, stop)
-    return {**{name: arrays[name] for name in ("prior", "labels", "x0", "index")}, "plan": reader.plan}
 
 
 def check_store(plan: dict, sampler, store) -> None:

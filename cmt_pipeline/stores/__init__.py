@@ -20,8 +20,8 @@ from .zarr_store import ZarrReader, ZarrWriter
 WRITERS = {"zarr": ZarrWriter, "wds": WdsWriter}
 READERS = {"zarr": ZarrReader, "wds": WdsReader}
 
-__all__ = ["WRITERS", "READERS", "open_store", "read_all", "read_range", "finalize", "num_shards", "shard_range", "verify",
-           "repair", "Report", "Location"]
+__all__ = ["WRITERS", "READERS", "open_store", "read_all", "read_range", "read_tail", "read_head", "finalize", "num_shards",
+           "shard_range", "verify", "repair", "Report", "Location"]
 
 
 def open_store(root, require_complete: bool = True):
@@ -69,3 +69,22 @@ def read_range(reader, start: int = 0, stop: int | None = None, finite: bool = T
 def read_all(root, require_complete: bool = True, finite: bool = True):
     """Every array of the dataset, concatenated in global sample order (small datasets, tests, inspection)."""
     return read_range(open_store(root, require_complete), finite=finite)
+
+
+def read_tail(root, num: int) -> dict:
+    """The last `num` samples (all if num <= 0) of a complete store, where mid-training keeps its held-out
+    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan."""
+    reader = open_store(root)
+    n = reader.plan["num_samples"]
+    return _read(reader, max(n - num, 0) if num > 0 else 0, n)
+
+
+def read_head(root, num: int) -> dict:
+    """The first `num` samples, as read_tail: ones mid-training does train on (its error there against the tail's
+    shows memorisation)."""
+    return _read(open_store(root), 0, num)
+
+
+def _read(reader, start: int, stop: int) -> dict:
+    arrays = read_range(reader, start, stop)
+    return {**{name: arrays[name] for name in ("prior", "labels", "x0", "index")}, "plan": reader.plan}

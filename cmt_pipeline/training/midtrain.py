@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..config import MidTrainConfig
-from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples, read_head, read_tail
+from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import build_network, export_denoiser, network_spec
@@ -22,7 +22,7 @@ from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.lpips import LPIPS
 from ..plotting import save_curves
 from ..sampling import StudentSampler, student_grid
-from ..stores import open_store
+from ..stores import open_store, read_head, read_tail
 from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
 from ..errors import CMTError
 from ..seeding import seeded
