@@ -18,6 +18,7 @@ from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples, read_
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import export_denoiser, network_spec, with_time_scale
+from ..objectives import from_config
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.lpips import LPIPS
 from ..plotting import save_curves
@@ -113,9 +114,8 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     student = build_student(cfg, teacher, tuple(plan["shape"]))
     cfg = with_time_scale(cfg, student, f"the teacher {teacher_spec}'s network")
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
-    objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c, lpips_distance(cfg, plan),
-                         cfg.off_grid)
-                 if cfg.flavour == "cm" else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj, cfg.off_grid))
+    objective = (from_config(CMTLoss, cfg, sigmas=sigmas, lpips=lpips_distance(cfg, plan)) if cfg.flavour == "cm"
+                 else from_config(CMTMeanFlowLoss, cfg, sigmas=sigmas))
 
     run = Path(cfg.out)
     callbacks = list(callbacks)

@@ -29,6 +29,7 @@ from ..config import EvaluateConfig, PostTrainConfig
 from ..evaluation.run import measure
 from ..models import BoundaryDenoiser, MeanFlowStudent, as_denoiser, consistency_student
 from ..models.io import is_checkpoint, network_spec, open_network, with_time_scale
+from ..objectives import from_config
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
@@ -115,10 +116,8 @@ def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
 
 def build_objective(cfg: PostTrainConfig, student):
     if cfg.objective == "ect":
-        return ECTLoss(cfg.p_mean, cfg.p_std, cfg.q, cfg.q_double_every, cfg.distance, cfg.huber_c,
-                       cfg.edm_weighting, student.precond.sigma_data)
-    return MeanFlowLoss(cfg.p_mean, cfg.p_std, cfg.r_fraction, cfg.adaptive_p, cfg.adaptive_c,
-                        sigma_max=cfg.sigma_max)
+        return from_config(ECTLoss, cfg, sigma_data=student.precond.sigma_data)
+    return from_config(MeanFlowLoss, cfg)
 
 
 def validate(cfg: PostTrainConfig) -> PostTrainConfig:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..config import PretrainConfig
 from ..models.io import export_denoiser
-from ..objectives import EDMLoss
+from ..objectives import EDMLoss, from_config
 from ..solvers import get_solver, make_grid
 from ..utils import CMTError
 from .lock import holds_run_folder
@@ -49,7 +49,7 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
                           cfg.attention, cfg.dropout, cfg.sigma_data, cfg.time_scale)
     source, info = image_source(data, bool(num_classes), cfg)
     t0 = time.perf_counter()
-    state = train(model, EDMLoss(cfg.p_mean, cfg.p_std, cfg.sigma_data), source, cfg, kind="pretrain",
+    state = train(model, from_config(EDMLoss, cfg), source, cfg, kind="pretrain",
                   data_info=info, resume=resume, progress=progress,
                   callbacks=[SampleGrid(grid_sampler(cfg, data.shape, num_classes, vae), cfg.sample_every)])
     run = Path(cfg.out)
