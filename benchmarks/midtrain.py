@@ -24,6 +24,7 @@ import torch
 from cmt_pipeline.config import GenerateConfig, MidTrainConfig
 from cmt_pipeline.generation import generate
 from cmt_pipeline.priors import draw_priors
+from cmt_pipeline.objectives import from_config
 from cmt_pipeline.objectives.cmt import CMTLoss
 from cmt_pipeline.solvers import get_solver, make_grid
 from cmt_pipeline.training.trajectories import trajectory_source
@@ -56,7 +57,7 @@ def timed_run(source, teacher_path, cfg: MidTrainConfig, sigmas) -> tuple[float,
     teacher = load_teacher(teacher_path)
     student = build_student(cfg, teacher, teacher.shape)
     t0 = time.perf_counter()
-    train(student, CMTLoss(sigmas), source, cfg, kind="bench", progress=False)
+    train(student, from_config(CMTLoss, cfg, sigmas=sigmas), source, cfg, kind="bench", progress=False)
     total = time.perf_counter() - t0
     log = [json.loads(line) for line in (Path(cfg.out) / "log.jsonl").read_text().splitlines()]
     warm = [r for r in log if r["step"] > cfg.log_every]  # skip the first interval (warm-up)

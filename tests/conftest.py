@@ -18,6 +18,29 @@ def copier(base, tmp_path):
     return copy
 
 
+def loss_of(cls, **kw):
+    """The objective `cls` as the stages build it, from its config's defaults, `kw` overriding config fields and
+    giving the rest (sigmas, lpips, sigma_data: 0.5 unless given)."""
+    import dataclasses
+
+    from cmt_pipeline.config import MidTrainConfig, PostTrainConfig, PretrainConfig
+    from cmt_pipeline.constants import SIGMA_DATA
+    from cmt_pipeline.objectives import from_config
+    from cmt_pipeline.training.posttrain import validate
+
+    post = {"ECTLoss": "ect", "MeanFlowLoss": "meanflow"}
+    config = PostTrainConfig if cls.__name__ in post else PretrainConfig if cls.__name__ == "EDMLoss" else MidTrainConfig
+    names = {f.name for f in dataclasses.fields(config)}
+    cfg = config()
+    for k in names & set(kw):  # set, not validated: an objective test may use values a stage would refuse alone
+        setattr(cfg, k, kw[k])
+    if config is PostTrainConfig:
+        cfg = validate(dataclasses.replace(cfg, init="builtin", objective=post[cls.__name__]))
+    if cls.__name__ == "ECTLoss":
+        kw.setdefault("sigma_data", SIGMA_DATA)
+    return from_config(cls, cfg, **{k: v for k, v in kw.items() if k not in names})
+
+
 @pytest.fixture(scope="session")
 def vp_teacher_dir(tmp_path_factory):
     """Factory: a diffusers UNet2DModel + DDPMScheduler saved in the pipeline layout (unet/, scheduler/)."""

@@ -19,6 +19,7 @@ from cmt_pipeline.generation import generate
 from cmt_pipeline.objectives.cmt import CMTLoss
 from cmt_pipeline.objectives.lpips import LPIPS, MIN_SIZE
 from cmt_pipeline.training.midtrain import mid_train
+from conftest import loss_of
 
 CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision vgg16().features' convolutions
 WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
@@ -166,8 +167,8 @@ def test_mid_training_with_lpips_moves_the_student(weights, tiny_store, tmp_path
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
     sigmas = torch.tensor([80.0, 1.0, 0.002], dtype=torch.float64)
     batch = {"traj": torch.randn(2, 2, 1, 8, 8), "x0": torch.rand(2, 1, 8, 8) * 2 - 1}
-    loss, _ = CMTLoss(sigmas, distance="lpips", lpips=lp)(lambda x, s, l: net(x / (1 + s.view(-1, 1, 1, 1))),
-                                                          batch, 1)
+    loss_fn = loss_of(CMTLoss, sigmas=sigmas, distance="lpips", lpips=lp)
+    loss, _ = loss_fn(lambda x, s, l: net(x / (1 + s.view(-1, 1, 1, 1))), batch, 1)
     loss.backward()
     assert torch.isfinite(net.weight.grad).all() and net.weight.grad.abs().sum() > 0
 

@@ -19,6 +19,7 @@ from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.stores import open_store, read_range
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.errors import CMTError
+from conftest import loss_of
 
 TINY = dict(channels=[16, 32], layers_per_block=1)
 FAST = dict(device="cpu", tensorboard=False, checkpoint_every=1000, sample_every=0, log_every=1)
@@ -63,9 +64,10 @@ def test_cm_loss_is_zero_for_a_perfect_flow_map_and_counts_every_point():
         seen.append(sigma)
         return x0.repeat_interleave(3, 0)
 
-    loss, _ = CMTLoss(sigmas)(oracle, batch, 1)
+    loss, _ = loss_of(CMTLoss, sigmas=sigmas)(oracle, batch, 1)
     assert loss.item() == 0 and torch.equal(seen[0], torch.tensor([80.0, 10.0, 1.0] * 2))
-    loss, _ = CMTLoss(sigmas, distance="huber")(lambda x, s, l: x0.repeat_interleave(3, 0) + 1, batch, 1)
+    huber = loss_of(CMTLoss, sigmas=sigmas, distance="huber")
+    loss, _ = huber(lambda x, s, l: x0.repeat_interleave(3, 0) + 1, batch, 1)
     assert loss.item() == pytest.approx((1 + 0.03**2) ** 0.5 - 0.03, rel=1e-5)
 
 
@@ -84,7 +86,7 @@ def test_off_grid_points_lie_on_the_trajectory_between_grid_sigmas():
         return x
 
     torch.manual_seed(0)
-    CMTLoss(sigmas, points_per_traj=3, off_grid=1.0)(record, batch, 1)
+    loss_of(CMTLoss, sigmas=sigmas, points_per_traj=3, off_grid=1.0)(record, batch, 1)
     x, sig = seen["x"], seen["sigma"]
     grid = sigmas[:4].float()
     on_grid = (sig[..., None] == grid).any(-1)
@@ -92,10 +94,10 @@ def test_off_grid_points_lie_on_the_trajectory_between_grid_sigmas():
     assert torch.equal(on_grid, sig == grid[3])  # with off_grid 1 only the last state (0.1) stays where it was
     assert (((sig < 80) & (sig > 0.1)) | on_grid).all()
     torch.manual_seed(0)
-    CMTLoss(sigmas, points_per_traj=3, off_grid=0.5)(record, batch, 1)
+    loss_of(CMTLoss, sigmas=sigmas, points_per_traj=3, off_grid=0.5)(record, batch, 1)
     moved = ~(seen["sigma"][..., None] == grid).any(-1)
     assert 0.3 < moved.float().mean() < 0.5  # half of the ~3/4 of points that may move
-    CMTLoss(sigmas, off_grid=0.0)(record, batch, 1)
+    loss_of(CMTLoss, sigmas=sigmas, off_grid=0.0)(record, batch, 1)
     assert torch.equal(seen["sigma"], grid.expand(64, 4)) and torch.equal(seen["x"], traj)
 
 
@@ -107,8 +109,8 @@ def test_mf_loss_targets_are_average_velocities_along_the_trajectory():
     z = [(1 - ti) * a + ti * b for ti in t]
     x = [zi * (1 + s.item()) for zi, s in zip(z, sigmas)]  # back to EDM (VE) coordinates
     batch = {"traj": torch.stack(x[:3], 1), "x0": x[3], "labels": torch.full((3,), -1)}
-    loss, logs = CMTMeanFlowLoss(sigmas, pairs_per_traj=8)(lambda zz, r, tt, l: (b - a).repeat_interleave(8, 0),
-                                                           batch, 1)
+    loss_fn = loss_of(CMTMeanFlowLoss, sigmas=sigmas, pairs_per_traj=8)
+    loss, logs = loss_fn(lambda zz, r, tt, l: (b - a).repeat_interleave(8, 0), batch, 1)
     assert loss.item() < 1e-8 and 0 < logs["endpoint_pairs"] <= 1
 
 
@@ -128,11 +130,11 @@ def test_mf_off_grid_sources_stay_on_the_line_strictly_before_their_targets():
         return (b - a).repeat_interleave(8, 0)
 
     torch.manual_seed(0)
-    loss, _ = CMTMeanFlowLoss(sigmas, pairs_per_traj=8, off_grid=1.0)(oracle, batch, 1)
+    loss, _ = loss_of(CMTMeanFlowLoss, sigmas=sigmas, pairs_per_traj=8, off_grid=1.0)(oracle, batch, 1)
     assert loss.item() < 1e-8
     assert (seen["t"] > seen["r"]).all()
     assert not (seen["t"][:, None] == t).any()  # every source moved: no grid time left among them
-    CMTMeanFlowLoss(sigmas, pairs_per_traj=8)(oracle, batch, 1)
+    loss_of(CMTMeanFlowLoss, sigmas=sigmas, pairs_per_traj=8)(oracle, batch, 1)
     assert (seen["t"][:, None] == t).any(1).all()  # off_grid 0: every source on the grid
 
 

@@ -22,6 +22,7 @@ from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
 from cmt_pipeline.models.io import load_model, model_from_checkpoint, save_model
 from cmt_pipeline.training.posttrain import post_train
 from cmt_pipeline.errors import CMTError
+from conftest import loss_of
 
 FAST = dict(device="cpu", tensorboard=False, checkpoint_every=1000, sample_every=0, log_every=5)
 
@@ -90,7 +91,7 @@ def test_meanflow_loss_stops_the_gradient_at_the_target_and_weights_adaptively()
     a = torch.nn.Parameter(torch.tensor(0.7))
     model = lambda z, r, t, labels=None: a * z  # noqa: E731
     x0 = torch.randn(16, 1, 4, 4)
-    loss_fn = MeanFlowLoss(r_fraction=0.5)
+    loss_fn = loss_of(MeanFlowLoss, r_fraction=0.5)
     torch.manual_seed(3)
     loss, logs = loss_fn(model, {"image": x0}, 1)
     loss.backward()
@@ -120,7 +121,8 @@ def test_ect_r_is_the_sigmoid_mapping_clamped_at_zero():
     assert torch.equal(ect_r(t, 2.0)[:2], torch.zeros(2))  # (1 + 8 sigmoid(-t)) / q > 1 near t = 0
     expected = t * (1 - (1 + 8 * torch.sigmoid(-t)) / 4096)
     assert torch.allclose(ect_r(t, 4096.0), expected) and (ect_r(t, 4096.0) < t).all()
-    assert ECTLoss(q=4, q_double_every=10).q_at(1) == 4 and ECTLoss(q=4, q_double_every=10).q_at(21) == 4**3
+    curriculum = loss_of(ECTLoss, q=4, q_double_every=10)
+    assert curriculum.q_at(1) == 4 and curriculum.q_at(21) == 4**3
 
 
 def test_ect_uses_x0_as_the_target_where_r_is_zero_and_never_evaluates_sigma_zero():
@@ -132,7 +134,7 @@ def test_ect_uses_x0_as_the_target_where_r_is_zero_and_never_evaluates_sigma_zer
 
     x0 = torch.randn(32, 1, 4, 4)
     torch.manual_seed(0)
-    loss, logs = ECTLoss(p_mean=-6.0, p_std=0.5, q=2.0)(identity, {"image": x0}, 1)
+    loss, logs = loss_of(ECTLoss, p_mean=-6.0, p_std=0.5, q=2.0)(identity, {"image": x0}, 1)
     torch.manual_seed(0)
     t = (torch.randn(32) * 0.5 - 6.0).exp()
     eps = torch.randn_like(x0)
@@ -146,7 +148,7 @@ def test_ect_target_is_stop_gradient():
     a = torch.nn.Parameter(torch.tensor(1.3))
     x0 = torch.randn(16, 1, 4, 4)
     torch.manual_seed(5)
-    loss, _ = ECTLoss(q=8.0)(lambda x, s, labels=None: a * x, {"image": x0}, 1)
+    loss, _ = loss_of(ECTLoss, q=8.0)(lambda x, s, labels=None: a * x, {"image": x0}, 1)
     loss.backward()
     torch.manual_seed(5)
     t = (torch.randn(16) * 2.0 - 1.1).exp()
@@ -163,7 +165,7 @@ def test_ect_target_uses_the_same_dropout_masks(monkeypatch):
     """At r -> t the weighted loss tends to 0 only if both evaluations drop the same units."""
     student = consistency_student(tiny_net(dropout=0.5)).train()
     batch = {"image": torch.randn(16, 1, 8, 8).clamp(-1, 1)}
-    loss_fn = ECTLoss(q=1e6)
+    loss_fn = loss_of(ECTLoss, q=1e6)
     torch.manual_seed(0)
     matched, _ = loss_fn(student, batch, 1)
     monkeypatch.setattr(ect_module, "same_randomness", lambda device: nullcontext())

@@ -11,6 +11,7 @@ from cmt_pipeline.objectives.cmt import CMTMeanFlowLoss
 from cmt_pipeline.objectives.ect import ECTLoss
 from cmt_pipeline.teachers import EDMDenoiser, Precond, build_unet
 from cmt_pipeline.training.posttrain import build_objective, validate
+from conftest import loss_of
 
 
 def default_objective(objective):
@@ -40,10 +41,10 @@ def test_default_ect_loss_is_the_reference_norm_over_t_minus_r_with_q_4096():
 
 def test_ect_q_curriculum_is_q_to_the_stage_plus_one():
     """Reference: ratio = 1 - 1 / q^(stage + 1); with q = 2 the gap halves every stage."""
-    loss_fn = ECTLoss(q=2.0, q_double_every=10)
+    loss_fn = loss_of(ECTLoss, q=2.0, q_double_every=10)
     assert [loss_fn.q_at(step) for step in (1, 10, 11, 21, 31)] == [2, 2, 4, 8, 16]
-    assert ECTLoss(q=3.0, q_double_every=5).q_at(6) == 9  # not 3 * 2
-    assert ECTLoss().q == 4096 and ECTLoss().q_at(10**6) == 4096  # fixed after CMT
+    assert loss_of(ECTLoss, q=3.0, q_double_every=5).q_at(6) == 9  # not 3 * 2
+    assert loss_of(ECTLoss).q == 4096 and loss_of(ECTLoss).q_at(10**6) == 4096  # fixed after CMT
 
 
 def test_mf_mid_training_pairs_are_uniform_over_all_pairs():
@@ -59,7 +60,7 @@ def test_mf_mid_training_pairs_are_uniform_over_all_pairs():
 
     batch = {"traj": torch.zeros(8, k, 1, 2, 2), "x0": torch.zeros(8, 1, 2, 2), "labels": torch.full((8,), -1)}
     torch.manual_seed(0)
-    CMTMeanFlowLoss(sigmas, pairs_per_traj=2000)(record, batch, 1)
+    loss_of(CMTMeanFlowLoss, sigmas=sigmas, pairs_per_traj=2000)(record, batch, 1)
     rt = torch.cat(seen).double().numpy()
     t_grid = (sigmas / (1 + sigmas)).numpy()
     j = np.abs(rt[:, :1] - t_grid[None].astype(np.float32)).argmin(1)  # r's point index
@@ -90,3 +91,24 @@ def test_boundary_shift_applies_at_evaluation_only():
     expected_eval = sd**2 / ((col - s) ** 2 + sd**2) * xd + (col - s) * sd / (col**2 + sd**2).sqrt() * raw
     assert torch.allclose(train, expected_train, atol=1e-5) and torch.allclose(evaluated, expected_eval, atol=1e-5)
     assert torch.allclose(net.eval()(x, torch.full((3,), s)), x, atol=1e-6)  # the boundary condition, at evaluation
+
+
+def test_objectives_have_no_defaults_of_their_own():
+    """Each objective setting is declared once, on its config field, and read from there by name (issue 32): an
+    objective field with its own default, or one its config lacks, would let the two drift apart."""
+    import dataclasses
+
+    from cmt_pipeline.config import MidTrainConfig, PostTrainConfig, PretrainConfig
+    from cmt_pipeline.objectives import EDMLoss, from_config
+    from cmt_pipeline.objectives.cmt import CMTLoss
+    from cmt_pipeline.objectives.meanflow import MeanFlowLoss
+
+    given = {"sigmas", "lpips", "sigma_data", "sigma_min"}  # what a config cannot know, and a constant
+    for cls, config in ((ECTLoss, PostTrainConfig), (MeanFlowLoss, PostTrainConfig), (CMTLoss, MidTrainConfig),
+                        (CMTMeanFlowLoss, MidTrainConfig), (EDMLoss, PretrainConfig)):
+        own = {f.name for f in dataclasses.fields(cls)} - given
+        assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(cls) if f.name in own), cls
+        assert own <= {f.name for f in dataclasses.fields(config)}, (cls, own)
+    cfg = validate(PostTrainConfig(init="builtin", q=7.0, huber_c=0.25))
+    built = from_config(ECTLoss, cfg, sigma_data=0.5)
+    assert (built.q, built.huber_c, built.p_mean) == (7.0, 0.25, -1.1)

@@ -23,6 +23,7 @@ from cmt_pipeline.teachers import load_teacher
 from cmt_pipeline.teachers.dit import DiTDenoiser
 from cmt_pipeline.teachers.guidance import guided
 from cmt_pipeline.teachers.native import build_native
+from conftest import loss_of
 
 DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique2", "unique_consecutive", "equal", "is_nonzero",
                   "_local_scalar_dense"}
@@ -136,7 +137,8 @@ def test_a_mid_training_loss_step_has_no_host_device_sync(flavour, device):
     student = (consistency_student(teacher) if flavour == "cm" else MeanFlowStudent(copy.deepcopy(teacher)))
     student = student.to(device).train()
     sigmas = logsnr_grid(4).double()
-    loss = CMTLoss(sigmas, points_per_traj=2, off_grid=0.5) if flavour == "cm" else CMTMeanFlowLoss(sigmas, 4, 0.5)
+    loss = (loss_of(CMTLoss, sigmas=sigmas, points_per_traj=2, off_grid=0.5) if flavour == "cm"
+            else loss_of(CMTMeanFlowLoss, sigmas=sigmas, pairs_per_traj=4, off_grid=0.5))
     batch = {"traj": torch.randn(2, 4, 1, 8, 8).to(device), "x0": torch.randn(2, 1, 8, 8).to(device),
              "labels": torch.full((2,), -1).to(device)}
     loss(student, batch, 0)  # warm-up: the grid's one copy to the device

@@ -14,13 +14,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cmt_pipeline.config import PretrainConfig, TrainConfig, load_config
+from cmt_pipeline.config import PretrainConfig, TrainConfig
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.training import EMA, TensorSource, ema_decay, train
 from cmt_pipeline.training.checkpoint import resolve_resume
 from cmt_pipeline.training.data import batch_stream
 from cmt_pipeline.training.loop import LoopState, due
-from cmt_pipeline.training.pretrain import build_teacher
+from cmt_pipeline.training.stage import fresh_network
 from cmt_pipeline.errors import CMTError
 
 
@@ -332,7 +332,5 @@ def test_two_process_cpu_run_trains_and_checkpoints(tmp_path):
     assert [r["step"] for r in log] == [1, 2, 3, 4]  # one log line per step: only rank 0 writes
     ckpt = load_model(out / "model.ckpt", kind="pretrain")
     assert ckpt["step"] == 4 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
-    torch.manual_seed(0)  # pretrain's initial weights: seed 0, same network
-    init = build_teacher(load_config(PretrainConfig, None, None, channels=[8, 16], layers_per_block=1),
-                         (1, 8, 8), 0).state_dict()
+    init = fresh_network((1, 8, 8), 0, channels=[8, 16], layers_per_block=1).state_dict()  # pretrain's init
     assert any(not torch.allclose(ckpt["state_dict"][k], v) for k, v in init.items())  # it trained

@@ -62,14 +62,15 @@ def between_grid(points, sig, rows, idx, x, share: float):
     return torch.where(move.view(shape), a * x + (1 - a) * d, x), s_new
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CMTLoss:
+    """Built by objectives.from_config from MidTrainConfig, where each default is declared."""
     sigmas: torch.Tensor  # (K + 1,) float64: the states' sigmas, then the endpoint's
-    points_per_traj: int = 0  # 0 = all K points of every trajectory each step
-    distance: str = "l2"  # l2, huber (distances.py), or lpips: the `lpips` module below
-    huber_c: float = 0.03
+    points_per_traj: int  # 0 = all K points of every trajectory each step
+    distance: str  # l2, huber (distances.py), or lpips: the `lpips` module below
+    huber_c: float
+    off_grid: float  # share of points moved between grid sigmas (the last stored state stays on the grid)
     lpips: nn.Module | None = None  # objectives/lpips.py's LPIPS, loaded once; moved to the student's device
-    off_grid: float = 0.0  # share of points moved between grid sigmas (the last stored state stays on the grid)
 
     def __post_init__(self):
         if self.distance == "lpips" and self.lpips is None:
@@ -97,11 +98,12 @@ class CMTLoss:
         return per_point.mean(), {"loss_first_point": per_point.view(b, k)[:, 0].mean().detach()}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CMTMeanFlowLoss:
+    """Built by objectives.from_config from MidTrainConfig, where each default is declared."""
     sigmas: torch.Tensor  # (K + 1,)
-    pairs_per_traj: int = 16
-    off_grid: float = 0.0  # share of source points moved between their grid sigma and the next point's
+    pairs_per_traj: int
+    off_grid: float  # share of source points moved between their grid sigma and the next point's
 
     def __call__(self, model, batch, step):
         traj, x0 = batch["traj"].float(), batch["x0"].float()

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
-from ..constants import SIGMA_DATA
 from .distances import distance
 
 
@@ -40,16 +39,17 @@ def ect_r(t: torch.Tensor, q: float) -> torch.Tensor:
     return (t * (1 - (1 + 8 * torch.sigmoid(-t)) / q)).clamp_min(0)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ECTLoss:
-    p_mean: float = -1.1
-    p_std: float = 2.0
-    q: float = 4096.0
-    q_double_every: int = 0  # > 0: a new curriculum stage every this many steps, q^(stage + 1) (vanilla ECT)
-    distance: str = "norm"
-    huber_c: float = 0.0  # c of the norm / huber distances
-    edm_weighting: bool = False  # also weight by (t^2 + sigma_data^2) / (t sigma_data)^2 (ImageNet-512 recipe)
-    sigma_data: float = SIGMA_DATA
+    """Built by objectives.from_config from PostTrainConfig, where each default is declared."""
+    p_mean: float
+    p_std: float
+    q: float
+    q_double_every: int  # > 0: a new curriculum stage every this many steps, q^(stage + 1) (vanilla ECT)
+    distance: str
+    huber_c: float  # c of the norm / huber distances
+    edm_weighting: bool  # also weight by (t^2 + sigma_data^2) / (t sigma_data)^2 (ImageNet-512 recipe)
+    sigma_data: float  # the student's
 
     def q_at(self, step: int) -> float:
         return self.q ** ((step - 1) // self.q_double_every + 1) if self.q_double_every else self.q

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
-from ..constants import SIGMA_DATA
 
-
-@dataclass
+@dataclass(kw_only=True)
 class EDMLoss:
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    sigma_data: float = SIGMA_DATA
+    """Built by objectives.from_config from PretrainConfig, where each default is declared."""
+    p_mean: float
+    p_std: float
+    sigma_data: float
 
     def __call__(self, model, batch, step):
         x0 = batch["image"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..constants import SIGMA_MAX, SIGMA_MIN
+from ..constants import SIGMA_MIN
 from ..coordinates import fm_time
 from .ect import same_randomness, unwrap
 
@@ -57,15 +57,16 @@ def meanflow_target(net, z, r, t, v, labels=None):
     return v - (t - r).view(col) * dudt, dudt
 
 
-@dataclass
+@dataclass(kw_only=True)
 class MeanFlowLoss:
-    p_mean: float = -0.4
-    p_std: float = 1.0
-    r_fraction: float = 0.25  # share of samples with r != t; the rest train plain flow matching (r = t)
-    adaptive_p: float = 1.0
-    adaptive_c: float = 1e-3
+    """Built by objectives.from_config from PostTrainConfig, where each default is declared."""
+    p_mean: float
+    p_std: float
+    r_fraction: float  # share of samples with r != t; the rest train plain flow matching (r = t)
+    adaptive_p: float
+    adaptive_c: float
+    sigma_max: float
     sigma_min: float = SIGMA_MIN  # the sampled noise levels stay inside the solver's range
-    sigma_max: float = SIGMA_MAX
 
     def __call__(self, model, batch, step):
         x0 = batch["image"].float()

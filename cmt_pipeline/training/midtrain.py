@@ -17,18 +17,18 @@ from ..config import MidTrainConfig
 from ..evaluation.metrics import exact_flow_map, mse_psnr, paired_samples
 from ..latents import load_vae
 from ..models import MeanFlowStudent, as_denoiser, consistency_student
-from ..models.io import build_network, export_denoiser, network_spec
+from ..models.io import export_denoiser, network_spec
+from ..objectives import from_config
 from ..objectives.cmt import CMTLoss, CMTMeanFlowLoss
 from ..objectives.lpips import LPIPS
 from ..plotting import save_curves
 from ..sampling import StudentSampler, student_grid
 from ..stores import open_store, read_head, read_tail
-from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, Precond, build_unet, load_teacher
+from ..teachers import EDMDenoiser, GMMDenoiser, GuidedDenoiser, load_teacher
 from ..errors import CMTError
-from ..seeding import seeded
 from .lock import holds_run_folder
 from .loop import EvalLog, SampleGrid, train
-from .stage import with_time_scale
+from .stage import fresh_network, grid_noise, process_of, set_dropout, with_time_scale
 from .trajectories import trajectory_source
 
 
@@ -41,19 +41,10 @@ def build_student(cfg: MidTrainConfig, teacher, shape) -> torch.nn.Module:
             raise CMTError("--init teacher needs a network teacher; a Gaussian-mixture teacher has none "
                            "(use --init random)")
         net = copy.deepcopy(net)
-    else:
-        spec = network_spec(net)  # the teacher's architecture, rebuilt with fresh weights
-        with seeded(cfg.seed):
-            net = build_network(spec) if spec else EDMDenoiser(
-                build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, net.num_classes),
-                Precond(time_scale=cfg.time_scale or Precond.time_scale, num_classes=net.num_classes))
-    for m in net.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = cfg.dropout
-        if hasattr(m, "embedding_table") and hasattr(m, "dropout_prob"):
-            m.dropout_prob = 0.0  # DiT's label dropout would pair a null label with a conditional target
-        if hasattr(m, "label_dropout"):
-            m.label_dropout = 0.0  # the same for the native (EDM) networks' label dropout
+    else:  # the teacher's architecture (a GMM teacher's: a small UNet), rebuilt with fresh weights
+        net = fresh_network(shape, cfg.seed, network_spec(net), cfg.channels, cfg.layers_per_block, net.num_classes,
+                            time_scale=cfg.time_scale)
+    set_dropout(net, cfg.dropout, label_dropout=0.0)
     if cfg.flavour == "cm":
         return consistency_student(net, cfg.sigma_min_shift)
     try:
@@ -123,25 +114,21 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     student = build_student(cfg, teacher, tuple(plan["shape"]))
     cfg = with_time_scale(cfg, student, f"the teacher {teacher_spec}'s network")
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
-    objective = (CMTLoss(sigmas, cfg.points_per_traj, cfg.distance, cfg.huber_c, lpips_distance(cfg, plan),
-                         cfg.off_grid)
-                 if cfg.flavour == "cm" else CMTMeanFlowLoss(sigmas, cfg.pairs_per_traj, cfg.off_grid))
+    objective = (from_config(CMTLoss, cfg, sigmas=sigmas, lpips=lpips_distance(cfg, plan)) if cfg.flavour == "cm"
+                 else from_config(CMTMeanFlowLoss, cfg, sigmas=sigmas))
 
     run = Path(cfg.out)
     callbacks = list(callbacks)
     if cfg.holdout > 0:
-        from accelerate import PartialState
-
         num = min(cfg.eval_samples, cfg.holdout)
         data = read_tail(cfg.data, num)  # as `cmt evaluate`'s paired error
         seen = read_head(cfg.data, min(num, plan["num_samples"] - cfg.holdout))
         exact = exact_flow_map(teacher, data["prior"], plan["sigmas"][0], plan["sigmas"][-1]).float() \
             if isinstance(teacher, GMMDenoiser) else None
         log = EvalLog(holdout_error(data, plan["sigmas"][0], exact, seen), run / "eval.jsonl", cfg.eval_every)
-        log.start(student, resume, PartialState(cpu=cfg.device == "cpu").is_main_process)
+        log.start(student, resume, process_of(cfg).is_main_process)
         callbacks.append(log)
-    grid_prior = torch.randn(cfg.num_grid_samples, *plan["shape"], generator=torch.Generator().manual_seed(cfg.seed))
-    grid_labels = torch.arange(cfg.num_grid_samples) % teacher.num_classes if teacher.num_classes else None
+    grid_prior, grid_labels = grid_noise(cfg.num_grid_samples, plan["shape"], teacher.num_classes, cfg.seed)
     callbacks.append(SampleGrid(student_grid(grid_prior, grid_labels, plan["sigmas"][0], vae), cfg.sample_every))
     info = {**info, "teacher": teacher_spec, "vae": vae.describe(plan["shape"]) if vae is not None else None}
     t0 = time.perf_counter()

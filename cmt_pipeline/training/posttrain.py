@@ -26,25 +26,23 @@ import numpy as np
 import torch
 
 from ..config import EvaluateConfig, PostTrainConfig
-from ..datasets import load_images
 from ..evaluation.run import measure
-from ..latents import encode_images, load_vae
 from ..models import BoundaryDenoiser, MeanFlowStudent, as_denoiser, consistency_student
-from ..models.io import build_network, is_checkpoint, network_spec, open_network
+from ..models.io import is_checkpoint, network_spec, open_network
+from ..objectives import from_config
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
 from ..plotting import save_image_grid
 from ..priors import draw_priors
 from ..sampling import StudentSampler, sample, student_grid, student_sigmas
-from ..teachers import DiffusersDenoiser, EDMDenoiser, NativeDenoiser, Precond, build_unet, load_teacher
+from ..teachers import DiffusersDenoiser, EDMDenoiser, NativeDenoiser, load_teacher
 from ..errors import CMTError
 from ..files import atomic_write_json
 from ..memory import check_memory
 from ..seeding import seeded
-from .data import TensorSource
 from .lock import holds_run_folder
 from .loop import EvalLog, SampleGrid, train
-from .stage import with_time_scale
+from .stage import fresh_network, image_source, process_of, set_dropout, training_images, with_time_scale
 
 STUDENT_KINDS = {"ect": ("mid-cm", "post-ect"), "meanflow": ("mid-mf", "post-meanflow")}
 MID_FLAVOUR = {"ect": "cm", "meanflow": "mf"}
@@ -88,16 +86,13 @@ def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser | NativeDenoiser:
     """Fresh weights in the architecture of --arch (a model.ckpt of any kind or a teacher spec: the project's EDM
     network or a native one), else of --channels/--layers-per-block."""
     if not cfg.arch:
-        with seeded(cfg.seed):
-            return EDMDenoiser(build_unet(shape, tuple(cfg.channels), cfg.layers_per_block),
-                               Precond(time_scale=cfg.time_scale or Precond.time_scale))
+        return fresh_network(shape, cfg.seed, None, cfg.channels, cfg.layers_per_block, time_scale=cfg.time_scale)
     template = read_network(cfg.arch, "--arch").module
     template = template.net if isinstance(template, (MeanFlowStudent, BoundaryDenoiser)) else template
     if not isinstance(template, (EDMDenoiser, NativeDenoiser)):
         raise CMTError(f"--arch {cfg.arch} is a {type(template).__name__}, which has no network architecture; "
                        "pass a model.ckpt, a network folder or builtin, or use --channels")
-    with seeded(cfg.seed):
-        net = build_network(network_spec(template))  # the architecture, fresh weights
+    net = fresh_network(shape, cfg.seed, network_spec(template))  # the architecture, fresh weights
     if isinstance(net, EDMDenoiser):
         net.precond.boundary_sigma = 0.0
     return net
@@ -115,9 +110,7 @@ def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
                 net = consistency_student(net, cfg.sigma_min_shift) if cfg.objective == "ect" else MeanFlowStudent(net)
             except ValueError as e:  # a network MeanFlow cannot extend
                 raise CMTError(str(e)) from e
-    for m in net.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = cfg.dropout
+    set_dropout(net, cfg.dropout)
     if tuple(net.shape) != tuple(shape):
         raise CMTError(f"--init {cfg.init} works on shape {tuple(net.shape)} but --data {cfg.data} has {tuple(shape)}; "
                        "post-train on the data the network was made for")
@@ -126,10 +119,8 @@ def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
 
 def build_objective(cfg: PostTrainConfig, student):
     if cfg.objective == "ect":
-        return ECTLoss(cfg.p_mean, cfg.p_std, cfg.q, cfg.q_double_every, cfg.distance, cfg.huber_c,
-                       cfg.edm_weighting, student.precond.sigma_data)
-    return MeanFlowLoss(cfg.p_mean, cfg.p_std, cfg.r_fraction, cfg.adaptive_p, cfg.adaptive_c,
-                        sigma_max=cfg.sigma_max)
+        return from_config(ECTLoss, cfg, sigma_data=student.precond.sigma_data)
+    return from_config(MeanFlowLoss, cfg)
 
 
 def validate(cfg: PostTrainConfig) -> PostTrainConfig:
@@ -193,23 +184,14 @@ class FewStepEval:
 def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
     """Run (or resume) post-training; returns a summary with the final 1- and 2-step metrics."""
     cfg = validate(cfg)
-    from accelerate import PartialState
-
-    process = PartialState(cpu=cfg.device == "cpu")  # this process's device and rank, before the loop starts
-    data = load_images(cfg.data, cfg.gmm_samples, cfg.seed)
-    vae = load_vae(cfg.vae, cfg.arch if cfg.init == "random" else cfg.init, process.device)
-    if vae is not None:
-        if cfg.data.startswith("gmm:"):
-            raise CMTError(f"--data {cfg.data} is measured against its exact mixture in its own space; a latent "
-                           "student (with a VAE) needs image data: digits, an image folder or a .npy array")
-        data = encode_images(data, vae, progress=progress and process.is_main_process)
+    process = process_of(cfg)
+    data, vae = training_images(cfg, cfg.arch if cfg.init == "random" else cfg.init, process.device,
+                                progress and process.is_main_process)
     student, origin = build_student(cfg, data.shape)
     cfg = with_time_scale(cfg, student, f"--arch {cfg.arch}" if cfg.init == "random" else f"--init {cfg.init}")
     if student.num_classes and data.labels is None:
         raise CMTError(f"--init {cfg.init} is class-conditional but --data {cfg.data} has no labels")
-    tensors = {"image": data.images, **({"labels": data.labels} if student.num_classes else {})}
-    source = TensorSource(tensors, cfg.batch_size, cfg.seed)
-    info = {**data.description, "fingerprint": source.fingerprint(), "init": cfg.init, "init_origin": origin}
+    source, info = image_source(data, bool(student.num_classes), cfg, init=cfg.init, init_origin=origin)
 
     run = Path(cfg.out)
     evaluator = FewStepEval(cfg, student.shape, process.device, vae)

@@ -9,32 +9,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
 
 from ..config import PretrainConfig
-from ..datasets import load_images
-from ..latents import encode_images, load_vae
 from ..models.io import export_denoiser
-from ..objectives import EDMLoss
+from ..objectives import EDMLoss, from_config
 from ..solvers import get_solver, make_grid
-from ..teachers.edm import EDMDenoiser, Precond, build_unet
 from ..errors import CMTError
-from ..seeding import seeded
-from .data import TensorSource
 from .lock import holds_run_folder
 from .loop import SampleGrid, train
-
-
-def build_teacher(cfg: PretrainConfig, shape, num_classes: int) -> EDMDenoiser:
-    down = 2 ** (len(cfg.channels) - 1)
-    if shape[1] % down or shape[2] % down:
-        raise CMTError(f"images of size {shape[1]}x{shape[2]} do not halve {len(cfg.channels) - 1} times "
-                       f"for channels {cfg.channels}; use fewer channel entries or other image sizes")
-    try:
-        unet = build_unet(shape, tuple(cfg.channels), cfg.layers_per_block, num_classes, cfg.dropout, cfg.attention)
-    except ValueError as e:
-        raise CMTError(f"cannot build a UNet with channels {cfg.channels}: {e}") from e
-    return EDMDenoiser(unet, Precond(sigma_data=cfg.sigma_data, time_scale=cfg.time_scale, num_classes=num_classes))
+from .stage import fresh_network, grid_noise, image_source, process_of, training_images
 
 
 def grid_sampler(cfg: PretrainConfig, shape, num_classes: int, vae=None):
@@ -44,8 +27,7 @@ def grid_sampler(cfg: PretrainConfig, shape, num_classes: int, vae=None):
         solver, sigmas = get_solver(cfg.sample_solver), make_grid(cfg.sample_grid, cfg.sample_steps)
     except ValueError as e:
         raise CMTError(f"sample grid settings: {e}") from e
-    noise = torch.randn(cfg.num_grid_samples, *shape, generator=torch.Generator().manual_seed(cfg.seed))
-    labels = torch.arange(cfg.num_grid_samples) % num_classes if num_classes else None
+    noise, labels = grid_noise(cfg.num_grid_samples, shape, num_classes, cfg.seed)
 
     def sample(denoiser):
         dev = next(denoiser.parameters()).device
@@ -58,23 +40,16 @@ def grid_sampler(cfg: PretrainConfig, shape, num_classes: int, vae=None):
 
 @holds_run_folder
 def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = True) -> dict:
-    from accelerate import PartialState
-
-    data = load_images(cfg.data, cfg.gmm_samples, cfg.seed)
+    process = process_of(cfg)
+    data, vae = training_images(cfg, "", process.device, progress and process.is_main_process)
     if cfg.class_conditional and data.labels is None:
         raise CMTError(f"--class-conditional needs labelled data; {cfg.data} has no labels (digits does)")
-    process = PartialState(cpu=cfg.device == "cpu")
-    vae = load_vae(cfg.vae, "", process.device)
-    if vae is not None:  # every process encodes the same images the same way (the mean, not a sample)
-        data = encode_images(data, vae, progress=progress and process.is_main_process)
     num_classes = data.num_classes if cfg.class_conditional else 0
-    with seeded(cfg.seed):  # the initial weights
-        model = build_teacher(cfg, data.shape, num_classes)
-    tensors = {"image": data.images, **({"labels": data.labels} if num_classes else {})}
-    source = TensorSource(tensors, cfg.batch_size, cfg.seed)
-    info = {**data.description, "fingerprint": source.fingerprint()}
+    model = fresh_network(data.shape, cfg.seed, None, cfg.channels, cfg.layers_per_block, num_classes,
+                          cfg.attention, cfg.dropout, cfg.sigma_data, cfg.time_scale)
+    source, info = image_source(data, bool(num_classes), cfg)
     t0 = time.perf_counter()
-    state = train(model, EDMLoss(cfg.p_mean, cfg.p_std, cfg.sigma_data), source, cfg, kind="pretrain",
+    state = train(model, from_config(EDMLoss, cfg), source, cfg, kind="pretrain",
                   data_info=info, resume=resume, progress=progress,
                   callbacks=[SampleGrid(grid_sampler(cfg, data.shape, num_classes, vae), cfg.sample_every)])
     run = Path(cfg.out)
