@@ -124,6 +124,7 @@ def test_reported_seeds_are_not_the_seeds_settings_are_chosen_on():
 
     digits = tomllib.loads((ROOT / "configs" / "digits.toml").read_text())["evaluate"]
     assert digits["seeds"] == run.REPORT_SEEDS and not set(run.REPORT_SEEDS) & set(run.CHOOSE_SEEDS)
+    assert set(digits["teacher_seeds"]) <= set(run.REPORT_SEEDS)
     assert EVAL_SEED in run.CHOOSE_SEEDS and EvaluateConfig().seed in run.CHOOSE_SEEDS
     doc = (ROOT / "docs" / "evaluation.md").read_text()
     assert "seeds 1, 2, 3" in doc and "seeds 101, 102, 103" in doc
