@@ -15,7 +15,7 @@ ROWS = {
     "digits_fd_floor": ("  noise floor (898 vs 899 real digits)", "{:.3f}"),
     "digits_kid": ("digits KID (vs all 1797 real)", "{:.4g}"),
     "nearest_digit_median": ("nearest training digit (median L2)", "{:.3f}"),
-    "nearest_digit_real_median": ("  real digit to nearest other (median)", "{:.3f}"),
+    "nearest_digit_real_median": ("  real digit, nearest other (median)", "{:.3f}"),
     "nearest_digit_close_share": ("share nearer than real 1st pct", "{:.4f}"),
     "fid": ("FID (Inception-v3)", "{:.3f}"),
     "paired_mse": ("paired MSE vs store x0", "{:.3e}"),
