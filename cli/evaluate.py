@@ -14,6 +14,9 @@ ROWS = {
     "digits_fd": ("digits FD (vs all 1797 real)", "{:.3f}"),
     "digits_fd_floor": ("  noise floor (898 vs 899 real digits)", "{:.3f}"),
     "digits_kid": ("digits KID (vs all 1797 real)", "{:.4g}"),
+    "nearest_digit_median": ("nearest training digit (median L2)", "{:.3f}"),
+    "nearest_digit_real_median": ("  real digit, nearest other (median)", "{:.3f}"),
+    "nearest_digit_close_share": ("share nearer than real 1st pct", "{:.4f}"),
     "fid": ("FID (Inception-v3)", "{:.3f}"),
     "paired_mse": ("paired MSE vs store x0", "{:.3e}"),
     "paired_psnr": ("paired PSNR (dB)", "{:.2f}"),
@@ -51,6 +54,9 @@ def evaluate_cmd(config_path, quiet, **opts):
     if "digits_fd_floor" in m:
         click.echo(f"  (FD shrinks as samples grow: the floor compares 898 vs 899 real digits, the generator "
                    f"{m['num_samples']} samples vs all 1797, so it can read below the floor; docs/evaluation.md)")
+    if result.get("cache", {}).get("reused"):
+        click.echo(f"read from the cache ({result['cache']['key'][:12]}): the generator and protocol were measured "
+                   "before; the sampling time is that run's (--no-cache measures again)")
     click.echo(f"wrote {result['out']}/evaluation.json and samples.png")
 
 

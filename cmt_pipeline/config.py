@@ -158,8 +158,18 @@ class EvaluateConfig(Checked):
     seeds: int | list = option(1, "Evaluation seeds, e.g. 1,2,3, or a count N (--seed .. --seed + N - 1): each metric "
                                "as mean ± std over them, each seed's values in evaluation.json.", **NONNEGATIVE)
     # see docs/evaluation.md
-    teacher_seeds: int | list | None = option(None, "The pipeline's teacher-solve row's seeds; None = seeds.",
+    teacher_seeds: int | list | None = option(None, "The pipeline's teacher rows' seeds; None = seeds.",
                                               toml_only=True, **NONNEGATIVE)
+    # the report's reference: EDM's sampler, the best the digits teacher measured (docs/results.md)
+    teacher_best_solver: str = option("heun", "The solver of the pipeline's teacher-best row.", choices=SOLVERS,
+                                      toml_only=True)
+    teacher_best_grid: str = option("karras", "The sigma grid of the teacher-best row.", choices=GRIDS,
+                                    toml_only=True)
+    teacher_best_steps: int = option(18, "The solver steps of the teacher-best row.", **POSITIVE,
+                                     max=MAX_SOLVER_STEPS, toml_only=True)
+    # off: a diagnostic (the digits teacher's 1-step map reads FD ~876) that costs as much as two student rows
+    teacher_maps: bool = option(False, "The pipeline also scores the teacher's network as a 1- and 2-step map "
+                                "(what mid-training starts from).", toml_only=True)
     class_labels: str = option("random", "random, or one class index for all samples (conditional generators).")
     batch_size: int = option(256, "Samples per batch.", **POSITIVE)
     store: str = option("", "Trajectory store (a folder or an s3:// URL): paired MSE/PSNR of the generator vs the "
@@ -175,6 +185,8 @@ class EvaluateConfig(Checked):
     gmm: str = option("", "gmm:<preset> ground truth for a student (a gmm: teacher is its own).")
     reference_steps: int = option(1024, "Steps of the float64 dpm3 solve used as the exact flow map.", **POSITIVE,
                                   max=MAX_REFERENCE_STEPS)
+    cache: bool = option(False, "Reuse this evaluation from the user cache ($CMT_CACHE, default ~/.cache/cmt) when "
+                         "the generator's weights and the protocol are unchanged; store it there otherwise.")
     device: str = option("auto", "auto, cpu, cuda or cuda:N.")
     out: str = option("runs/evaluate", "Folder for evaluation.json and samples.png.", path="folder")
 

@@ -75,15 +75,19 @@ def resume_arg(run_dir: Path) -> str | None:
 
 
 def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
-    """What the report compares: the teacher's solve (on [evaluate] teacher_seeds, when set, as it costs 16
-    student steps per sample), then the teacher as a 1- and 2-step map (what mid-training starts from) and the
-    mid- and post-trained students at 1 and 2 steps; all on the same seeded noise."""
-    e, run = cfgs["evaluate"], cfgs["run"]
-    teacher_steps = e.steps or cfgs["generate"].steps
-    rows = {"teacher": replace(e, steps=teacher_steps, solver=cfgs["generate"].solver, seeds=e.teacher_seeds or e.seeds,
-                               out=str(run / "eval" / "teacher"))}
-    for name, student in (("teacher", cfgs["generate"].teacher), ("mid", str(run / "mid" / "model.ckpt")),
-                          ("post", str(run / "post" / "model.ckpt"))):
+    """What the report compares, all on the same seeded noise: the teacher's own solve (the trajectory solver) and
+    its best sampler (the report's reference), on [evaluate] teacher_seeds when set; the teacher as a 1- and
+    2-step map (what mid-training starts from) when teacher_maps; the mid- and post-trained students at 1 and 2
+    steps."""
+    e, run, gen = cfgs["evaluate"], cfgs["run"], cfgs["generate"]
+    teacher = replace(e, seeds=e.teacher_seeds or e.seeds)
+    rows = {"teacher": replace(teacher, solver=gen.solver, grid=gen.grid, steps=e.steps or gen.steps,
+                               out=str(run / "eval" / "teacher")),
+            "teacher-best": replace(teacher, solver=e.teacher_best_solver, grid=e.teacher_best_grid,
+                                    steps=e.teacher_best_steps, out=str(run / "eval" / "teacher-best"))}
+    students = (("teacher", gen.teacher),) * e.teacher_maps + (("mid", str(run / "mid" / "model.ckpt")),
+                                                               ("post", str(run / "post" / "model.ckpt")))
+    for name, student in students:
         for steps in (1, 2):
             rows[f"{name}-{steps}step"] = replace(e, student=student, steps=steps,
                                                   sigma_mid=cfgs["post_train"].sigma_mid,
@@ -148,25 +152,36 @@ def save_loss_curves(logs: dict, out: Path) -> None:
     save_curves(out, panels, ylabel="training loss")
 
 
-METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("digits_kid", "digits KID", "{:.3g}"),
+METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("digits_kid", "digits KID", "{:.3g}"), ("fid", "FID", "{:.2f}"),
            ("paired_mse", "paired MSE vs teacher", "{:.4f}"),
-           ("flow_map_mse", "MSE vs exact flow map", "{:.4f}"), ("sliced_w2", "sliced W2", "{:.4f}"))
+           ("flow_map_mse", "MSE vs exact flow map", "{:.4f}"), ("sliced_w2", "sliced W2", "{:.4f}"),
+           ("nearest_digit_median", "nearest training digit (median L2)", "{:.2f}"),
+           ("nearest_digit_close_share", "share nearer than real p1", "{:.3f}"))
+HEADLINE = ("digits_fd", "fid", "sliced_w2")  # the metric the ratio columns divide: the first the teacher has
+REFERENCES = ("teacher-best", "teacher")  # the ratio columns' denominators: the best sampler, the trajectory solver
 
 
 def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
     from .evaluation.run import with_spread as cell
 
     present = [m for m in METRICS if any(r["metrics"].get(m[0]) is not None for r in results.values())]
+    key, label, _ = next((m for m in METRICS if m[0] in HEADLINE and m in present), (None, None, None))
+    refs = REFERENCES if key else ()
     lines = [f"# Pipeline report: {run}", "",
              f"Teacher `{cfgs['generate'].teacher}`; {cfgs['generate'].num_samples} trajectories "
              f"({cfgs['generate'].solver} x {cfgs['generate'].steps}); mid-training {cfgs['mid_train'].steps} steps "
              f"({cfgs['mid_train'].flavour}); post-training {cfgs['post_train'].steps} steps "
              f"({cfgs['post_train'].objective}). Metrics on {cfgs['evaluate'].num_samples} samples, mean ± std over "
              f"the seeds each row names; paired error on the {cfgs['mid_train'].holdout} held-out trajectories.", "",
-             "| generator | NFE | " + " | ".join(m[1] for m in present) + " |",
-             "|---|---|" + "---|" * len(present)]
+             f"The reference is the teacher at its best: `teacher-best`, {results['teacher-best']['generator']}."
+             + (f" The ratio columns divide each row's mean {label} by its and by the trajectory solver's "
+                f"(`teacher`, {results['teacher']['generator']})." if key else ""), "",
+             "| generator | NFE | " + " | ".join(m[1] for m in present)
+             + "".join(f" | {label} / {ref}" for ref in refs) + " |",
+             "|---|---|" + "---|" * (len(present) + len(refs))]
     for name, r in results.items():
-        cells = [cell(r["metrics"], key, fmt) for key, _, fmt in present]
+        cells = [cell(r["metrics"], k, fmt) for k, _, fmt in present]
+        cells += [f"{r['metrics'][key] / results[ref]['metrics'][key]:.2f}x" for ref in refs]
         seeds = ", ".join(map(str, r.get("seeds", [r["config"]["seed"]])))
         lines.append(f"| {name} ({r['generator']}; seeds {seeds}) | {r['metrics']['nfe']} | "
                      + " | ".join(cells) + " |")
@@ -175,7 +190,11 @@ def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
         lines += ["", f"Digits FD noise floor (two disjoint halves of the real digits, 898 vs 899): "
                       f"{cell(floor, 'digits_fd_floor', '{:.2f}')}. FD shrinks as samples grow, and each row compares "
                       f"{cfgs['evaluate'].num_samples} samples with all 1797 digits, so a good generator can read below "
-                      "the floor; KID is unbiased, its floor 0 (docs/evaluation.md)."]
+                      "the floor; KID is unbiased, its floor 0 (docs/evaluation.md).", "",
+                      f"Memorisation: a real digit lies {floor['nearest_digit_real_median']:.2f} (median L2) from its "
+                      f"nearest other digit, and 1% of real digits lie nearer than "
+                      f"{floor['nearest_digit_real_p1']:.2f}; a generator that copied its training digits would "
+                      "read a smaller median and a share near 1 in the columns above, one that does not about 0.01."]
     lines += ["", "Stage wall times, each from the run that made it: "
               + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "not recorded") + ".", "",
               "![losses](losses.png)", ""]
@@ -183,4 +202,3 @@ def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
     path = run / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path
-

@@ -10,6 +10,13 @@ import torch
 torch.set_num_threads(1)  # CI has 2 cores; one thread per test process keeps timings predictable
 
 
+@pytest.fixture(autouse=True)
+def evaluation_cache(tmp_path, monkeypatch):
+    """Each test its own evaluation cache (cmt evaluate --cache), never the user's: no test reads another's rows."""
+    monkeypatch.setenv("CMT_CACHE", str(tmp_path / "cmt-cache"))
+    return tmp_path / "cmt-cache" / "evaluations"
+
+
 def copier(base, tmp_path):
     """copy(name): a fresh copy of the pristine folder base/name under tmp_path, for a test that damages it."""
     def copy(name):

@@ -51,7 +51,10 @@ device = "cpu"
 num_samples = 32
 seeds = 2
 teacher_seeds = 1
+teacher_maps = true
+teacher_best_steps = 4
 reference_steps = 32
+cache = true
 device = "cpu"
 """
 
@@ -73,20 +76,22 @@ def test_pipeline_end_to_end_then_skips(tmp_path):
         assert load_model(run / stage / "model.ckpt", kind=kind)["step"] == (6 if stage == "mid" else 4)
         assert (run / stage / "config.json").exists() and (run / stage / "log.jsonl").exists()
     assert json.loads((run / "mid" / "config.json").read_text())["config"]["data"] == str(run / "trajectories")
-    names = ["teacher"] + [f"{n}-{k}step" for n in ("teacher", "mid", "post") for k in (1, 2)]
+    names = ["teacher", "teacher-best"] + [f"{n}-{k}step" for n in ("teacher", "mid", "post") for k in (1, 2)]
     for name in names:
         result = json.loads((run / "eval" / name / "evaluation.json").read_text())
         assert result["metrics"]["num_samples"] == 32 and "paired_mse" in result["metrics"]
-        assert result["seeds"] == ([1] if name == "teacher" else [1, 2])  # teacher_seeds: its solve on one seed
+        assert result["seeds"] == ([1] if name.startswith("teacher") and "step" not in name else [1, 2])  # teacher_seeds
         assert Image.open(run / "eval" / name / "samples.png").width > 0
     report = (run / "report.md").read_text()
     assert all(f"| {n} (" in report for n in names) and "MSE vs exact flow map" in report
     assert "seeds 1, 2) | 2 | " in report and " ± " in report  # the 2-step rows, with their spread
+    assert "The reference is the teacher at its best: `teacher-best`, teacher heun x 4 (karras)" in report
+    assert "| digits FD / teacher-best | digits FD / teacher |" in report and report.count("| 1.00x |") == 2
     assert Image.open(run / "losses.png").width > 400 and (run / "pipeline.json").exists()
     # every stage is complete now: a rerun skips them all and changes no checkpoint
     before = (run / "post" / "model.ckpt").read_bytes()
     r = cmt("pipeline", tmp_path / "p.toml", "--quiet")
-    assert r.returncode == 0 and r.stdout.count("complete, skipped") == 10 and "running" not in r.stdout
+    assert r.returncode == 0 and r.stdout.count("complete, skipped") == 11 and "running" not in r.stdout
     assert (run / "post" / "model.ckpt").read_bytes() == before
     assert (run / "report.md").read_text() == report and "mid_train " in report  # the stage times are kept
 

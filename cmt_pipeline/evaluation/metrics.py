@@ -1,9 +1,14 @@
-"""Metrics that need no feature network: paired teacher-matching error on a store, and Gaussian-mixture ground truth.
+"""Metrics that need no feature network: paired teacher-matching error on a store, Gaussian-mixture ground truth,
+and the distance of 8x8 samples to the training digits (memorisation).
 
 - Paired error: on the store's last N trajectories (mid-training's held-out tail), the generator is run from each
   stored prior (x_T = sigma_max * prior, stored label) and compared with the stored solver sample x0: what
   mid-training regresses onto, so it isolates "does it match the teacher" from "is the teacher good".
   PSNR uses the [-1, 1] data range (peak-to-peak 2).
+- Memorisation: digits FD is measured against the teacher's own training set, so copies of training digits would
+  score well. The pixel-space L2 distance of each sample to its nearest training digit, against the same distance
+  of a real digit to its nearest other digit, says whether a generator copies: its median, and the share of
+  samples closer than the 1st percentile of the real-to-real distances (about 1% for a generator that does not copy).
 - Mixture ground truth: the exact flow map is a float64 DPM-Solver++(3) solve with `reference_steps` steps on the
   log-SNR grid (solver error far below any generator's; tests check 1024 vs 2048 steps agree). The distance to
   the true mixture is the sliced Wasserstein-2 distance to exact mixture samples: it compares whole 1-D marginals
@@ -13,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -23,6 +29,7 @@ from ..constants import SIGMA_MAX, SIGMA_MIN
 from ..sampling import TeacherSampler, draw_renoise, run_sampler
 from ..stores import read_tail
 from ..errors import CMTError
+from .features import real_digits
 
 
 def mse_psnr(x, target) -> dict:
@@ -63,6 +70,36 @@ def paired_error(sampler, store, num: int = 256, batch_size: int = 256, device="
     x, err = paired_samples(sampler, data, batch_size, device, seed, progress)
     return {"paired_mse": err["mse"], "paired_psnr": err["psnr"], "paired_samples": len(x),
             "paired_store_solver": f"{plan['solver']} x {plan['num_states']} steps"}
+
+
+def nearest_distances(x: torch.Tensor, real: torch.Tensor, exclude_self: bool = False,
+                      chunk: int = 1024) -> torch.Tensor:
+    """Each row of x's L2 distance to its nearest row of `real` (to its nearest other row when x is real itself)."""
+    out = []
+    for b in range(0, len(x), chunk):
+        d = torch.cdist(x[b:b + chunk], real)
+        if exclude_self:
+            d[torch.arange(len(d)), torch.arange(b, b + len(d))] = math.inf
+        out.append(d.min(1).values)
+    return torch.cat(out)
+
+
+@functools.cache
+def training_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1797 digits the built-in teacher trained on, flattened, in its [-1, 1] scale, and each one's distance
+    to its nearest other digit (computed once)."""
+    real = torch.from_numpy(real_digits()[0]).double().reshape(-1, 64)
+    return real, nearest_distances(real, real, exclude_self=True)
+
+
+def memorisation(images) -> dict:
+    """Median L2 distance of 8x8 samples to their nearest training digit, the share closer than the 1st percentile
+    of the real-to-real nearest-other distances, and those two real figures, for scale."""
+    real, real_nn = training_digits()
+    p1 = float(torch.quantile(real_nn, 0.01))
+    d = nearest_distances(torch.as_tensor(images).double().reshape(len(images), -1).cpu(), real)
+    return {"nearest_digit_median": float(d.median()), "nearest_digit_close_share": float((d < p1).double().mean()),
+            "nearest_digit_real_median": float(real_nn.median()), "nearest_digit_real_p1": p1}
 
 
 def exact_flow_map(gmm, prior, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN, steps: int = 1024,

@@ -1,0 +1,130 @@
+"""Issue 31: the evaluation cache (recomputed when the generator or the protocol changes, reused otherwise), the
+memorisation figure, the report's teacher-best reference and ratio columns, and the two seed sets."""
+
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import torch
+
+from cmt_pipeline.config import EvaluateConfig
+from cmt_pipeline.evaluation import evaluate, real_digits, run
+from cmt_pipeline.evaluation.metrics import memorisation
+from cmt_pipeline.pipeline import evaluations, load_pipeline, write_report
+from cmt_pipeline.sampling import TeacherSampler
+from cmt_pipeline.teachers import load_teacher
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILTIN = ROOT / "cmt_pipeline" / "assets" / "digits-teacher"
+
+
+def test_cached_rows_are_reused_and_recomputed_when_any_part_of_the_key_changes(tmp_path, monkeypatch,
+                                                                                 evaluation_cache):
+    teacher = tmp_path / "teacher"
+    shutil.copytree(BUILTIN, teacher)
+    calls = []
+    measure = run.measure
+    monkeypatch.setattr(run, "measure", lambda *a, **k: calls.append(1) or measure(*a, **k))
+    base = dict(teacher=str(teacher), solver="euler", steps=2, num_samples=6, seeds=[1], cache=True, device="cpu")
+
+    def measured(name, **over) -> bool:
+        calls.clear()
+        result = evaluate(EvaluateConfig(**{**base, **over, "out": str(tmp_path / name)}), progress=False)
+        assert json.loads((tmp_path / name / "evaluation.json").read_text())["metrics"] == result["metrics"]
+        assert (tmp_path / name / "samples.png").stat().st_size > 0
+        return bool(calls)
+
+    assert measured("first")
+    first = json.loads((tmp_path / "first" / "evaluation.json").read_text())
+    assert not measured("again", batch_size=3)  # nothing that changes a number changed: read back, not sampled
+    again = json.loads((tmp_path / "again" / "evaluation.json").read_text())
+    assert again["metrics"] == first["metrics"] and again["cache"]["reused"] and not first["cache"]["reused"]
+    for name, over in (("steps", dict(steps=3)), ("solver", dict(solver="heun")), ("grid", dict(grid="karras")),
+                       ("count", dict(num_samples=7)), ("seeds", dict(seeds=[2])), ("sigma", dict(sigma_max=40.0))):
+        assert measured(name, **over), f"a change of {name} must be measured again"
+    # the same teacher folder retrained in place: only its weights fingerprint tells
+    from safetensors.torch import load_file, save_file
+
+    weights = teacher / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(weights))
+    name = next(iter(state))
+    state[name] = state[name] + 0.01
+    save_file(state, str(weights))
+    assert measured("retrained")
+    assert not measured("retrained-again")
+    monkeypatch.setattr(run.cache, "METRIC_VERSION", run.cache.METRIC_VERSION + 1)  # the metric code changed
+    assert measured("new-metric")
+    entries = len(list(evaluation_cache.glob("*.json")))
+    assert measured("uncached", cache=False) and len(list(evaluation_cache.glob("*.json"))) == entries
+
+
+class Copier:
+    """A generator that returns training digits, whatever its noise: a memoriser."""
+    shape, num_classes, nfe, renoise_steps, sigma_max = (1, 8, 8), 0, 1, 0, 80.0
+
+    def __call__(self, prior, labels=None, renoise=None):
+        return torch.from_numpy(real_digits()[0][:len(prior)]).to(prior)
+
+    def describe(self):
+        return {"kind": "copier"}
+
+
+def test_memorisation_flags_a_generator_that_returns_training_digits():
+    cfg = EvaluateConfig(num_samples=64, device="cpu")
+    copies = run.measure(cfg, Copier(), None, None, None, "cpu", 1, False)["metrics"]
+    assert copies["nearest_digit_median"] == 0 and copies["nearest_digit_close_share"] == 1
+    teacher = run.measure(cfg, TeacherSampler(load_teacher("builtin"), "dpm3", 8), None, None, None, "cpu", 1,
+                          False)["metrics"]
+    assert teacher["nearest_digit_close_share"] < 0.2  # about 0.01 if it copies no more than real digits do
+    assert teacher["nearest_digit_median"] > teacher["nearest_digit_real_p1"]
+    noise = memorisation(torch.randn(64, 1, 8, 8).clamp(-1, 1))
+    assert noise["nearest_digit_close_share"] == 0 and noise["nearest_digit_median"] > noise["nearest_digit_real_median"]
+    assert 1.5 < teacher["nearest_digit_real_median"] < 2.5  # a real digit to its nearest other digit: 2.02
+
+
+PIPELINE = """
+[generate]
+teacher = "builtin"
+grid = "logsnr"
+[evaluate]
+seeds = [101, 102]
+teacher_seeds = [101]
+"""
+
+
+def test_the_pipeline_scores_the_teacher_at_its_best_and_the_report_divides_by_it(tmp_path):
+    (tmp_path / "p.toml").write_text(PIPELINE)
+    cfgs = load_pipeline(tmp_path / "p.toml", out=str(tmp_path / "run"))
+    rows = evaluations(cfgs)
+    assert list(rows) == ["teacher", "teacher-best", "mid-1step", "mid-2step", "post-1step", "post-2step"]
+    best = rows["teacher-best"]
+    assert (best.solver, best.grid, best.steps, best.seeds, best.student) == ("heun", "karras", 18, [101], "")
+    assert (rows["teacher"].solver, rows["teacher"].steps, rows["post-2step"].seeds) == ("dpm3", 16, [101, 102])
+    (tmp_path / "p.toml").write_text(PIPELINE + "teacher_maps = true\n")
+    assert "teacher-2step" in evaluations(load_pipeline(tmp_path / "p.toml"))
+
+    fd = {"teacher": 3.5, "teacher-best": 2.5, "mid-1step": 14.0, "mid-2step": 7.5, "post-1step": 7.5,
+          "post-2step": 2.0}
+    real = memorisation(real_digits()[0][:4])
+    results = {name: {"generator": f"{name} gen", "seeds": cfg.seeds if isinstance(cfg.seeds, list) else [1],
+                      "config": {"seed": 1}, "metrics": {"nfe": 1, "digits_fd": fd[name], "digits_fd_floor": 6.0, **real}}
+               for name, cfg in rows.items()}
+    (tmp_path / "run").mkdir()
+    report = write_report(tmp_path / "run", cfgs, results, {}).read_text()
+    assert "The reference is the teacher at its best: `teacher-best`, teacher-best gen" in report
+    assert "| digits FD / teacher-best | digits FD / teacher |" in report
+    assert "| post-1step (post-1step gen; seeds 101, 102) | 1 | 7.50 |" in report
+    assert "| 3.00x | 2.14x |" in report and "| 0.80x | 0.57x |" in report  # 7.5 / 2.5, 7.5 / 3.5; 2 / 2.5, 2 / 3.5
+    assert "nearest training digit (median L2)" in report and "share nearer than real p1" in report
+
+
+def test_reported_seeds_are_not_the_seeds_settings_are_chosen_on():
+    from cmt_pipeline.training.posttrain import EVAL_SEED
+
+    digits = tomllib.loads((ROOT / "configs" / "digits.toml").read_text())["evaluate"]
+    assert digits["seeds"] == run.REPORT_SEEDS and not set(run.REPORT_SEEDS) & set(run.CHOOSE_SEEDS)
+    assert set(digits["teacher_seeds"]) <= set(run.REPORT_SEEDS)
+    assert EVAL_SEED in run.CHOOSE_SEEDS and EvaluateConfig().seed in run.CHOOSE_SEEDS
+    doc = (ROOT / "docs" / "evaluation.md").read_text()
+    assert "seeds 1, 2, 3" in doc and "seeds 101, 102, 103" in doc
