@@ -185,12 +185,15 @@ def _class_name(folder: Path) -> str | None:
         return None
 
 
-def vae_source(explicit: str, spec: str) -> tuple[str | None, str | None, dict | None]:
+def vae_source(explicit: str, spec: str, record: dict | None = None) -> tuple[str | None, str | None, dict | None]:
     """(VAE folder, fingerprint it must have or None, EDM2 encoder record or None) for a model or store `spec`;
-    (None, None, None) = pixel space. An explicit folder replaces the recorded one but keeps its encoder record."""
+    (None, None, None) = pixel space. An explicit folder replaces the recorded one but keeps its encoder record.
+    `record`: spec's model.ckpt already read by the caller (models.io.open_network), so it is not read again."""
     path = Path(spec) if spec else None
     recorded, folder = None, None
-    if path is not None and path.is_file() and not is_teacher_file(path):  # a published file names no VAE folder
+    if record is not None:
+        recorded = record.get("data", {}).get("vae")
+    elif path is not None and path.is_file() and not is_teacher_file(path):  # a published file names no VAE folder
         recorded = load_model(path).get("data", {}).get("vae")
     elif path is not None and ("://" in spec or (path / "plan.json").is_file()):  # a store, local or remote
         recorded = read_plan(spec).get("vae")
@@ -226,9 +229,10 @@ def native_latents(path: Path) -> dict | None:
         return None
 
 
-def load_vae(explicit: str, spec: str, device="cpu", shape=None, who: str = "teacher") -> LatentCodec | None:
+def load_vae(explicit: str, spec: str, device="cpu", shape=None, who: str = "teacher",
+             record: dict | None = None) -> LatentCodec | None:
     """The VAE of `spec` (see vae_source) on `device`, checked against its record and against `shape`'s channels."""
-    path, fingerprint, encoder = vae_source(explicit, spec)
+    path, fingerprint, encoder = vae_source(explicit, spec, record)
     if path is None:
         return None
     if not Path(path).exists():

@@ -315,3 +315,14 @@ def test_resume_refuses_other_npy_data_at_the_same_path(tmp_path):
     np.save(data, np.random.default_rng(1).integers(0, 255, (16, 8, 8), np.uint8))
     with pytest.raises(CMTError, match="it trained on data with fingerprint .* now has fingerprint"):
         post_train(cfg, resume="latest", progress=False)
+
+
+def test_the_init_checkpoint_is_read_once(tmp_path, monkeypatch):
+    """--init's model.ckpt is opened once per run: the student and the VAE record both come from that read
+    (issue 32: it was read twice, once for the VAE record and once for the network)."""
+    init = save_student(tmp_path / "mid.ckpt", consistency_student(tiny_net()), "mid-cm")
+    reads, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: (reads.append(str(f)), load(f, *a, **k))[1])
+    post_train(PostTrainConfig(init=init, data="gmm:gmm8x8", gmm_samples=64, steps=1, batch_size=8, eval_samples=8,
+                               num_grid_samples=4, out=str(tmp_path / "run"), **FAST), progress=False)
+    assert reads.count(init) == 1, reads

@@ -60,13 +60,21 @@ def read_network(spec: str, option: str):
         raise CMTError(f"{option} {spec}: {e}") from e
 
 
-def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
-    """(network, origin) for --init: origin 'cmt' (a student of the objective's flavour) or 'diffusion'.
-    A student of the other flavour is refused here, before anything is written."""
+def opened_network(cfg: PostTrainConfig):
+    """The network of --init (--arch for --init random), opened once: the student is built from it and its
+    checkpoint's VAE record read from it; None for --init random without --arch."""
+    spec = cfg.arch if cfg.init == "random" else cfg.init
+    return read_network(spec, "--arch" if cfg.init == "random" else "--init") if spec else None
+
+
+def load_network(spec: str, objective: str, opened=None) -> tuple[torch.nn.Module, str]:
+    """(network, origin) for --init (`opened`, if the caller has opened it): origin 'cmt' (a student of the
+    objective's flavour) or 'diffusion'. A student of the other flavour is refused here, before anything is
+    written."""
     want = STUDENT_KINDS[objective]
     wrong = (f"; {objective} post-training starts from a {want[0]} checkpoint (`cmt mid-train --flavour "
              f"{MID_FLAVOUR[objective]}`), a diffusion teacher or random")
-    net, kind, record = read_network(spec, "--init")
+    net, kind, record = opened or read_network(spec, "--init")
     if record is not None and kind != "pretrain":
         if kind not in want:
             raise CMTError(f"--init {spec} is a {kind!r} checkpoint{wrong}")
@@ -82,12 +90,12 @@ def load_network(spec: str, objective: str) -> tuple[torch.nn.Module, str]:
     return net, "diffusion"
 
 
-def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser | NativeDenoiser:
+def random_network(cfg: PostTrainConfig, shape, opened=None) -> EDMDenoiser | NativeDenoiser:
     """Fresh weights in the architecture of --arch (a model.ckpt of any kind or a teacher spec: the project's EDM
     network or a native one), else of --channels/--layers-per-block."""
     if not cfg.arch:
         return fresh_network(shape, cfg.seed, None, cfg.channels, cfg.layers_per_block, time_scale=cfg.time_scale)
-    template = read_network(cfg.arch, "--arch").module
+    template = (opened or read_network(cfg.arch, "--arch")).module
     template = template.net if isinstance(template, (MeanFlowStudent, BoundaryDenoiser)) else template
     if not isinstance(template, (EDMDenoiser, NativeDenoiser)):
         raise CMTError(f"--arch {cfg.arch} is a {type(template).__name__}, which has no network architecture; "
@@ -98,12 +106,13 @@ def random_network(cfg: PostTrainConfig, shape) -> EDMDenoiser | NativeDenoiser:
     return net
 
 
-def build_student(cfg: PostTrainConfig, shape) -> tuple[torch.nn.Module, str]:
-    """The student to post-train and where it came from ('cmt', 'diffusion' or 'random')."""
+def build_student(cfg: PostTrainConfig, shape, opened=None) -> tuple[torch.nn.Module, str]:
+    """The student to post-train and where it came from ('cmt', 'diffusion' or 'random'); `opened` is
+    opened_network(cfg) where the caller has it."""
     if cfg.init == "random":
-        net, origin = random_network(cfg, shape), "random"
+        net, origin = random_network(cfg, shape, opened), "random"
     else:
-        net, origin = load_network(cfg.init, cfg.objective)
+        net, origin = load_network(cfg.init, cfg.objective, opened)
     if origin != "cmt":
         with seeded(cfg.seed):  # a new MeanFlow gap embedding's first layer
             try:
@@ -185,9 +194,10 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     """Run (or resume) post-training; returns a summary with the final 1- and 2-step metrics."""
     cfg = validate(cfg)
     process = process_of(cfg)
+    opened = opened_network(cfg)
     data, vae = training_images(cfg, cfg.arch if cfg.init == "random" else cfg.init, process.device,
-                                progress and process.is_main_process)
-    student, origin = build_student(cfg, data.shape)
+                                progress and process.is_main_process, opened.record if opened else None)
+    student, origin = build_student(cfg, data.shape, opened)
     cfg = with_time_scale(cfg, student, f"--arch {cfg.arch}" if cfg.init == "random" else f"--init {cfg.init}")
     if student.num_classes and data.labels is None:
         raise CMTError(f"--init {cfg.init} is class-conditional but --data {cfg.data} has no labels")

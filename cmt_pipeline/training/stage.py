@@ -26,11 +26,12 @@ def process_of(cfg):
     return PartialState(cpu=cfg.device == "cpu")
 
 
-def training_images(cfg, vae_spec: str, device, progress: bool):
+def training_images(cfg, vae_spec: str, device, progress: bool, record: dict | None = None):
     """(images, vae): cfg.data loaded, then encoded once to latents by the VAE of --vae or of `vae_spec` (the
-    network it belongs to), the mean and not a sample, so every process encodes the same images the same way."""
+    network it belongs to; `record`, its checkpoint if the caller has read it already), the mean and not a sample,
+    so every process encodes the same images the same way."""
     data = load_images(cfg.data, cfg.gmm_samples, cfg.seed)
-    vae = load_vae(cfg.vae, vae_spec, device)
+    vae = load_vae(cfg.vae, vae_spec, device, record=record)
     if vae is not None:
         if cfg.data.startswith("gmm:"):
             raise CMTError(f"--data {cfg.data} is measured against its exact mixture in its own space; a latent "
