@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar, get_type_hints
 from pathlib import Path
 
-from .constants import SIGMA_DATA, SIGMA_MAX, SIGMA_MID, SIGMA_MIN, SIGMA_MIN_SHIFT
+from .constants import GRID, SIGMA_DATA, SIGMA_MAX, SIGMA_MID, SIGMA_MIN, SIGMA_MIN_SHIFT, SOLVER, STEPS, TIME_SCALE
 from .errors import CMTError, first_line
 
 # choices shared by several stages; tests/test_config.py checks them against the library's own tables
@@ -105,9 +105,9 @@ class GenerateConfig(Checked):
                           "gmm:gmm2d, gmm:gmm8x8, or builtin (the shipped digits teacher).")
     out: str = option("runs/trajectories", "Output folder.", path="folder")
     num_samples: int = option(1024, "Number of trajectories N.", **POSITIVE, max=MAX_SAMPLES)
-    solver: str = option("dpm3", "ODE solver.", choices=SOLVERS)
-    steps: int = option(16, "Solver steps K; each sample stores K states.", **POSITIVE, max=MAX_SOLVER_STEPS)
-    grid: str = option("logsnr", "Sigma grid (logsnr: the paper's).", choices=GRIDS)
+    solver: str = option(SOLVER, "ODE solver.", choices=SOLVERS)
+    steps: int = option(STEPS, "Solver steps K; each sample stores K states.", **POSITIVE, max=MAX_SOLVER_STEPS)
+    grid: str = option(GRID, "Sigma grid (logsnr: the paper's).", choices=GRIDS)
     sigma_max: float = option(SIGMA_MAX, "x_T = sigma_max * noise.", **POSITIVE)
     sigma_min: float = option(SIGMA_MIN, "The solve's last sigma.", **POSITIVE)
     format: str = option("zarr", "Store format.", choices=("zarr", "wds"))
@@ -137,8 +137,8 @@ class EvaluateConfig(Checked):
 
     teacher: str = option("builtin", "Generator when no --student: a model folder, an NVlabs .pkl snapshot, gmm:gmm2d, "
                           "gmm:gmm8x8 or builtin.")
-    solver: str = option("dpm3", "The teacher's solver.", choices=SOLVERS)
-    grid: str = option("logsnr", "The teacher's sigma grid.", choices=GRIDS)
+    solver: str = option(SOLVER, "The teacher's solver.", choices=SOLVERS)
+    grid: str = option(GRID, "The teacher's sigma grid.", choices=GRIDS)
     guidance_scale: float = option(1.0, "The teacher's classifier-free guidance scale (a class-conditional "
                                    "teacher; as in generate-trajectories); 1 = none.")
     null_label: int | None = option(None, "Guidance's 'no class' label.  [default: the model's own null row (DiT)]",
@@ -254,13 +254,13 @@ class PretrainConfig(TrainConfig):
     attention: bool = option(False, "Self-attention in the lowest-resolution block.")
     dropout: float = option(0.0, "Dropout of the UNet.", **DECAY)
     sigma_data: float = option(SIGMA_DATA, "The data's standard deviation (EDM preconditioning).", **POSITIVE)
-    time_scale: float = option(1000.0, "The UNet's timestep input is time_scale * log(sigma)/4: 1000 spans diffusers' "
+    time_scale: float = option(TIME_SCALE, "The UNet's timestep input is time_scale * log(sigma)/4: 1000 spans diffusers' "
                                "timestep range (the built-in teacher), 1 is EDM's and smooth in sigma.", **POSITIVE)
     p_mean: float = option(-1.2, "Training sigma ~ LogNormal(p_mean, p_std).")
     p_std: float = option(1.2, "See --p-mean.", **POSITIVE)
-    sample_solver: str = option("dpm3", "Solver of the sample grids.", choices=SOLVERS)
+    sample_solver: str = option(SOLVER, "Solver of the sample grids.", choices=SOLVERS)
     sample_steps: int = option(16, "Solver steps of the sample grids.", **POSITIVE, max=MAX_SOLVER_STEPS)
-    sample_grid: str = option("logsnr", "Sigma grid of the sample grids.", choices=GRIDS)
+    sample_grid: str = option(GRID, "Sigma grid of the sample grids.", choices=GRIDS)
     num_grid_samples: int = option(64, "Samples in each sample grid.", **POSITIVE, max=4096)
     export_dtype: str = option("float32", "Weights dtype of the exported teacher folder (float16 halves its size).",
                                choices=("float32", "float16"))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .constants import SIGMA_MAX, SIGMA_MID, SIGMA_MIN
+from .constants import GRID, SIGMA_MAX, SIGMA_MID, SIGMA_MIN, SOLVER, STEPS
 from .priors import check_class_labels, draw_priors, draw_renoise
 from .solvers import NFE_PER_STEP, get_solver, make_grid
 from .models import as_denoiser
@@ -29,7 +29,7 @@ from .devices import full_fp32
 
 
 class TeacherSampler:
-    def __init__(self, denoiser: Denoiser, solver: str = "dpm3", steps: int = 16, grid: str = "logsnr",
+    def __init__(self, denoiser: Denoiser, solver: str = SOLVER, steps: int = STEPS, grid: str = GRID,
                  sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN):
         self.net, self.solver_name = denoiser, solver
         self.solve = get_solver(solver)

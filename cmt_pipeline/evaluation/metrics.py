@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from ..constants import SIGMA_MAX, SIGMA_MIN
+from ..constants import GRID, SIGMA_MAX, SIGMA_MIN, SOLVER
 from ..sampling import TeacherSampler, draw_renoise, run_sampler
 from ..stores import read_tail
 from ..errors import CMTError
@@ -105,7 +105,7 @@ def memorisation(images) -> dict:
 def exact_flow_map(gmm, prior, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_MIN, steps: int = 1024,
                    batch_size: int = 256, device="cpu", progress: bool = False) -> torch.Tensor:
     """The mixture's flow map from x_T = sigma_max * prior to sigma_min, by a float64 high-order solve."""
-    ref = TeacherSampler(gmm.to(device), "dpm3", steps, "logsnr", sigma_max, sigma_min)
+    ref = TeacherSampler(gmm.to(device), SOLVER, steps, GRID, sigma_max, sigma_min)
     return run_sampler(ref, prior, None, None, batch_size, device, torch.float64, progress, desc="exact flow map")
 
 

@@ -22,6 +22,7 @@ import torch
 
 from .. import __version__
 from ..config import EvaluateConfig, to_dict
+from ..constants import STEPS
 from ..latents import load_vae
 from ..plotting import save_image_grid, save_scatter
 from ..priors import check_class_labels
@@ -53,7 +54,7 @@ def build_sampler(cfg: EvaluateConfig, device):
         return StudentSampler(load_student(cfg.student, device), student_sigmas(steps, cfg.sigma_max, cfg.sigma_mid))
     teacher = load_teacher(cfg.teacher, device, cfg.guidance_scale, cfg.null_label)
     try:
-        return TeacherSampler(teacher, cfg.solver, cfg.steps or 16, cfg.grid, cfg.sigma_max, cfg.sigma_min)
+        return TeacherSampler(teacher, cfg.solver, cfg.steps or STEPS, cfg.grid, cfg.sigma_max, cfg.sigma_min)
     except ValueError as e:
         raise CMTError(f"bad solver settings: {e}") from e
 

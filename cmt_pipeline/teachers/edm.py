@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..constants import SIGMA_DATA
+from ..constants import SIGMA_DATA, TIME_SCALE
 from ..errors import CMTError
 from .base import Denoiser, sigma_column
 
@@ -32,7 +32,7 @@ MAX_WIDTH = 2048  # wider than any published UNet level; a larger --channels val
 @dataclass
 class Precond:
     sigma_data: float = SIGMA_DATA
-    time_scale: float = 1000.0
+    time_scale: float = TIME_SCALE
     boundary_sigma: float = 0.0  # s above: 0 = plain EDM denoiser
     num_classes: int = 0
 
