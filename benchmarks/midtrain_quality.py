@@ -62,7 +62,7 @@ VARIANTS = {
     # EDM's ramp-up with a half-life too long to bind: the average spans the last 5% of the samples seen
     "EMA half-life 5% of samples (EDM ramp-up)": dict(ema_halflife=1e9, ema_rampup=0.05),
     "pseudo-Huber + EMA ramp-up": dict(distance="huber", huber_c=0.03, ema_halflife=1e9, ema_rampup=0.05),
-    # half of the points between grid sigmas: smooth in sigma for ECT (benchmarks/sigma_smoothness.py)
+    # half of the points between grid sigmas: smooth in sigma for ECT (benchmarks/studies/sigma_smoothness.py)
     "pseudo-Huber + off-grid 0.5": dict(distance="huber", huber_c=0.03, off_grid=0.5),
 }
 CURVE = ("1step_digits_fd", "2step_digits_fd")

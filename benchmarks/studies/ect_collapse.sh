@@ -2,7 +2,7 @@
 # ECT from the default pipeline's mid-trained student improves for ~450 steps, then collapses (docs/results.md,
 # "ECT post-training from a CMT student"). Which one setting prevents it? Each run is configs/digits.toml's
 # [post_train] for 900 steps with one option changed, evaluated every 150 steps (2000 samples, evaluation seed 1).
-#     bash benchmarks/ect_collapse.sh runs/digits/mid/model.ckpt runs/ect-collapse [RUN ...]
+#     bash benchmarks/studies/ect_collapse.sh runs/digits/mid/model.ckpt runs/ect-collapse [RUN ...]
 # RUN names a subset of the runs below (default: all). Finished runs are kept; prints each run's 1-/2-step digits
 # FD curve.
 set -u
@@ -10,7 +10,7 @@ INIT=${1:?usage: ect_collapse.sh MID_MODEL_CKPT OUT [RUN ...]}
 OUT=${2:?usage: ect_collapse.sh MID_MODEL_CKPT OUT [RUN ...]}
 shift 2
 ONLY=" $* "
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mkdir -p "$OUT"
 run() {
   name=$1; shift

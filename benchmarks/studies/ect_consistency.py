@@ -10,9 +10,9 @@ r = ECT's r(t) at q 4096:
 The exact flow map is scored by the same loss (its own, from the same solves). Students run in training mode, as
 ECT sees them. Writes the section `<!-- ect-consistency:gmm -->` of --doc.
 
-    python benchmarks/ect_ablation.py --part gmm --out runs/ect-ablation ...     # the students (finished runs)
-    python benchmarks/ect_consistency.py --ablation runs/ect-ablation
-    python benchmarks/ect_consistency.py --student "LABEL=RUN/model.ckpt" ... --section ect-consistency:gmm-ts1
+    python benchmarks/studies/ect_ablation.py --part gmm --out runs/ect-ablation ...     # the students (finished runs)
+    python benchmarks/studies/ect_consistency.py --ablation runs/ect-ablation
+    python benchmarks/studies/ect_consistency.py --student "LABEL=RUN/model.ckpt" ... --section ect-consistency:gmm-ts1
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.objectives.ect import ect_r
 from cmt_pipeline.teachers.gmm import gmm8x8
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 Q = 4096.0
-STUDENTS = {  # name -> run folder under --ablation (benchmarks/ect_ablation.py's layout)
+STUDENTS = {  # name -> run folder under --ablation (benchmarks/studies/ect_ablation.py's layout)
     "CMT, 400 mid steps (the init)": "gmm-cmt/mid",
     "+ ECT 400, base (reference)": "gmm/base_(reference)-seed0",
     "+ ECT 400, warm-up + lr / 10": "gmm/warm-up_+_lr__10-seed0",
@@ -82,7 +82,8 @@ def render(rows: dict, ts: list[float], n: int, seed: int, title: str) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ablation", default="runs/ect-ablation", help="benchmarks/ect_ablation.py's --out (gmm part run)")
+    p.add_argument("--ablation", default="runs/ect-ablation",
+                   help="benchmarks/studies/ect_ablation.py's --out (gmm part run)")
     p.add_argument("--ts", default="0.1,0.3,1,3,10,80")
     p.add_argument("--samples", type=int, default=512)
     p.add_argument("--seed", type=int, default=0)
@@ -103,7 +104,8 @@ def main():
     if missing and args.student:
         raise SystemExit(f"missing checkpoints {missing}")
     if missing:
-        raise SystemExit(f"missing students {missing}: run benchmarks/ect_ablation.py --part gmm --out {args.ablation} "
+        raise SystemExit(f"missing students {missing}: run benchmarks/studies/ect_ablation.py --part gmm "
+                         f"--out {args.ablation} "
                          "(and with --mid-budgets 400 --variants 'gmm-post.toml recipe') first")
     students = {name: model_from_checkpoint(load_model(path)).train() for name, path in paths.items()}
     ts = [float(t) for t in args.ts.split(",")]

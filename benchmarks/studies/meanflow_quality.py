@@ -15,11 +15,12 @@ sampled from the same evaluation noise, the per-seed paired differences post - m
 folders under --out, OUT/meanflow-quality.json and the section `<!-- meanflow-quality:digits -->` of
 docs/results.md.
 
-    python benchmarks/meanflow_quality.py --store /tmp/mq/trajectories --out /tmp/mfq
-    python benchmarks/meanflow_quality.py --store /tmp/mq/trajectories --out /tmp/mfq-og --mid-off-grid 0.5 \
+    python benchmarks/studies/meanflow_quality.py --store /tmp/mq/trajectories --out /tmp/mfq
+    python benchmarks/studies/meanflow_quality.py --store /tmp/mq/trajectories --out /tmp/mfq-og --mid-off-grid 0.5 \
         --section digits-off-grid     # the sources between grid sigmas, as the CM flavour's --off-grid
 
-Finished runs and scores are reused (delete a run folder to redo it).
+Finished runs and scores are reused (delete a run folder to redo it). A study (benchmarks/studies/: kept
+reproducible, not maintained); it puts benchmarks/ on sys.path for midtrain_quality.py's pinned settings.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from cmt_pipeline.stores import open_store
 from cmt_pipeline.training.midtrain import mid_train
 from cmt_pipeline.training.posttrain import DEFAULT_NOISE, post_train
 
-from midtrain_quality import BASE, QUIET, ROOT  # benchmarks/midtrain_quality.py: the run settings it trains with
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, where midtrain_quality.py is
+from midtrain_quality import BASE, QUIET, ROOT  # noqa: E402  (its pinned run settings)
 
 # configs/digits.toml's [mid_train] and [post_train] as they were when this study ran, pinned so its numbers stay
 # reproducible when the config moves on

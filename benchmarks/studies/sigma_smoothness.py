@@ -9,7 +9,7 @@ over a step d. A smooth f gives the same slope for every small d; `wiggle` = slo
 d = 0.1 is 1 for a function that is linear in log sigma on that scale and grows with structure finer than 10%.
 Writes OUT.json and its section of docs/results.md (`<!-- sigma-smoothness:<section> -->`).
 
-    python benchmarks/sigma_smoothness.py --nets builtin,runs/digits/mid/model.ckpt,runs/digits/post/model.ckpt
+    python benchmarks/studies/sigma_smoothness.py --nets builtin,runs/digits/mid/model.ckpt,runs/digits/post/model.ckpt
 """
 
 from __future__ import annotations

@@ -8,9 +8,9 @@ signal = ||E g|| (the mean's norm, corrected for the noise it still holds: ||mea
 sqrt(tr Cov) (one batch's deviation from the mean). SNR = signal / noise per batch: a step is more noise than
 signal when SNR < 1, and about 1/SNR^2 steps are needed before the noise averages below the signal.
 
-    python benchmarks/ect_gradient_snr.py --part gmm --init runs/ect-ablation/gmm-cmt/mid/model.ckpt \\
+    python benchmarks/studies/ect_gradient_snr.py --part gmm --init runs/ect-ablation/gmm-cmt/mid/model.ckpt \\
         --diffusion runs/ect-ablation/gmm-cmt/teacher/model.ckpt
-    python benchmarks/ect_gradient_snr.py --part digits --init runs/digits/mid/model.ckpt --diffusion builtin
+    python benchmarks/studies/ect_gradient_snr.py --part digits --init runs/digits/mid/model.ckpt --diffusion builtin
 
 Writes OUT.json and its section of docs/results.md (`<!-- ect-gradient-snr:<part> -->`).
 """
@@ -89,7 +89,7 @@ def main():
     lines = [f"## Why short ECT hurts a CMT student: gradient signal-to-noise at the init ({args.part})", "",
              f"ECT's gradient at each init over {args.batches} batches of {args.batch} ({data}): signal = the "
              "norm of the mean gradient (noise-corrected), noise = one batch's deviation from it, SNR = their "
-             "ratio (`benchmarks/ect_gradient_snr.py`).", "",
+             "ratio (`benchmarks/studies/ect_gradient_snr.py`).", "",
              "| init | setting | signal | noise | SNR per batch |", "|---|---|---|---|---|"]
     for key, r in results.items():
         name, label = key.split(" | ")

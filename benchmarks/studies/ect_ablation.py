@@ -5,13 +5,17 @@ each, the same evaluation noise for all. Per variant: each metric at the end, me
 init's value (step 0, the same for every run). Writes run folders under --out, OUT/<part>.json and its section of
 docs/results.md (`<!-- ect-ablation:<part> -->`).
 
-    python benchmarks/ect_ablation.py --part gmm                  # init_comparison.py's mixture teacher + CMT
-    python benchmarks/ect_ablation.py --part digits --init runs/digits/mid/model.ckpt --store runs/digits/trajectories
+    python benchmarks/studies/ect_ablation.py --part gmm                  # init_comparison.py's mixture teacher + CMT
+    python benchmarks/studies/ect_ablation.py --part digits --init runs/digits/mid/model.ckpt \
+        --store runs/digits/trajectories
 
---variants picks a subset by name (comma-separated). Finished runs are reused.
+--variants picks a subset by name (comma-separated). Finished runs are reused. A study (benchmarks/studies/: kept
+reproducible, not maintained); run from the repository root as above: it puts benchmarks/ on sys.path for
+init_comparison.py and midtrain_quality.py.
 
-    python benchmarks/ect_ablation.py --part gmm --mid-budgets 50,100,200,400 --variants 'gmm-post.toml recipe' --seeds 3
-    python benchmarks/ect_ablation.py --part digits --store runs/digits/trajectories --mid-budgets 300,1800 \
+    python benchmarks/studies/ect_ablation.py --part gmm --mid-budgets 50,100,200,400 \
+        --variants 'gmm-post.toml recipe' --seeds 3
+    python benchmarks/studies/ect_ablation.py --part digits --store runs/digits/trajectories --mid-budgets 300,1800 \
         --variants 'warm-up + lr / 10' --seeds 2 --eval-samples 5000
 
 instead run the variants from CMT students mid-trained for each budget (gmm: init_comparison.py's teacher and store;
@@ -31,8 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from init_comparison import QUIET, done, eval_rows, fmt, fresh, gmm_cmt, parser as comparison_parser, stage_seconds
-from midtrain_quality import BASE as MID_BASE
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the maintained scripts it builds on
+from init_comparison import (QUIET, done, eval_rows, fmt, fresh, gmm_cmt, parser as comparison_parser,  # noqa: E402
+                             stage_seconds)
+from midtrain_quality import BASE as MID_BASE  # noqa: E402
 
 from cmt_pipeline.config import MidTrainConfig, PostTrainConfig, load_config
 from cmt_pipeline.docs_sections import write_section

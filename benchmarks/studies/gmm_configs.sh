@@ -1,7 +1,7 @@
 #!/bin/bash
 # Does configs/gmm-post.toml's ECT lower the error of configs/gmm-mid.toml's student, and which timestep scale
 # and post-training recipe does that need? (docs/results.md, "ECT post-training from a CMT student".)
-#     OMP_NUM_THREADS=1 bash benchmarks/gmm_configs.sh runs/gmm-configs [TIME_SCALE ...]
+#     OMP_NUM_THREADS=1 bash benchmarks/studies/gmm_configs.sh runs/gmm-configs [TIME_SCALE ...]
 # For each timestep scale (default: 1 1000) it mid-trains configs/gmm-mid.toml's random-init student on one shared
 # store of exact mixture trajectories, then post-trains it with three recipes on training seeds 0-2:
 #   old: the recipe shipped until 2026-12-02 (l2, q 256, lr 1e-3 decaying linearly, EMA 0.99);
@@ -12,7 +12,7 @@ set -u
 OUT=${1:?usage: gmm_configs.sh OUT [TIME_SCALE ...]}
 shift
 SCALES=${*:-1 1000}
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 mkdir -p "$OUT"
 cmt generate-trajectories --config configs/gmm-mid.toml --out "$OUT/traj" --quiet || exit 1  # resumes; a no-op once complete
 post() {  # post MID NAME SEED [options]
