@@ -19,25 +19,12 @@ from cmt_pipeline.generation import generate
 from cmt_pipeline.generation.run import PAUSE_VARIABLE
 from cmt_pipeline.stores import read_all, verify
 from cmt_pipeline.training.trajectories import trajectory_source
-from s3_server import KEY_ID, SECRET, local_s3
+from s3_server import KEY_ID, SECRET
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 SMALL = dict(teacher="gmm:gmm8x8", num_samples=48, shard_size=16, batch_size=16, steps=4, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """The server's environment, applied to this process for the module (and given to subprocesses)."""
-    saved = dict(os.environ)
-    with local_s3() as env:
-        os.environ.update(env)
-        try:
-            yield env
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 def bucket():
