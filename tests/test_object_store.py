@@ -5,6 +5,7 @@ catches damaged objects, bad URLs give one line, and no credential is ever writt
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -214,3 +215,24 @@ def test_evaluate_pairs_with_a_store_in_the_bucket(stores, tmp_path):
         metrics = json.loads((out / "evaluation.json").read_text())["metrics"]
         scores[str(store)] = (metrics["paired_samples"], metrics["paired_mse"])
     assert len(set(scores.values())) == 1 and next(iter(scores.values()))[0] == 16, scores
+
+
+def test_upload_folders_of_killed_processes_are_removed_by_the_next_run(s3, tmp_path):
+    """A generator killed with SIGKILL never removes its local upload folder; the next run into a bucket removes
+    the folders of processes that are gone, and no other."""
+    import tempfile
+    from pathlib import Path
+
+    gone = subprocess.Popen([os.sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = Path(tempfile.gettempdir()) / f"cmt-upload-{gone.pid}-killed"
+    alive = Path(tempfile.gettempdir()) / f"cmt-upload-{os.getppid()}-running"
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "shard-000000.tar-1-0").write_bytes(b"in flight")
+    try:
+        generate(GenerateConfig(**SMALL, format="wds", out="s3://cmt/after-a-kill"), progress=False)
+        assert not stale.exists() and alive.exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)

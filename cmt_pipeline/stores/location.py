@@ -25,6 +25,7 @@ from .. import errors
 from ..utils import CMTError, disk_usage, replace_file
 
 TMP = ".tmp"
+SCRATCH = "cmt-upload-"  # + pid: a remote store's in-flight files, in the system's temporary folder
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FSSPEC_S3_SECRET",
                     "FSSPEC_S3_KEY", "FSSPEC_S3_TOKEN")
 PACKAGES = {"s3": "s3fs (pip install 'cmt-pipeline[s3]')", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
@@ -38,6 +39,26 @@ def redact(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+def clean_stale_scratch() -> None:
+    """Remove the upload folders of processes that are gone: a killed generator (SIGKILL) never ran
+    clean_scratch, and its folder, named after its pid, would stay forever. A reused pid keeps a folder a little
+    longer, never loses a live one's."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH}*-*"):
+        pid = folder.name.removeprefix(SCRATCH).split("-", 1)[0]
+        if pid.isdigit() and not process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def first_line(e: BaseException) -> str:
@@ -168,7 +189,8 @@ class Location:
                         raise
         else:
             if self.scratch is None or not self.scratch.exists():
-                self.scratch = Path(tempfile.mkdtemp(prefix="cmt-upload-"))
+                clean_stale_scratch()
+                self.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-"))
             d = self.scratch
         return d / f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 

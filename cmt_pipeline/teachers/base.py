@@ -15,6 +15,24 @@ import torch
 from ..utils import hash_weights
 
 
+MAX_SIDE = 4096  # pixels (or latents) per side: past any published diffusion model (1024-pixel, 128-latent)
+MAX_CHANNELS = 256  # input channels: past any published latent space (4, 16, 64 packed)
+
+
+def sample_shape(config) -> tuple[int, int, int]:
+    """(C, H, W) of a diffusers model's config (`in_channels`, `sample_size`: a side or a pair), refused with a
+    ValueError naming the field when out of bounds: checked before the model is built, since a transformer
+    allocates its position embeddings for that size, and a million-pixel side would exhaust memory."""
+    size, c = config.get("sample_size"), config.get("in_channels")
+    size = list(size) if isinstance(size, (list, tuple)) else [size] * 2
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in size):
+        raise ValueError(f"config.json's sample_size {config.get('sample_size')!r} is not a side (or a pair of "
+                         f"sides) in 1..{MAX_SIDE}")
+    if not (isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= MAX_CHANNELS):
+        raise ValueError(f"config.json's in_channels {c!r} is not a count in 1..{MAX_CHANNELS}")
+    return c, size[0], size[1]
+
+
 def sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
     """Broadcast a float, 0-d or (B,) sigma to shape (B, 1, 1, 1) in x's dtype and device. A Python number becomes
     a fill on x's device, not a host tensor copied there: that copy would wait for the device at every solver step."""
