@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -263,5 +264,25 @@ class Location:
         if self.local:
             return zarr.storage.LocalStore(self.path / rel, read_only=read_only)
         with self.errors("open", rel):
-            return zarr.storage.FsspecStore.from_url(self.name(rel), read_only=read_only, storage_options={
+            store = zarr.storage.FsspecStore.from_url(self.name(rel), read_only=read_only, storage_options={
                 "use_listings_cache": False, "skip_instance_cache": True})
+        weakref.finalize(store, close_session, store.fs)
+        return store
+
+
+def close_session(fs) -> None:
+    """Close the connections of an asynchronous file system that zarr made for a store (s3fs's way for async use:
+    close the client `set_session` returns). Nothing else would: aiohttp then warns "Unclosed client session"
+    on stderr when the store is collected, in the middle of a command's output."""
+    if not hasattr(fs, "set_session"):
+        return
+
+    async def close():
+        await (await fs.set_session()).close()
+
+    from zarr.core.sync import sync
+
+    try:
+        sync(close())
+    except Exception:  # the loop is gone at interpreter exit: nothing is left to warn
+        pass
