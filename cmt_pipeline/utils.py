@@ -148,6 +148,25 @@ def available_memory() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+@contextmanager
+def quiet_libraries():
+    """diffusers' logged notices and Python warnings silenced while a model folder loads: a refusal must stay one
+    line, and some notices mislead ("Defaulting to unsafe serialization" for a .bin that diffusers reads with
+    torch.load(weights_only=True)). What matters reaches the user as the exception the loader raises."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)  # it logs a missing safetensors file as an error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def check_memory(option: str, count: int, item_bytes: int, what: str) -> None:
     """Refuse `option` = count when its `what` alone would take over a quarter of the memory available (a network's
     activations take several times more): a clear estimate before anything is allocated, not minutes of swapping."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..paths import not_a_model
-from ..utils import CMTError, atomic_folder
+from ..utils import CMTError, atomic_folder, quiet_libraries
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .dit import load_dit_checkpoint
@@ -110,7 +110,8 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
 
 def _load_or_explain(loader, path: Path) -> Denoiser:
     try:
-        return loader(path)
+        with quiet_libraries():
+            return loader(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CMTError(f"could not load the teacher in {path}: {str(e).splitlines()[0]} (docs/teachers.md lists "
                        "the supported models and the folder layouts)") from e
