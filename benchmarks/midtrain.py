@@ -52,8 +52,9 @@ class OnlineSource:
                    "labels": torch.full((self.batch_size,), -1)}
 
 
-def timed_run(source, teacher_path, cfg: MidTrainConfig, sigmas) -> tuple[float, float, float]:
-    """(seconds per step after a warm-up, data-wait share, total seconds) of one training run."""
+def timed_run(source, teacher_path, cfg: MidTrainConfig, sigmas) -> tuple[float, float, float, float]:
+    """(seconds per step after a warm-up, data-wait share, total seconds, data-wait share over the whole run,
+    warm-up included) of one training run."""
     teacher = load_teacher(teacher_path)
     student = build_student(cfg, teacher, teacher.shape)
     t0 = time.perf_counter()
@@ -63,7 +64,8 @@ def timed_run(source, teacher_path, cfg: MidTrainConfig, sigmas) -> tuple[float,
     warm = [r for r in log if r["step"] > cfg.log_every]  # skip the first interval (warm-up)
     per_step = statistics.median(1 / r["steps_per_s"] for r in warm)
     wait = statistics.median(r["data_wait"] for r in warm)
-    return per_step, wait, total
+    seconds = [(r["step"] - before) / r["steps_per_s"] for r, before in zip(log, [0] + [r["step"] for r in log])]
+    return per_step, wait, total, sum(r["data_wait"] * s for r, s in zip(log, seconds)) / sum(seconds)
 
 
 def main():

@@ -1,7 +1,8 @@
 """Mid-training from object storage vs a local folder: the loop's data-wait share (of step time) and seconds per
 step, reading the same trajectory store (each format) from a local folder and from an S3 bucket, served by moto's
 S3 server on 127.0.0.1 in its own process (tests/s3_server.py). Stores are read lazily (Zarr: by sample, read ahead on a thread;
-WebDataset: shards streamed), as a store too large for memory is; also times generating into the bucket.
+WebDataset: shards streamed), as a store too large for memory is; also times generating into the bucket and
+checking every shard (sha256 and sample indices: what each training process pays on its first read of a shard).
 
     python benchmarks/object_store.py                        # 1024 trajectories, 40 steps of 8 x 16 points
     python benchmarks/object_store.py --json docs/object-store-bench.json
@@ -22,6 +23,8 @@ import torch
 
 from cmt_pipeline.config import GenerateConfig, MidTrainConfig
 from cmt_pipeline.generation import generate
+from cmt_pipeline.stores import num_shards, open_store
+from cmt_pipeline.stores.trust import TRUSTED, require_trusted
 from cmt_pipeline.training.trajectories import trajectory_source
 
 from generation import emit  # benchmarks/generation.py
@@ -41,6 +44,17 @@ def read_time(source, batches: int = 30) -> float:
     for _ in range(batches):
         next(stream)
     return (time.perf_counter() - t0) / batches
+
+
+def check_time(root) -> float:
+    """Seconds to check every shard once (sha256 and sample indices, stores/trust.py): what a training process
+    pays over its first reads of each shard."""
+    TRUSTED.clear()
+    reader = open_store(root)
+    t0 = time.perf_counter()
+    for k in range(num_shards(reader.plan)):
+        require_trusted(reader, k)
+    return time.perf_counter() - t0
 
 
 def main():
@@ -71,11 +85,13 @@ def main():
                                             format=fmt, device="cpu", out=root), progress=False)
                     report[f"{fmt}_{where}_generate_s"] = time.perf_counter() - t0
                 for where, root in roots.items():
+                    report[f"{fmt}_{where}_check_s"] = check_time(root)
                     report[f"{fmt}_{where}_read_s_per_batch"] = read_time(trajectory_source(
                         root, args.batch_size, cache=False)[0])
                 runs = {where: [] for where in roots}
                 for r in range(args.repeats):
                     for where, root in roots.items():  # alternating, so both see the same machine load
+                        TRUSTED.clear()  # each run checks the shards it reads, as a fresh process does
                         source, info = trajectory_source(root, args.batch_size, cache=False)
                         cfg = MidTrainConfig(out=str(tmp / f"run-{fmt}-{where}-{r}"), steps=args.steps,
                                              batch_size=args.batch_size, init="random", channels=channels,
@@ -85,6 +101,7 @@ def main():
                 for where, results in runs.items():
                     report[f"{fmt}_{where}_s_per_step"] = statistics.median(x[0] for x in results)
                     report[f"{fmt}_{where}_data_wait"] = statistics.median(x[1] for x in results)
+                    report[f"{fmt}_{where}_data_wait_whole_run"] = statistics.median(x[3] for x in results)
         report["load_average"] = os.getloadavg()[0]
         emit(report, args.json)
     finally:

@@ -22,7 +22,8 @@ from .main import cli
                    "rerunning the printed generate-trajectories command regenerates them.")
 @click.option("--quick", is_flag=True,
               help="Only check that files exist with their recorded sizes (what readers check at open); "
-                   "skip the sha256 and content checks that read every byte.")
+                   "skip the sha256 and content checks that read every byte (training runs them on each shard "
+                   "as it first reads it), so it never says 'ready for training'.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def verify_command(directory, do_finalize, do_repair, quick, quiet):
     """Check every shard of the dataset in DIRECTORY against its done marker and plan.json.
@@ -31,8 +32,9 @@ def verify_command(directory, do_finalize, do_repair, quick, quiet):
 
     Full check: each shard present, its sample range as planned, each file's size and sha256 as recorded, and
     its content decodes to exactly its sample indices. Prints missing or corrupt shards with the command that
-    regenerates them. Exit status 0 when the dataset is complete, intact and finalized (ready for training),
-    1 otherwise, 2 when DIRECTORY is not a dataset or cannot be reached.
+    regenerates them. Exit status 0 when the dataset is complete, intact and finalized (ready for training;
+    with --quick: every file has its recorded size), 1 otherwise, 2 when DIRECTORY is not a dataset or cannot be
+    reached.
     """
     report = verify(directory, full=not quick, progress=not quiet)
     if do_repair:

@@ -37,7 +37,7 @@ from .networks.snapshot import read_latents
 from .teachers import is_teacher_file
 from .stores.layout import read_plan
 from .errors import CMTError
-from .teachers.base import hash_weights
+from .teachers.base import hash_weights, quiet_libraries
 
 VAE_DIR = "vae"
 ENCODER_FILE = "cmt_latent_encoder.json"  # beside a saved VAE: the EDM2 encoder record its latents follow
@@ -76,7 +76,8 @@ class LatentCodec(torch.nn.Module):
         if name != "AutoencoderKL":
             raise CMTError(f"--vae {path} holds a {name}, not an AutoencoderKL; {fix}")
         try:
-            vae = AutoencoderKL.from_pretrained(p)
+            with quiet_libraries():
+                vae = AutoencoderKL.from_pretrained(p)
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CMTError(f"could not load the AutoencoderKL in {path}: {str(e).splitlines()[0]}; {fix}") from e
         if encoder is None and (p / ENCODER_FILE).is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -46,6 +47,24 @@ def loss_of(cls, **kw):
     if cls.__name__ == "ECTLoss":
         kw.setdefault("sigma_data", SIGMA_DATA)
     return from_config(cls, cfg, **{k: v for k, v in kw.items() if k not in names})
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A loopback S3 server (tests/s3_server.py) for the module: its environment (endpoint, credentials) applied
+    to this process while the module runs, and given to subprocesses."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto.server")
+    from s3_server import local_s3
+
+    saved = dict(os.environ)
+    with local_s3() as env:
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

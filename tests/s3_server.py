@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from contextlib import contextmanager
 
 # Recognisable fake credentials: tests look for them in every written file and every message.
@@ -25,9 +26,13 @@ def moto_thread():
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
+    host, port = server.get_host_and_port()
     try:
-        yield server.get_host_and_port()
+        yield host, port
     finally:
+        # moto keeps its buckets in this process, not in the server: emptied so that the next server (another
+        # test module's) starts empty
+        urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
         server.stop()
 
 

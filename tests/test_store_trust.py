@@ -101,7 +101,7 @@ def test_lazy_zarr_reads_refuse_nonfinite_values(copy):
         def get_orthogonal_selection(self, idx):
             return np.full((len(idx), 1, 8, 8), np.nan, np.float16)
 
-    source.source.tensors["x0"].array = NaNArray()
+    source.source.tensors["x0"].reader.arrays["x0"] = NaNArray()
     with pytest.raises(CMTError, match="holds NaN or inf values in 8 sample"):
         next(source.batches(0))
 

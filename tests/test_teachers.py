@@ -88,3 +88,31 @@ def test_bad_teacher_specs(tmp_path):
     (broken / "config.json").write_text("{not json")
     with pytest.raises(CMTError, match="could not load"):
         load_teacher(str(broken))
+
+
+@pytest.mark.slow
+def test_a_teacher_config_of_a_million_pixel_side_is_refused_before_the_model_is_built(vp_teacher_dir, tmp_path):
+    """`sample_size: 1000000` in a teacher folder's config.json: one line naming the field, under a memory limit,
+    before any model or batch is allocated (the smoke test's (1, 1, 1e6, 1e6) batch was a traceback)."""
+    import json
+    import resource
+    import shutil
+    import subprocess
+    import sys
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(vp_teacher_dir(), teacher)
+    config = teacher / "unet" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "sample_size": 1000000}))
+    with pytest.raises(CMTError, match=r"sample_size 1000000 is not a side .* in 1\.\.4096"):
+        load_teacher(str(teacher))
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    r = subprocess.run([sys.executable, "-m", "cli", "generate-trajectories", "--teacher", str(teacher),
+                        "--num-samples", "4", "--device", "cpu", "--quiet", "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, preexec_fn=limit)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "sample_size 1000000" in lines[0], r.stdout + r.stderr
+    assert not (tmp_path / "out").exists()

@@ -165,3 +165,32 @@ def test_unet_widths_are_checked_before_the_network_is_built(tmp_path, channels)
                                  "--steps", "1", "--out", str(tmp_path / "o"), "--device", "cpu"])
     assert r.exit_code == 2 and f"--channels {channels}: each width must be in 2..2048" in r.output, r.output
     assert not (tmp_path / "o").exists()
+
+
+def test_loading_a_model_folder_prints_no_library_notices(vp_teacher_dir, tmp_path):
+    """diffusers logged "An error occurred while trying to fetch ..." and "Defaulting to unsafe serialization"
+    (misleading: it reads a .bin with weights_only) on stderr, above a refusal's one line and around a good
+    folder's output."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        r = subprocess.run([sys.executable, "-m", "cli", *map(str, args)], capture_output=True, text=True)
+        return r.returncode, (r.stdout + r.stderr).strip().splitlines()
+
+    from diffusers import UNet2DModel
+
+    plain, payload, marker = tmp_path / "plain", tmp_path / "payload", tmp_path / "ran"
+    shutil.copytree(vp_teacher_dir(), plain)
+    UNet2DModel.from_pretrained(plain / "unet").save_pretrained(plain / "unet", safe_serialization=False)
+    (plain / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    shutil.copytree(plain, payload)
+    plant(payload / "unet" / "diffusion_pytorch_model.bin", marker)
+    code, lines = run("inspect", plain)
+    assert code == 0 and lines[0].split() == ["type", "network", "folder", "(DiffusersDenoiser)"], lines
+    assert not [line for line in lines if "serialization" in line or "error occurred" in line], lines
+    for args in (["inspect", payload], ["generate-trajectories", "--teacher", payload, "--num-samples", 4,
+                                        "--device", "cpu", "--out", tmp_path / "out"]):
+        code, lines = run(*args)
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("Error: could not load"), lines
+    assert not marker.exists()

@@ -30,7 +30,8 @@ def open_store(root, require_complete: bool = True):
     Unless require_complete=False it refuses a dataset without a manifest (incomplete), whose manifest is not
     plan.json's, or whose shard files are missing, foreign or not the size their markers recorded (damaged): a
     cheap stat per file. The plan, not the manifest, says what the data is; the reader checks the arrays' real
-    shapes against it. The full sha256 and content check reads every byte and is `cmt verify`'s job.
+    shapes against it. Hashing every byte here would delay every start; instead such a reader checks each shard's
+    sha256 and sample indices as it first reads it (trust.py). Without require_complete nothing is checked.
     """
     root = Location.of(root)
     plan = read_plan(root)

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import uuid
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from ..errors import CMTError
 from ..files import disk_usage, replace_file
 
 TMP = ".tmp"
+SCRATCH = "cmt-upload-"  # + pid: a remote store's in-flight files, in the system's temporary folder
 SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "FSSPEC_S3_SECRET",
                     "FSSPEC_S3_KEY", "FSSPEC_S3_TOKEN")
 PACKAGES = {"s3": "s3fs (pip install 'cmt-pipeline[s3]')", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs",
@@ -39,6 +41,26 @@ def redact(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+def clean_stale_scratch() -> None:
+    """Remove the upload folders of processes that are gone: a killed generator (SIGKILL) never ran
+    clean_scratch, and its folder, named after its pid, would stay forever. A reused pid keeps a folder a little
+    longer, never loses a live one's."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH}*-*"):
+        pid = folder.name.removeprefix(SCRATCH).split("-", 1)[0]
+        if pid.isdigit() and not process_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        pass
+    return True
 
 
 def first_line(e: BaseException) -> str:
@@ -169,7 +191,8 @@ class Location:
                         raise
         else:
             if self.scratch is None or not self.scratch.exists():
-                self.scratch = Path(tempfile.mkdtemp(prefix="cmt-upload-"))
+                clean_stale_scratch()
+                self.scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH}{os.getpid()}-"))
             d = self.scratch
         return d / f"{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
@@ -242,5 +265,25 @@ class Location:
         if self.local:
             return zarr.storage.LocalStore(self.path / rel, read_only=read_only)
         with self.errors("open", rel):
-            return zarr.storage.FsspecStore.from_url(self.name(rel), read_only=read_only, storage_options={
+            store = zarr.storage.FsspecStore.from_url(self.name(rel), read_only=read_only, storage_options={
                 "use_listings_cache": False, "skip_instance_cache": True})
+        weakref.finalize(store, close_session, store.fs)
+        return store
+
+
+def close_session(fs) -> None:
+    """Close the connections of an asynchronous file system that zarr made for a store (s3fs's way for async use:
+    close the client `set_session` returns). Nothing else would: aiohttp then warns "Unclosed client session"
+    on stderr when the store is collected, in the middle of a command's output."""
+    if not hasattr(fs, "set_session"):
+        return
+
+    async def close():
+        await (await fs.set_session()).close()
+
+    from zarr.core.sync import sync
+
+    try:
+        sync(close())
+    except Exception:  # the loop is gone at interpreter exit: nothing is left to warn
+        pass

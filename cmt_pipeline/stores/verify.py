@@ -1,11 +1,13 @@
 """Is a trajectory dataset complete and intact, and if not, exactly what regenerates it (`cmt verify`).
 
 Two levels of checking, by cost:
-  - cheap, at every `open_store` and on every generation resume/finalize: each shard's files exist with the sizes
-    its done marker recorded. Catches missing shards, deleted files and truncation, but not a flipped byte.
+  - cheap, at every `open_store`, on every generation resume/finalize and `cmt verify --quick`: each shard's files
+    exist with the sizes its done marker recorded. Catches missing shards, deleted files and truncation, but not
+    a flipped byte, so --quick never says "ready for training".
   - full, `cmt verify DIR`: also the sha256 of every file against its marker, the marker's sample range against
     the plan, and the content: each shard decodes and holds exactly the global sample indices of its range.
-    It reads the whole dataset once, so it is run on demand, not at every open.
+    It reads the whole dataset once, so it is run on demand, not at every open. Readers run the same sha256 and
+    index check on each shard as they first read it (trust.py), so training never trains on what this rejects.
 A corrupt shard still has its marker, so a rerun of generation would skip it: `repair` deletes the markers of
 corrupt shards (and a manifest that no longer holds), after which rerunning the dataset's own command, rebuilt
 from plan.json, regenerates exactly the missing and repaired shards.
@@ -64,8 +66,10 @@ class Report:
         if self.repaired:
             lines.append(f"repaired: removed {', '.join(self.repaired)}")
         if self.intact:
-            lines.append(f"all {n} shards check out; " + {
-                "ok": "manifest.json matches: ready for training",
+            lines.append(f"all {n} shards {'check out' if self.full else 'have their recorded sizes'}; " + {
+                "ok": "manifest.json matches: ready for training" if self.full else
+                      "manifest.json matches; contents not checked (--quick): training checks each shard's sha256 "
+                      f"as it first reads it, `cmt verify {shlex.quote(str(self.root))}` checks them all now",
                 "absent": f"not finalized: run `cmt verify {shlex.quote(str(self.root))} --finalize`",
                 "stale": f"manifest.json does not match the shards: run `cmt verify "
                          f"{shlex.quote(str(self.root))} --finalize` to rewrite it"}[self.manifest])

@@ -6,6 +6,7 @@ whole (layout.commit_shard). Entries: KEY.prior.npy, KEY.traj.npy, KEY.x0.npy, K
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -16,6 +17,7 @@ import webdataset as wds
 from .checks import require_shapes
 from .layout import shard_range
 from .location import Location
+from .trust import require_trusted
 
 SHARDS = "shards"
 KEY_DIGITS = 9  # room for a billion samples; keys sort in sample order
@@ -60,7 +62,8 @@ class WdsWriter:
 
 
 class WdsReader:
-    """Reads whole shards with the standard library (no pickle); training streams them with webdataset."""
+    """Reads whole shards with the standard library (no pickle); training streams them with webdataset. Each shard
+    is checked the first time it is read (trust.py): by `read_shard`, or `require_trusted` before streaming it."""
 
     def __init__(self, root, plan: dict):
         self.root, self.plan = Location.of(root), plan
@@ -69,6 +72,7 @@ class WdsReader:
         return self.plan["num_samples"]
 
     def read_shard(self, k: int) -> dict[str, np.ndarray]:
+        require_trusted(self, k)
         start, stop = shard_range(self.plan, k)
         cols = {name: [] for name in (*ENTRIES, "index")}
         by_ext = {ext: name for name, ext in ENTRIES.items()}
@@ -83,3 +87,13 @@ class WdsReader:
             raise ValueError(f"shard {k} holds {len(out['index'])} samples, expected {stop - start}")
         require_shapes(out, self.plan, self.root)
         return out
+
+    def digest(self, k: int) -> tuple[dict[str, str], np.ndarray | None]:
+        """Shard k's tar's sha256 and the sample indices its keys name (None when it does not parse), from one read."""
+        data = self.root.read_bytes(shard_key(k))
+        try:
+            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                index = np.array([int(m.name.split(".", 1)[0]) for m in tar if m.name.endswith(".prior.npy")])
+        except (tarfile.TarError, ValueError):  # a damaged tar: its sha256 names it
+            index = None
+        return {shard_key(k): hashlib.sha256(data).hexdigest()}, index

@@ -29,6 +29,7 @@ from ..errors import CMTError
 from .checks import require_shapes
 from .layout import ARRAYS, PLAN, plan_of, sample_arrays, shard_range
 from .location import Location
+from .trust import require_trusted
 
 GROUP = "data.zarr"
 FILL = {"prior": np.nan, "traj": np.nan, "x0": np.nan, "labels": -(2**62), "index": -1}
@@ -126,7 +127,8 @@ class ZarrWriter:
 
 
 class ZarrReader:
-    """Map-style access by global sample index (lazily, by chunk, from a local folder or a URL)."""
+    """Map-style access by global sample index (lazily, by chunk, from a local folder or a URL); each shard is
+    checked the first time it is read (trust.py): reads go through `read_shard`, `__getitem__` or `take`."""
 
     def __init__(self, root, plan: dict):
         self.root, self.plan = Location.of(root), plan
@@ -144,8 +146,25 @@ class ZarrReader:
         return self.plan["num_samples"]
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
+        require_trusted(self, i // self.plan["shard_size"])
         return {name: a[i] for name, a in self.arrays.items()}
 
+    def take(self, name: str, indices: np.ndarray) -> np.ndarray:
+        """Array `name` at the sorted, distinct sample `indices` (a lazy training batch)."""
+        for k in np.unique(indices // self.plan["shard_size"]):
+            require_trusted(self, int(k))
+        return self.arrays[name].get_orthogonal_selection(indices)
+
     def read_shard(self, k: int) -> dict[str, np.ndarray]:
+        require_trusted(self, k)
         start, stop = shard_range(self.plan, k)
         return {name: a[start:stop] for name, a in self.arrays.items()}
+
+    def digest(self, k: int) -> tuple[dict[str, str], np.ndarray | None]:
+        """Shard k's files' sha256 and the sample indices it holds (None when they do not decode)."""
+        start, stop = shard_range(self.plan, k)
+        hashes = {rel: self.root.sha256(rel) for rel in (shard_key(self.plan, name, k) for name in ARRAYS)}
+        try:
+            return hashes, self.arrays["index"][start:stop]
+        except Exception:  # a damaged index file: its sha256 names it
+            return hashes, None

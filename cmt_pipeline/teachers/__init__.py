@@ -17,6 +17,7 @@ from pathlib import Path
 from ..paths import not_a_model
 from ..errors import CMTError
 from ..files import atomic_folder
+from .base import quiet_libraries
 from .base import Denoiser
 from .diffusers_model import DiffusersDenoiser, find_layout
 from .dit import load_dit_checkpoint
@@ -113,7 +114,8 @@ def load_teacher(spec: str, device="cpu", guidance_scale: float = 1.0, null_labe
 
 def _load_or_explain(loader, path: Path) -> Denoiser:
     try:
-        return loader(path)
+        with quiet_libraries():
+            return loader(path)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CMTError(f"could not load the teacher in {path}: {str(e).splitlines()[0]} (docs/teachers.md lists "
                        "the supported models and the folder layouts)") from e

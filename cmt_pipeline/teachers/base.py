@@ -9,8 +9,27 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
+from contextlib import contextmanager
 
 import torch
+
+
+MAX_SIDE = 4096  # pixels (or latents) per side: past any published diffusion model (1024-pixel, 128-latent)
+MAX_CHANNELS = 256  # input channels: past any published latent space (4, 16, 64 packed)
+
+
+def sample_shape(config) -> tuple[int, int, int]:
+    """(C, H, W) of a diffusers model's config (`in_channels`, `sample_size`: a side or a pair), refused with a
+    ValueError naming the field when out of bounds: checked before the model is built, since a transformer
+    allocates its position embeddings for that size, and a million-pixel side would exhaust memory."""
+    size, c = config.get("sample_size"), config.get("in_channels")
+    size = list(size) if isinstance(size, (list, tuple)) else [size] * 2
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SIDE for v in size):
+        raise ValueError(f"config.json's sample_size {config.get('sample_size')!r} is not a side (or a pair of "
+                         f"sides) in 1..{MAX_SIDE}")
+    if not (isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= MAX_CHANNELS):
+        raise ValueError(f"config.json's in_channels {c!r} is not a count in 1..{MAX_CHANNELS}")
+    return c, size[0], size[1]
 
 
 def sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -56,3 +75,22 @@ class Denoiser(torch.nn.Module):
         if class_labels is None:
             raise ValueError(f"this teacher is class-conditional ({self.num_classes} classes): pass class_labels")
         return class_labels.reshape(batch).long()
+
+
+@contextmanager
+def quiet_libraries():
+    """diffusers' logged notices and Python warnings silenced while a model folder loads: a refusal must stay one
+    line, and some notices mislead ("Defaulting to unsafe serialization" for a .bin that diffusers reads with
+    torch.load(weights_only=True)). What matters reaches the user as the exception the loader raises."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)  # it logs a missing safetensors file as an error
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(level)

@@ -28,7 +28,7 @@ import torch
 
 from ..coordinates import fm_state, fm_time
 from ..errors import CMTError
-from .base import Denoiser, sigma_column
+from .base import Denoiser, sample_shape, sigma_column
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 INPUT_NAMES = ("sample", "hidden_states", "x")
@@ -150,9 +150,7 @@ class DiffusersDenoiser(Denoiser):
         self.label_arg = check_backbone(model)
         self.param = parametrisation_for(scheduler)
         self.scheduler_class, self.scheduler_config = type(scheduler).__name__, dict(scheduler.config)
-        cfg = model.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size,) * 2
-        self.shape = (cfg.in_channels, *size)
+        self.shape = sample_shape(model.config)
         self.num_classes, self.null_label = class_info(model, self.label_arg)
 
     def forward(self, x, sigma, class_labels=None):
@@ -177,6 +175,7 @@ class DiffusersDenoiser(Denoiser):
 
     @classmethod
     def from_spec(cls, spec: dict) -> "DiffusersDenoiser":
+        sample_shape(spec["model_config"])  # before the model is built
         model = diffusers_class(spec["model_class"], "ModelMixin").from_config(spec["model_config"])
         return cls(model, diffusers_class(spec["scheduler_class"], "SchedulerMixin").from_config(
             spec["scheduler_config"]))
@@ -188,7 +187,9 @@ class DiffusersDenoiser(Denoiser):
             raise FileNotFoundError(f"{path}: no diffusers unet/ or transformer/ + scheduler/ "
                                     "(or config.json + scheduler_config.json)")
         model_dir, sched_file = layout
-        model_name = json.loads((model_dir / "config.json").read_text()).get("_class_name", "UNet2DModel")
+        model_cfg = json.loads((model_dir / "config.json").read_text())
+        sample_shape(model_cfg)  # before the model is built
+        model_name = model_cfg.get("_class_name", "UNet2DModel")
         sched_cfg = json.loads(sched_file.read_text())
         return cls(diffusers_class(model_name, "ModelMixin").from_pretrained(model_dir),
                    diffusers_class(sched_cfg.get("_class_name", "DDPMScheduler"), "SchedulerMixin").from_config(

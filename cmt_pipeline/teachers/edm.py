@@ -23,7 +23,7 @@ import torch
 
 from ..constants import SIGMA_DATA, TIME_SCALE
 from ..errors import CMTError
-from .base import Denoiser, sigma_column
+from .base import Denoiser, sample_shape, sigma_column
 
 PRECOND_FILE = "cmt_precond.json"
 MAX_WIDTH = 2048  # wider than any published UNet level; a larger --channels value is a typo that would exhaust memory
@@ -63,9 +63,7 @@ class EDMDenoiser(Denoiser):
         super().__init__()
         self.backbone = backbone
         self.precond = precond or Precond()
-        cfg = backbone.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, (list, tuple)) else (cfg.sample_size,) * 2
-        self.shape = (cfg.in_channels, *size)
+        self.shape = sample_shape(backbone.config)
         self.num_classes = self.precond.num_classes
 
     def coefficients(self, sigma: torch.Tensor):
@@ -100,4 +98,5 @@ class EDMDenoiser(Denoiser):
 
         path = Path(path)
         precond = Precond(**{**json.loads((path / PRECOND_FILE).read_text()), **precond_overrides})
+        sample_shape(json.loads((path / "config.json").read_text()))  # before the model is built
         return cls(UNet2DModel.from_pretrained(path), precond)

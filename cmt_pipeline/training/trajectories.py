@@ -27,7 +27,7 @@ import torch
 
 from ..stores import open_store, read_range
 from ..stores.checks import require_finite, require_shapes
-from ..stores.location import Location
+from ..stores.trust import require_trusted
 from ..stores.wds_store import shard_key
 from ..threads import default_threads
 from ..errors import CMTError
@@ -53,29 +53,29 @@ def dataset_info(path, plan: dict, holdout: int) -> dict:
 
 
 class ZarrColumn:
-    """The first n samples of a zarr array, read lazily by a tensor of indices (any order, repeats allowed);
-    NaN or inf in what it reads is refused (stores/checks.py)."""
+    """The first n samples of array `name` of a zarr reader, read lazily by a tensor of indices (any order,
+    repeats allowed) from shards the reader has checked; NaN or inf in what it reads is refused (stores/checks.py)."""
 
-    def __init__(self, array, n: int, root):
-        self.array, self.n, self.root = array, n, root
+    def __init__(self, reader, name: str, n: int):
+        self.reader, self.name, self.n = reader, name, n
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
         uniq, inverse = np.unique(idx.numpy(), return_inverse=True)
-        values = self.array.get_orthogonal_selection(uniq)
-        require_finite({"index": uniq, "values": values}, self.root)
+        values = self.reader.take(self.name, uniq)
+        require_finite({"index": uniq, "values": values}, self.reader.root)
         return torch.from_numpy(np.ascontiguousarray(values[inverse]))
 
 
 class WdsSource:
     """Streaming batches from WebDataset shards (re-iterable; each process iterates its own split)."""
 
-    def __init__(self, root: Location, plan: dict, batch_size: int, seed: int, holdout: int, workers: int = 0,
-                 buffer: int = 1000):
+    def __init__(self, reader, batch_size: int, seed: int, holdout: int, workers: int = 0, buffer: int = 1000):
+        plan = reader.plan
         self.urls = [shard_key(k) for k in range(len(plan["shards"]))]
-        self.root, self.plan, self.limit = root, plan, plan["num_samples"] - holdout
+        self.reader, self.root, self.plan, self.limit = reader, reader.root, plan, plan["num_samples"] - holdout
         self.batch_size, self.seed, self.workers, self.buffer = batch_size, seed, workers, buffer
         check_memory("--batch-size", batch_size, sample_bytes(plan), "one batch of trajectories")
 
@@ -101,8 +101,10 @@ class WdsSource:
         )
 
     def open_shards(self, src):
-        """{url: shard key} -> with its stream, opened through the store's Location (a file or a remote object)."""
+        """{url: shard key} -> with its stream, opened through the store's Location (a file or a remote object)
+        once the reader has checked the shard (stores/trust.py)."""
         for shard in src:
+            require_trusted(self.reader, self.urls.index(shard["url"]))
             yield {**shard, "stream": self.root.open(shard["url"])}
 
     def collate(self, samples: list[dict]) -> dict:
@@ -144,14 +146,14 @@ def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, ca
                        "use a smaller holdout")
     info = dataset_info(path, plan, holdout)
     if plan["format"] == "wds":
-        return WdsSource(reader.root, plan, batch_size, seed, holdout), info
+        return WdsSource(reader, batch_size, seed, holdout), info
     if cache is None:
         cache = sample_bytes(plan) * n <= max_cache_bytes
     if cache:
         arrays = read_range(reader)
         source = TensorSource({k: torch.from_numpy(arrays[k][:n]) for k in FIELDS}, batch_size, seed)
         return Workers(source, loader_workers() if workers is None else workers), info
-    columns = {k: ZarrColumn(reader.arrays[k], n, path) for k in FIELDS}
+    columns = {k: ZarrColumn(reader, k, n) for k in FIELDS}
     return ReadAhead(TensorSource(columns, batch_size, seed)), info
 
 
