@@ -189,15 +189,13 @@ def _class_name(folder: Path) -> str | None:
 def vae_source(explicit: str, spec: str, record: dict | None = None) -> tuple[str | None, str | None, dict | None]:
     """(VAE folder, fingerprint it must have or None, EDM2 encoder record or None) for a model or store `spec`;
     (None, None, None) = pixel space. An explicit folder replaces the recorded one but keeps its encoder record.
-    `record`: spec's model.ckpt already read by the caller (models.io.open_network), so it is not read again."""
+    `record`: what the caller has already read of spec (its model.ckpt, a store's plan), so it is not read again."""
     path = Path(spec) if spec else None
     recorded, folder = None, None
-    if record is not None:
-        recorded = record.get("data", {}).get("vae")
-    elif path is not None and path.is_file() and not is_teacher_file(path):  # a published file names no VAE folder
-        recorded = load_model(path).get("data", {}).get("vae")
+    if path is not None and path.is_file() and not is_teacher_file(path):  # a published file names no VAE folder
+        recorded = (load_model(path) if record is None else record).get("data", {}).get("vae")
     elif path is not None and ("://" in spec or (path / "plan.json").is_file()):  # a store, local or remote
-        recorded = read_plan(spec).get("vae")
+        recorded = (read_plan(spec) if record is None else record).get("vae")
     elif path is not None and (path / VAE_DIR / "config.json").is_file():
         folder = str(path / VAE_DIR)
     expected = recorded.get("encoder") if recorded else native_latents(path) if path is not None else None

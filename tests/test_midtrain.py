@@ -208,6 +208,21 @@ def test_mid_training_logs_the_error_on_trajectories_it_trains_on(gmm_store, tmp
     assert rows[-1]["teacher_mse"] == pytest.approx(error(slice(160, 192)), rel=1e-4)
 
 
+def test_a_mid_training_run_opens_its_store_once(gmm_store, tmp_path, monkeypatch):
+    """The store's checks (manifest against every file), plan, training data, held-out and trained-on samples and
+    VAE record come from one open_store (issue 32: it was opened five times, each re-checking every file)."""
+    import cmt_pipeline.latents
+    import cmt_pipeline.stores
+
+    checks, plans = [], []
+    check, read_plan = cmt_pipeline.stores.manifest_problems, cmt_pipeline.latents.read_plan
+    monkeypatch.setattr(cmt_pipeline.stores, "manifest_problems", lambda *a: checks.append(1) or check(*a))
+    monkeypatch.setattr(cmt_pipeline.latents, "read_plan", lambda *a: plans.append(1) or read_plan(*a))
+    mid_train(MidTrainConfig(data=str(gmm_store), out=str(tmp_path / "run"), init="random", holdout=64,
+                             eval_samples=16, steps=1, batch_size=4, **TINY, **FAST), progress=False)
+    assert len(checks) == 1 and not plans
+
+
 @pytest.mark.slow
 def test_mf_mid_training_on_gmm_improves_the_one_step_map(gmm_store, tmp_path):
     cfg = MidTrainConfig(data=str(gmm_store), out=str(tmp_path / "mf"), flavour="mf", init="random", holdout=64,

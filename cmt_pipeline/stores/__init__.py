@@ -72,18 +72,19 @@ def read_all(root, require_complete: bool = True, finite: bool = True):
     return read_range(open_store(root, require_complete), finite=finite)
 
 
-def read_tail(root, num: int) -> dict:
+def read_tail(root, num: int, reader=None) -> dict:
     """The last `num` samples (all if num <= 0) of a complete store, where mid-training keeps its held-out
-    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan."""
-    reader = open_store(root)
+    trajectories (`cmt mid-train --holdout`): prior, labels, x0, index, and the store's plan. `reader`: the
+    store already opened (open_store(root)), so that a run opens and checks it once."""
+    reader = reader or open_store(root)
     n = reader.plan["num_samples"]
     return _read(reader, max(n - num, 0) if num > 0 else 0, n)
 
 
-def read_head(root, num: int) -> dict:
+def read_head(root, num: int, reader=None) -> dict:
     """The first `num` samples, as read_tail: ones mid-training does train on (its error there against the tail's
     shows memorisation)."""
-    return _read(open_store(root), 0, num)
+    return _read(reader or open_store(root), 0, num)
 
 
 def _read(reader, start: int, stop: int) -> dict:

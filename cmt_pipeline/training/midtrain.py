@@ -102,15 +102,16 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     """Run (or resume) mid-training; `callbacks` are extra per-step hooks for library users (see training/loop.py)."""
     if not cfg.data:
         raise CMTError("mid-training needs --data: a trajectory store made by `cmt generate-trajectories`")
-    source, info = trajectory_source(cfg.data, cfg.batch_size, cfg.seed, cfg.holdout)
-    plan = open_store(cfg.data).plan
+    reader = open_store(cfg.data)  # once: its checks, the plan, the training data, the held-out samples
+    source, info = trajectory_source(cfg.data, cfg.batch_size, cfg.seed, cfg.holdout, reader=reader)
+    plan = reader.plan
     teacher_spec = cfg.teacher or plan["teacher"]["spec"]
     guidance = plan.get("guidance") or {}
     teacher = load_teacher(teacher_spec, guidance_scale=guidance.get("scale", 1.0), null_label=guidance.get("null_label"))
     if tuple(teacher.shape) != tuple(plan["shape"]):
         raise CMTError(f"--teacher {teacher_spec} works on shape {tuple(teacher.shape)} but the store holds "
                        f"{tuple(plan['shape'])}; pass the teacher the store was made with")
-    vae = load_vae(cfg.vae, cfg.data, shape=plan["shape"])  # a latent store's VAE: decodes the sample grids
+    vae = load_vae(cfg.vae, cfg.data, shape=plan["shape"], record=plan)  # a latent store's VAE: decodes the sample grids
     student = build_student(cfg, teacher, tuple(plan["shape"]))
     cfg = with_time_scale(cfg, student, f"the teacher {teacher_spec}'s network")
     sigmas = torch.tensor(plan["sigmas"], dtype=torch.float64)
@@ -121,8 +122,8 @@ def mid_train(cfg: MidTrainConfig, resume: str | None = None, progress: bool = T
     callbacks = list(callbacks)
     if cfg.holdout > 0:
         num = min(cfg.eval_samples, cfg.holdout)
-        data = read_tail(cfg.data, num)  # as `cmt evaluate`'s paired error
-        seen = read_head(cfg.data, min(num, plan["num_samples"] - cfg.holdout))
+        data = read_tail(cfg.data, num, reader)  # as `cmt evaluate`'s paired error
+        seen = read_head(cfg.data, min(num, plan["num_samples"] - cfg.holdout), reader)
         exact = exact_flow_map(teacher, data["prior"], plan["sigmas"][0], plan["sigmas"][-1]).float() \
             if isinstance(teacher, GMMDenoiser) else None
         log = EvalLog(holdout_error(data, plan["sigmas"][0], exact, seen), run / "eval.jsonl", cfg.eval_every)

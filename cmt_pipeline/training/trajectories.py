@@ -135,10 +135,11 @@ def loader_workers() -> int:
 
 
 def trajectory_source(path, batch_size: int, seed: int = 0, holdout: int = 0, cache: bool | None = None,
-                      require_complete: bool = True, max_cache_bytes: int = 8 << 30, workers: int | None = None):
+                      require_complete: bool = True, max_cache_bytes: int = 8 << 30, workers: int | None = None,
+                      reader=None):
     """(source, info) for the store at `path`; see the module doc. `workers`: processes that gather an in-memory
-    store's batches (default loader_workers())."""
-    reader = open_store(path, require_complete)
+    store's batches (default loader_workers()); `reader`: the store already opened (open_store(path))."""
+    reader = reader or open_store(path, require_complete)
     plan = reader.plan
     n = plan["num_samples"] - holdout
     if holdout < 0 or n < 1:
