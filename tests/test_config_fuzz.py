@@ -205,3 +205,56 @@ def test_generation_sizes_are_estimated_before_anything_is_written(tmp_path, opt
     r = cmt("generate-trajectories", "--teacher", "builtin", "--device", "cpu", "--num-samples", 8, "--batch-size",
             10**8, "--steps", 2, "--quiet", "--out", tmp_path / "small")  # a batch is at most its shard
     assert r.exit_code == 0, r.output
+
+
+# ---- sizes under a memory limit -----------------------------------------------------------------------------------
+
+SIZE_DRIVER = r'''
+import dataclasses, json, sys, tempfile
+from pathlib import Path
+from click.testing import CliRunner
+from cli.main import cli
+from cmt_pipeline.config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, PretrainConfig
+
+COMMANDS = {"generate-trajectories": ("generate", GenerateConfig, ["--teacher", "gmm:gmm8x8"]),
+            "evaluate": ("evaluate", EvaluateConfig, ["--teacher", "gmm:gmm8x8"]),
+            "pretrain": ("pretrain", PretrainConfig, ["--data", "gmm:gmm8x8"]),
+            "mid-train": ("mid_train", MidTrainConfig, ["--data", "gmm:gmm8x8"]),
+            "post-train": ("post_train", PostTrainConfig, ["--data", "gmm:gmm8x8", "--init", "random"])}
+AT_BOUND = {("generate-trajectories", "num_samples"), ("evaluate", "num_samples"), ("post-train", "eval_samples"),
+            ("post-train", "gmm_samples"), ("pretrain", "gmm_samples")}  # allowed, and each allocates: the estimate
+results, tmp = [], Path(tempfile.mkdtemp())
+for command, (table, cls, source) in COMMANDS.items():
+    for f in dataclasses.fields(cls):
+        hi = f.metadata.get("max")
+        if not isinstance(hi, int) or isinstance(hi, bool) or f.type not in ("int", int):
+            continue
+        for value in [hi + 1] + ([hi] if (command, f.name) in AT_BOUND else []):
+            out = tmp / f"{command}-{f.name}-{value}"
+            config = tmp / f"{command}-{f.name}.toml"
+            config.write_text(f"[{table}]\n{f.name} = {value}\n")  # toml_only fields have no option
+            r = CliRunner().invoke(cli, [command, "--config", str(config), *source, "--out", str(out)])
+            results.append([command, f.name, value, r.exit_code, r.output.strip(), out.exists()])
+print(json.dumps(results))
+'''
+
+
+def test_every_bounded_size_is_refused_before_allocation_under_a_memory_limit(tmp_path):
+    """Every integer field with an upper bound, at bound + 1, and the counts that allocate at the bound itself (their
+    memory or disk estimate), give one line and exit 2 with nothing written, in a process limited to 8 GiB of
+    address space: a size that allocated before it was checked would end in a MemoryError traceback here."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    r = subprocess.run([sys.executable, "-c", SIZE_DRIVER], capture_output=True, text=True, preexec_fn=limit,
+                       cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(results) >= 15  # the bounded fields of five commands
+    bad = [(c, f, v, code, out) for c, f, v, code, out, wrote in results
+           if code != 2 or not out.startswith("Error: ") or "\n" in out or wrote]
+    assert not bad, bad
