@@ -37,15 +37,20 @@ class Precond:
     num_classes: int = 0
 
 
-def build_unet(shape, channels=(48, 96), layers_per_block=2, num_classes=0, dropout=0.0, attention=False):
-    """A small diffusers UNet2DModel for the embedded defaults (about 2 M parameters at channels 48/96)."""
-    from diffusers import UNet2DModel
-
+def check_widths(channels) -> None:
+    """Refuse UNet widths GroupNorm cannot split or too large to allocate, before anything is built."""
     groups = min(32, channels[0] // 2)
     bad = [ch for ch in channels if not 2 <= ch <= MAX_WIDTH or ch % max(groups, 1)]
     if groups < 1 or bad:
         raise CMTError(f"--channels {','.join(map(str, channels))}: each width must be in 2..{MAX_WIDTH} and divisible "
                        f"by the GroupNorm group count min(32, first width // 2) = {groups}; e.g. 48,96 or 64,128")
+
+
+def build_unet(shape, channels=(48, 96), layers_per_block=2, num_classes=0, dropout=0.0, attention=False):
+    """A small diffusers UNet2DModel for the embedded defaults (about 2 M parameters at channels 48/96)."""
+    from diffusers import UNet2DModel
+
+    check_widths(channels)
     c, h, w = shape
     n = len(channels)
     down = ["AttnDownBlock2D" if attention and i == n - 1 else "DownBlock2D" for i in range(n)]

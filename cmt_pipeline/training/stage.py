@@ -12,7 +12,7 @@ import torch
 from ..datasets import ImageData, load_images
 from ..latents import encode_images, load_vae
 from ..models.io import build_network
-from ..teachers.edm import EDMDenoiser, Precond, build_unet
+from ..teachers.edm import EDMDenoiser, Precond, build_unet, check_widths
 from ..errors import CMTError
 from ..seeding import seeded
 from .data import TensorSource
@@ -57,6 +57,7 @@ def fresh_network(shape, seed: int, spec: dict | None = None, channels=(48, 96),
     if spec:
         with seeded(seed):
             return build_network(spec)
+    check_widths(channels)  # first: a width that cannot be built is the mistake to name
     down = 2 ** (len(channels) - 1)
     if shape[1] % down or shape[2] % down:
         raise CMTError(f"images of size {shape[1]}x{shape[2]} do not halve {len(channels) - 1} times "
