@@ -25,13 +25,17 @@ def interrupt(out, sig):
     it `sig` once those two shards are committed: the signal lands mid-run however loaded the machine is (it once
     finished all 20000 samples before a timed poll saw a shard)."""
     p = subprocess.Popen([sys.executable, "-m", "cli", *GENERATE, "--out", str(out)], stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, PAUSE_VARIABLE: "2"})
+                         text=True, env={**os.environ, PAUSE_VARIABLE: "2", "PYTHONFAULTHANDLER": "1"})
     before, hung = done(out), time.monotonic() + 900  # a guard against a hang, not a race: nothing else ends it
     while done(out) < before + 2:
         assert p.poll() is None and time.monotonic() < hung, p.stderr.read()  # it holds after two shards
         time.sleep(0.05)
     p.send_signal(sig)
-    return p.wait(timeout=120), p.stderr.read()
+    try:
+        return p.wait(timeout=600), p.stderr.read()  # a hang guard: it once outlasted 120 s at load 6
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack: where it hangs
+        pytest.fail(f"no exit 600 s after {sig!r}; its threads:\n{p.communicate()[1][-6000:]}")
 
 
 @pytest.mark.slow
