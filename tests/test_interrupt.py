@@ -25,7 +25,10 @@ def interrupt(out, sig):
     it `sig` once those two shards are committed: the signal lands mid-run however loaded the machine is (it once
     finished all 20000 samples before a timed poll saw a shard)."""
     p = subprocess.Popen([sys.executable, "-m", "cli", *GENERATE, "--out", str(out)], stderr=subprocess.PIPE,
-                         text=True, env={**os.environ, PAUSE_VARIABLE: "2", "PYTHONFAULTHANDLER": "1"})
+                         text=True, env={**os.environ, PAUSE_VARIABLE: "2", "PYTHONFAULTHANDLER": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # SIGINT as a terminal delivers it: a test runner started in the background (`cmd &` in a script) passes SIGINT
+    # on ignored, Python then installs no KeyboardInterrupt handler, and the run held still forever
     before, hung = done(out), time.monotonic() + 900  # a guard against a hang, not a race: nothing else ends it
     while done(out) < before + 2:
         assert p.poll() is None and time.monotonic() < hung, p.stderr.read()  # it holds after two shards
