@@ -43,7 +43,7 @@ from init_comparison import done, fresh, provenance
 
 from cmt_pipeline.config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config
 from cmt_pipeline.docs_sections import write_section
-from cmt_pipeline.evaluation.run import evaluate
+from cmt_pipeline.evaluation.run import evaluate, measure
 from cmt_pipeline.generation import generate
 from cmt_pipeline.plotting import save_curves
 from cmt_pipeline.stores import open_store
@@ -73,7 +73,6 @@ class SeedsFD:
         self.one = FewStepEval(PostTrainConfig(eval_samples=samples, data="digits"), (1, 8, 8), "cpu")
 
     def __call__(self, model) -> dict:
-        from cmt_pipeline.evaluation.run import measure
         out, was_training, t0 = {}, model.training, time.perf_counter()
         for steps in (1, 2):
             sampler = self.one.sampler(model.eval(), steps)
@@ -210,14 +209,13 @@ def wall_at(root: Path, route: str, recipe: str, seed: int, c: dict, x: float) -
     its compute."""
     stages = ([(root / "store", c["generation"]), (root / f"cmt-mid-seed{seed}", c["mid_steps"] * c["mid_step"]),
                (root / f"cmt-ect-{recipe}-seed{seed}", c["ect_steps"] * c["ect_step"])] if route == "cmt" else
-              [(root / f"{route}-ect-{recipe}-seed{seed}", math.inf)])
+              [(root / f"{route}-ect-{recipe}-seed{seed}", None)])  # its length: the steps it ran
     total = 0.0
     for run, size in stages:
         seconds = wall(run)
         if seconds is None:
             return None
-        if route != "cmt":
-            size = long_steps_of(run) * c["ect_step"]
+        size = size or long_steps_of(run) * c["ect_step"]
         if x <= size:
             return total + seconds * x / size
         total, x = total + seconds, x - size

@@ -22,9 +22,6 @@ from cmt_pipeline.stores import read_all, verify
 from cmt_pipeline.training.trajectories import trajectory_source
 from s3_server import KEY_ID, SECRET
 
-pytest.importorskip("s3fs")
-pytest.importorskip("moto.server")
-
 SMALL = dict(teacher="gmm:gmm8x8", num_samples=48, shard_size=16, batch_size=16, steps=4, device="cpu")
 
 
