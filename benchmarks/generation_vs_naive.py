@@ -54,8 +54,9 @@ def naive(args) -> None:
 
 
 def timed(cmd: list[str]) -> float:
-    """Wall seconds of a command, with OpenMP's waiting threads sleeping as the CLI makes them (cli/__init__.py):
-    spinning ones would make the naive side pay for the machine's load, not for its loop."""
+    """Wall seconds of a command, with OpenMP's waiting threads sleeping (OMP_WAIT_POLICY=PASSIVE, what the CLI
+    chooses on a busy machine) on both sides: spinning ones would make one side pay for the machine's load, not
+    for its loop."""
     import cmt_pipeline  # `-m cli` runs the checkout this imports (PYTHONPATH's, else this one)
 
     t0 = time.perf_counter()

@@ -1,9 +1,11 @@
 """The click front end: parse options, build configs, call the library.
 
-OpenMP threads that wait for work sleep instead of spinning (unless the caller chose otherwise): on a machine shared
-with other jobs a spinning thread burns CPU time while the thread it waits for has no core, which tripled the
-pipeline's CPU time on 2 busy cores (docs/performance.md). Set here, before anything imports torch."""
+How OpenMP's idle threads wait is set here, before anything imports torch: they spin briefly on an idle machine and
+sleep at once on a busy one, unless the caller set OMP_WAIT_POLICY or GOMP_SPINCOUNT (cmt_pipeline/threads.py,
+`openmp_wait`)."""
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from cmt_pipeline.threads import openmp_wait
+
+os.environ.update(openmp_wait())

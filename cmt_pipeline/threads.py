@@ -10,6 +10,13 @@ Bit-identical results: a CPU kernel may pick another blocking, hence another sum
 count (MKL's sgemm does for a 6 x 10 @ 10 x 64 product with 2 threads), so the same batch can round differently on a
 worker with more cores. `parallel_map` therefore runs every call with one intra-op thread and uses the cores by
 running independent calls at once: each result depends only on its input, never on how many threads there were.
+
+How OpenMP's idle threads wait (`openmp_wait`, applied by the CLI before torch loads): a training step is a few
+hundred operators, each a parallel region, with microseconds of Python between them. Threads that sleep at once
+(OMP_WAIT_POLICY=PASSIVE) are woken through the kernel at every operator: mid-training on the digits default ran at
+5 steps/s on 2 quiet cores, against 7.5 when they spin for 10,000 turns first. On a busy machine the spinning
+thread takes a core from the thread it waits for: the same run beside 4 busy processes took 2.3x the CPU time and
+2.5x the wall time spinning. So they spin only on a machine that looks idle (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from .errors import CMTError
+
+SPIN_TURNS = "10000"  # libgomp's default is 300,000
 
 CGROUP_V2 = Path("/sys/fs/cgroup/cpu.max")
 CGROUP_V1 = (Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us"))
@@ -86,6 +93,8 @@ def resolve_threads(requested: int | None = None, env=None) -> int:
 
 def use_threads(requested: int | None = None) -> int:
     """Size torch's intra-op pool for this command; returns the number used."""
+    import torch
+
     n = resolve_threads(requested)
     torch.set_num_threads(n)
     return n
@@ -97,6 +106,8 @@ def one_thread_per_call(threads: int):
     in order. It is lazy, like the builtin map: it takes an item only when a thread is about to be free (at most
     threads + 1 are taken and not yet returned), so items may be costly to make (a batch slot of the writer).
     Torch's thread count is restored afterwards."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -117,3 +128,20 @@ def one_thread_per_call(threads: int):
                 yield run
     finally:
         torch.set_num_threads(before)
+
+
+def openmp_wait(env=None, load: float | None = None, cpus: int | None = None) -> dict[str, str]:
+    """The environment that sets how OpenMP's idle threads wait, for a process about to load torch (see the module
+    docstring): spin SPIN_TURNS turns (GOMP_SPINCOUNT, read by libgomp, torch's OpenMP on Linux) when the 1-minute
+    load average is below half the CPUs this process may use, else sleep at once (OMP_WAIT_POLICY=PASSIVE). Empty
+    when the caller set either variable. Child processes inherit the choice with the environment."""
+    env = os.environ if env is None else env
+    if "OMP_WAIT_POLICY" in env or "GOMP_SPINCOUNT" in env:
+        return {}
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except (OSError, AttributeError):  # no load average (Windows): the choice that is safe on a busy machine
+            return {"OMP_WAIT_POLICY": "PASSIVE"}
+    cpus = available_cpus() if cpus is None else cpus
+    return {"GOMP_SPINCOUNT": SPIN_TURNS} if load < cpus / 2 else {"OMP_WAIT_POLICY": "PASSIVE"}

@@ -9,7 +9,7 @@ import torch
 from cmt_pipeline.config import GenerateConfig
 from cmt_pipeline.generation import Worker, generate
 from cmt_pipeline.stores import read_all
-from cmt_pipeline.threads import cgroup_cpu_limit, default_threads, one_thread_per_call, resolve_threads
+from cmt_pipeline.threads import cgroup_cpu_limit, default_threads, one_thread_per_call, openmp_wait, resolve_threads
 from cmt_pipeline.errors import CMTError
 
 
@@ -26,6 +26,33 @@ def test_cgroup_quota_is_read_from_v2_then_v1(tmp_path):
     quota.write_text("-1\n")
     assert cgroup_cpu_limit(v2, (quota, period)) is None
     assert cgroup_cpu_limit(tmp_path / "none", (tmp_path / "a", tmp_path / "b")) is None
+
+
+def test_openmp_threads_spin_briefly_on_an_idle_machine_and_sleep_on_a_busy_one():
+    spin, sleep = {"GOMP_SPINCOUNT": "10000"}, {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert openmp_wait({}, load=0.2, cpus=2) == spin
+    assert openmp_wait({}, load=1.0, cpus=2) == sleep  # half the cores taken by others
+    assert openmp_wait({}, load=6.0, cpus=2) == sleep
+    assert openmp_wait({}, load=20.0, cpus=64) == spin  # a big node: most cores free
+    assert openmp_wait({"OMP_WAIT_POLICY": "ACTIVE"}, load=6.0, cpus=2) == {}  # the caller's choice stands
+    assert openmp_wait({"GOMP_SPINCOUNT": "0"}, load=0.0, cpus=2) == {}
+
+
+@pytest.mark.parametrize("given", [{}, {"OMP_WAIT_POLICY": "ACTIVE"}])
+def test_the_cli_sets_the_wait_before_torch_loads(given):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", "import os, sys, cli; print(os.environ.get('OMP_WAIT_POLICY'), "
+                          "os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)"],
+                         env={**env, **given}, capture_output=True, text=True, check=True).stdout.split()
+    assert out[2] == "False"  # libgomp reads its variables once, when torch loads it
+    if given:
+        assert out[:2] == ["ACTIVE", "None"]
+    else:
+        assert out[:2] in (["PASSIVE", "None"], ["None", "10000"])
 
 
 def test_default_threads_follow_omp_then_the_launcher(monkeypatch):
