@@ -6,7 +6,15 @@ import os
 import shutil
 
 import pytest
-import torch
+
+from cmt_pipeline.threads import openmp_wait
+
+# how OpenMP's idle threads wait, chosen before torch loads as the CLI chooses it: its in-process commands size the
+# pool to the CPUs, and libgomp's default spinning, on a CI machine busy with other jobs, took about half the
+# suite's CPU time in a second thread that mostly spun
+os.environ.update(openmp_wait())
+
+import torch  # noqa: E402
 
 torch.set_num_threads(1)  # CI has 2 cores; one thread per test process keeps timings predictable
 
