@@ -13,8 +13,8 @@ running independent calls at once: each result depends only on its input, never 
 
 How OpenMP's idle threads wait (`openmp_wait`, applied by the CLI before torch loads): a training step is a few
 hundred operators, each a parallel region, with microseconds of Python between them. Threads that sleep at once
-(OMP_WAIT_POLICY=PASSIVE) are woken through the kernel at every operator: mid-training on the digits default ran at
-5 steps/s on 2 quiet cores, against 7.5 when they spin for 10,000 turns first. On a busy machine the spinning
+(OMP_WAIT_POLICY=PASSIVE) are woken through the kernel at every operator: `cmt mid-train` on the digits default ran
+at 5.7 steps/s on 2 quiet cores, against 7.0 when they spin for 10,000 turns first (for 9% more CPU time). On a busy machine the spinning
 thread takes a core from the thread it waits for: the same run beside 4 busy processes took 2.3x the CPU time and
 2.5x the wall time spinning. So they spin only on a machine that looks idle (docs/performance.md).
 """
