@@ -70,3 +70,55 @@ def test_dpm3_beats_dpm2_at_16_steps(gmm_problem):
     teacher, x, ref = gmm_problem
     err = {n: (SOLVERS[n](teacher, x, logsnr_grid(16)) - ref).pow(2).mean().sqrt().item() for n in ("dpm2", "dpm3")}
     assert err["dpm3"] < 0.75 * err["dpm2"], err
+
+
+def difference_form(denoiser, x, sig, order, lower_order_final):
+    """DPM-Solver++ as Lu et al. write it (differences of the denoiser's outputs), the form dpmpp's coefficients
+    are worked out from: an independent statement of the step."""
+    lam = [-math.log(s) for s in sig]
+    n, hist, states = len(sig) - 1, [], [x]
+    for i in range(n):
+        hist = (hist + [denoiser(x, sig[i])])[-3:]
+        k = min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
+        h, r = lam[i + 1] - lam[i], sig[i + 1] / sig[i]
+        x_next = r * x + (1 - r) * hist[-1]
+        if k >= 2:
+            r0 = (lam[i] - lam[i - 1]) / h
+            d1_0 = (hist[-1] - hist[-2]) / r0
+            if k == 2:
+                x_next = x_next + 0.5 * (1 - r) * d1_0
+            else:
+                r1 = (lam[i - 1] - lam[i - 2]) / h
+                d1_1 = (hist[-2] - hist[-3]) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                x_next = x_next + ((r - 1) / h + 1) * d1 - ((r - 1 + h) / h**2 - 0.5) * d2
+        x = x_next
+        states.append(x)
+    return torch.stack(states)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize("grid", ["logsnr", "karras"])
+def test_dpmpp_takes_the_steps_of_lu_et_al(gmm_problem, order, lower_order_final, grid):
+    """The one-multiply-and-fused-adds step is the difference form, state by state, to float64 round-off."""
+    teacher, x, _ = gmm_problem
+    sigmas = make_grid(grid, 12)
+    ours = SOLVERS["dpm3"].func(teacher, x, sigmas, order=order, lower_order_final=lower_order_final,
+                                return_intermediates=True)
+    ref = difference_form(teacher, x, sigmas.tolist(), order, lower_order_final)
+    assert (ours - ref).abs().max() < 1e-9 * ref.abs().max()
+
+
+@pytest.mark.parametrize("name", sorted(SOLVERS))
+def test_into_receives_each_state_as_the_stacked_solve_has_it(name):
+    d = single_gaussian().float()
+    x = 80 * torch.randn(8, 2, 1, 1, generator=torch.Generator().manual_seed(1))
+    sigmas = logsnr_grid(6)
+    states = SOLVERS[name](d, x, sigmas, return_intermediates=True)
+    buf = torch.full((8, 7, 2, 1, 1), math.nan)  # sample-major, as the generator's batch slots are
+    final = SOLVERS[name](d, x, sigmas, into=buf.unbind(1))
+    assert torch.equal(buf, states.transpose(0, 1)) and torch.equal(final, states[-1])
+    with pytest.raises(ValueError, match="into holds 6 tensors for the 7 states"):
+        SOLVERS[name](d, x, sigmas, into=buf.unbind(1)[:6])
