@@ -71,3 +71,27 @@ def test_out_of_range_indices_are_refused():
         seed_words(0, [2**32])
     with pytest.raises(CMTError, match="non-negative"):
         seed_words(-1, [0])
+
+
+@pytest.mark.parametrize("num_classes,class_labels", [(0, "random"), (10, "random"), (10, "3")])
+def test_the_priors_process_hands_over_draw_priors_bytes_in_order(num_classes, class_labels):
+    from cmt_pipeline.generation.prefetch import DEPTH, Priors
+
+    batches = [(0, 5), (5, 5), (10, 2), (100, 5), (2**32 - 3, 3), (7, 1), (40, 5)]  # more than the ring holds
+    assert len(batches) > DEPTH
+    with Priors(batches, 5, 11, (2, 3, 3), num_classes, class_labels) as priors:
+        for offset, n in batches:
+            noise, labels = priors.take()
+            want = draw_priors(11, np.arange(offset, offset + n), (2, 3, 3), num_classes, class_labels)
+            assert np.array_equal(noise[:n], want[0]) and np.array_equal(labels[:n], want[1])
+            priors.done()
+
+
+def test_a_failed_priors_process_is_one_clear_error():
+    from cmt_pipeline.generation.prefetch import Priors
+
+    with Priors([(0, 2), (2**32 - 1, 2)], 2, 0, (1, 2, 2), 0, "random") as priors:  # the second passes 2**32
+        priors.take()
+        priors.done()
+        with pytest.raises(CMTError, match=r"the priors process died \(exit code 1\); rerun"):
+            priors.take()

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import GenerateConfig, to_dict
 from ..latents import load_vae
-from ..priors import draw_priors
 from ..solvers import NFE_PER_STEP, get_solver, make_grid
 from ..stores import WRITERS
 from ..stores.layout import STORE_VERSION, claim_plan, finalize, num_shards, sample_arrays, shard_range
@@ -31,6 +30,7 @@ from ..memory import check_memory
 from ..devices import full_fp32, resolve_device
 from ..hooks import hold_for_test
 from .worker import Worker
+from .prefetch import DEPTH as PRIORS_AHEAD, Priors
 from .writer import ENCODING, ShardWriter, shard_done, slot_bytes, slot_fields
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -56,11 +56,14 @@ def validate(cfg: GenerateConfig, teacher) -> None:
 
 
 def check_sizes(cfg: GenerateConfig, plan: dict, out: Location, slots: int, todo: int) -> None:
-    """Memory for the writer's batch slots and the shards it holds, and disk for the `todo` samples still to store,
-    against what this machine has, before the plan is claimed: a refused size leaves nothing behind."""
+    """Memory for the writer's batch slots (and the priors drawn ahead) and the shards it holds, and disk for the
+    `todo` samples still to store, against what this machine has, before the plan is claimed: a refused size leaves
+    nothing behind."""
     stored = sum(math.prod(tail) * np.dtype(dt).itemsize for tail, dt in sample_arrays(plan).values())
     batch = min(cfg.batch_size, plan["shard_size"])  # a batch never crosses a shard
-    check_memory("--batch-size", batch, slots * slot_bytes(slot_fields(plan, 1)), f"{slots} batch slots")
+    ring = PRIORS_AHEAD * (4 * math.prod(plan["shape"]) + 8)  # the priors drawn ahead, float32 and an int64 label
+    check_memory("--batch-size", batch, slots * slot_bytes(slot_fields(plan, 1)) + ring,
+                 f"{slots} batch slots and {PRIORS_AHEAD} batches of priors")
     # each shard being encoded is held twice (the arrays, their encoded bytes), one more is being filled
     check_memory("--shard-size", plan["shard_size"], (2 * ENCODING + 1) * stored, "the shards the writer holds")
     if out.local:
@@ -112,14 +115,26 @@ def solve_batch(teacher, solver, sigmas, slot: dict[str, torch.Tensor], n: int, 
     end of the copy back (None on a CPU, where all is done on return)."""
     x = slot["prior"][:n].to(device, non_blocking=True) * float(sigmas[0])
     lab = slot["labels"][:n].to(device, non_blocking=True) if teacher.num_classes else None
-    states = solver(teacher, x, sigmas, lab, return_intermediates=True)  # (K+1, n, C, H, W)
-    slot["traj"][:n].copy_(states[:-1].transpose(0, 1), non_blocking=True)
-    slot["x0"][:n].copy_(states[-1], non_blocking=True)
+    if device.type == "cpu":  # each state straight into the slot
+        solver(teacher, x, sigmas, lab, into=[*slot["traj"][:n].unbind(1), slot["x0"][:n]])
+        return None
+    states = torch.empty((n, len(sigmas), *x.shape[1:]), device=device)  # one copy back, not one per state
+    solver(teacher, x, sigmas, lab, into=states.unbind(1))
+    slot["traj"][:n].copy_(states[:, :-1], non_blocking=True)
+    slot["x0"][:n].copy_(states[:, -1], non_blocking=True)
     if device.type != "cuda":
         return None
     copied = torch.cuda.Event()
     copied.record(torch.cuda.current_stream(device))
     return copied
+
+
+def batch_order(plan: dict, shards: list[int], batch_size: int):
+    """(shard, offset, n) of each batch of `shards`, in the order they are solved (lazily: a run may hold millions)."""
+    for k in shards:
+        start, stop = shard_range(plan, k)
+        for offset in range(start, stop, batch_size):
+            yield k, offset, min(batch_size, stop - offset)
 
 
 @full_fp32()
@@ -157,21 +172,28 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     # batches at once, across shard boundaries, each with one intra-op thread: the bytes cannot depend on the
     # thread count (threads.py). A GPU runs one batch at a time, and the main thread waits for a batch's copy
     # back (its event) only once the next batch is launched (lag).
-    with ShardWriter(out, plan, min(cfg.batch_size, plan["shard_size"]), threads + lag + 2, allow_nonfinite, device) as writer, \
+    # The priors are drawn ahead in a process of their own (prefetch.py), and copied into each batch's slot. It is
+    # forked before the writer, so that it holds no end of the writer's pipe.
+    batch_size = min(cfg.batch_size, plan["shard_size"])
+    with Priors(((offset, n) for _, offset, n in batch_order(plan, to_write, cfg.batch_size)), batch_size, cfg.seed,
+                plan["shape"], teacher.num_classes, cfg.class_labels) as priors, \
+            ShardWriter(out, plan, batch_size, threads + lag + 2, allow_nonfinite, device) as writer, \
             one_thread_per_call(threads) as run:
         def batches():
             """(slot, shard, offset, n) in sample order, the slot filled with the batch's priors."""
-            for k in to_write:
-                if shard_done(out, plan, k):  # another process (a straggler, an overlapping rerun) finished it
-                    continue
-                start, stop = shard_range(plan, k)
-                for offset in range(start, stop, cfg.batch_size):
-                    n, s = min(cfg.batch_size, stop - offset), writer.claim()
-                    index = np.arange(offset, offset + n, dtype=np.int64)
-                    noise, labels = draw_priors(cfg.seed, index, tuple(plan["shape"]), teacher.num_classes,
-                                                cfg.class_labels)
-                    for name, a in (("prior", noise), ("labels", labels), ("index", index)):
-                        writer.tensors[s][name][:n] = torch.from_numpy(a)
+            skipped = set()
+            for k, offset, n in batch_order(plan, to_write, cfg.batch_size):
+                if offset == shard_range(plan, k)[0] and shard_done(out, plan, k):
+                    skipped.add(k)  # another process (a straggler, an overlapping rerun) finished it
+                s = None if k in skipped else writer.claim()
+                noise, labels = priors.take()
+                if s is not None:
+                    slot = writer.tensors[s]
+                    slot["prior"][:n].numpy()[:] = noise[:n]
+                    slot["labels"][:n].numpy()[:] = labels[:n]
+                    slot["index"][:n] = torch.arange(offset, offset + n)
+                priors.done()
+                if s is not None:
                     yield s, k, offset, n
 
         def solve(batch):

@@ -30,6 +30,7 @@ import ctypes
 import mmap
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import threading
@@ -185,6 +186,8 @@ class ShardWriter:
                                    name="cmt-shard-writer", daemon=True)
         self.process.start()
         child.close()
+        self.readable = select.poll()
+        self.readable.register(self.conn.fileno(), select.POLLIN)
         self.free, self.closed = list(range(slots)), False
         self.pinned = None
         if device.type == "cuda":  # page-locked, so that both copies are asynchronous
@@ -207,7 +210,7 @@ class ShardWriter:
             self.closed = True
 
     def _drain(self) -> None:
-        while self.conn.poll():
+        while self.readable.poll(0):  # one syscall; Connection.poll builds a selector per call (~80 us)
             self._receive()
 
     def claim(self) -> int:
