@@ -12,8 +12,12 @@ blocks only on the GIL. Reported, median of --repeats alternating pairs:
                   measurement (a VM's or cgroup's time that is neither running nor queued shows as blocked)
   cpu_ratio       main-thread CPU seconds of all of generate() (setup, priors, solver, sending, tail) / of the
                   bare forwards                                                                   (goal <= 1.05)
-CPU seconds do not grow with the machine's load, so the ratio holds on a shared machine; the blocked share is
-only what the GIL and the writer leave, as waiting for a core counts as runnable.
+  own_ratio       the same over the CPU seconds of the forwards inside that generate(): the loop's own work
+                  on the main thread, free of the difference between two runs of the same forwards
+The CPU ratios come from a second generate() whose forwards read only the thread's CPU clock (reading /proc
+around each forward costs ~0.15 ms, a tenth of a 300-op forward, and would flatter the ratio). CPU seconds do
+not grow with the machine's load, so the ratios hold on a shared machine; the blocked share is only what the
+GIL and the writer leave, as waiting for a core counts as runnable.
 
     python benchmarks/generation_gil.py                    # this checkout
     PYTHONPATH=/tmp/old python benchmarks/generation_gil.py --label before   # another checkout's generate()
@@ -47,15 +51,18 @@ class LaunchBound(torch.nn.Module):
     def __init__(self, ops: int):
         super().__init__()
         self.ops = ops
-
+        self.schedstat = True  # read /proc per forward (blocked share); else only the thread's CPU clock, cheap
         self.clock = [0.0, 0.0, 0.0, 0]  # thread_clock() inside forwards, summed
 
     def forward(self, x, sigma, labels=None):
-        t0 = thread_clock()
+        t0 = thread_clock() if self.schedstat else time.thread_time()
         y = x / (1 + float(sigma) ** 2) ** 0.5
         for _ in range(self.ops // 2):
             y = y * 0.999 + 0.0001
-        self.clock = [a + b for a, b in zip(self.clock, since(t0))]
+        if self.schedstat:
+            self.clock = [a + b for a, b in zip(self.clock, since(t0))]
+        else:
+            self.clock[1] += time.thread_time() - t0
         return y
 
     def describe(self) -> dict:
@@ -80,7 +87,7 @@ def since(t0) -> tuple[float, float, float]:
 @torch.no_grad()
 def bare(teacher, n: int, batch: int, nfe: int) -> tuple[float, float, float]:
     x = torch.randn(batch, *teacher.shape)
-    t0 = thread_clock()
+    teacher.clock, t0 = [0.0, 0.0, 0.0, 0], thread_clock()
     for _ in range(n // batch):
         for i in range(nfe):
             teacher(x, SIGMA_MAX * 0.6 ** i)
@@ -104,17 +111,23 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory(prefix="cmt-gil-") as tmp:
         for r in range(args.repeats):
-            cfg = GenerateConfig(teacher="builtin", out=f"{tmp}/{r}", num_samples=args.num_samples, steps=args.steps,
-                                 batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
-            teacher.clock, t0 = [0.0, 0.0, 0.0, 0], thread_clock()
-            generate(cfg, Worker(threads=1), progress=False)
-            g, f = since(t0), teacher.clock
+            def once(name, schedstat):
+                cfg = GenerateConfig(teacher="builtin", out=f"{tmp}/{r}-{name}", num_samples=args.num_samples,
+                                     steps=args.steps, batch_size=args.batch_size, shard_size=args.shard_size,
+                                     device="cpu")
+                teacher.schedstat, teacher.clock, t0 = schedstat, [0.0, 0.0, 0.0, 0], thread_clock()
+                generate(cfg, Worker(threads=1), progress=False)
+                return since(t0), teacher.clock
+
+            _, f = once("blocked", True)  # the blocked share, read around each forward
             b = bare(teacher, args.num_samples, args.batch_size, nfe)
+            g, fc = once("cpu", False)  # CPU time, with only the thread's CPU clock read around each forward
+            bc = bare(teacher, args.num_samples, args.batch_size, nfe)
             rows.append({"blocked_share": (f[0] - f[1] - f[2]) / f[0], "blocks_per_forward": f[3] / (nfe * (
                 args.num_samples // args.batch_size)), "bare_blocked_share": (b[0] - b[1] - b[2]) / b[0],
-                "bare_blocks_per_forward": b[3] / (nfe * (args.num_samples // args.batch_size)), "cpu_ratio": g[1] / b[1],
-                         "generate_wall_s": g[0], "generate_cpu_s": g[1], "forwards_cpu_s": f[1],
-                         "bare_cpu_s": b[1]})
+                "bare_blocks_per_forward": b[3] / (nfe * (args.num_samples // args.batch_size)),
+                "cpu_ratio": g[1] / bc[1], "own_ratio": g[1] / fc[1], "generate_wall_s": g[0],
+                "generate_cpu_s": g[1], "forwards_cpu_s": fc[1], "bare_cpu_s": bc[1]})
     print(f"{args.label}: ops {args.ops}, {args.num_samples} samples, batch {args.batch_size}, shard "
           f"{args.shard_size}, dpm3 x {args.steps}, load average {os.getloadavg()[0]:.1f}")
     for key in rows[0]:
