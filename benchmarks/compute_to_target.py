@@ -31,6 +31,7 @@ Stages whose outputs exist are reused: an interrupted run continues where it sto
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -111,13 +112,22 @@ def post_cfg(args, init: str, arch: str, steps: int, seed: int, out: Path) -> Po
                        **recipe, **QUIET)
 
 
+def ran_with(root: Path, pattern: str, cls, table: str) -> dict:
+    """The settings the CMT route's runs matching `pattern` were made with (their config.json), else those it will
+    be made with (configs/digits.toml): the costs follow the runs, not a default changed since."""
+    made = sorted(root.glob(f"{pattern}/config.json"))
+    if made:
+        return json.loads(made[0].read_text())["config"]
+    return dataclasses.asdict(cfg_of(cls, table))
+
+
 def costs(store: Path) -> dict:
     plan = open_store(store).plan
-    mid = cfg_of(MidTrainConfig, "mid_train")
-    post = cfg_of(PostTrainConfig, "post_train")
+    mid = ran_with(store.parent, "cmt-mid-seed*", MidTrainConfig, "mid_train")
+    post = ran_with(store.parent, "cmt-ect-*-seed*", PostTrainConfig, "post_train")
     return {"generation": plan["num_samples"] * plan["nfe_per_sample"],
-            "mid_step": mid.batch_size * mid.points_per_traj * 3, "mid_steps": mid.steps,
-            "ect_step": post.batch_size * 4, "ect_steps": post.steps}
+            "mid_step": mid["batch_size"] * mid["points_per_traj"] * 3, "mid_steps": mid["steps"],
+            "ect_step": post["batch_size"] * 4, "ect_steps": post["steps"]}
 
 
 def timed(fn, run: Path) -> None:
