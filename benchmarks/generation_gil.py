@@ -1,4 +1,4 @@
-"""What the shard writer costs the compute thread: its GIL-blocked share, and its CPU time against bare forwards.
+"""What the generation loop costs the compute thread: its GIL-blocked share, and its CPU time against the forwards.
 
 A launch-bound fake teacher (--ops small elementwise torch ops per forward, on a batch of 4x16x16 latents) is
 driven through the real generation loop (`generate`, one thread, on the CPU) while the writer encodes Zarr shards,
