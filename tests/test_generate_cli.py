@@ -135,3 +135,16 @@ def test_wrong_types_choices_and_config_keys(tmp_path):
     (tmp_path / "c.toml").write_text('[generate]\nteacher = "gmm:gmm8x8"\nnum_sample = 8\n')
     assert_clean_error(run("--config", tmp_path / "c.toml", "--out", out), "unknown GenerateConfig option(s) ['num_sample']")
     assert not out.exists()
+
+
+def test_a_store_begun_by_another_solver_revision_is_not_resumed(tmp_path):
+    """A store's states depend on the solvers' arithmetic at round-off: one begun before dpmpp's fused step (its
+    plan has no solver_revision) is refused by name, not mixed with states computed the new way."""
+    out = tmp_path / "d"
+    assert run("--teacher", "gmm:gmm8x8", "--num-samples", 8, "--out", out).exit_code == 0
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["solver_revision"] == 2
+    del plan["solver_revision"]
+    (out / "plan.json").write_text(json.dumps(plan))
+    assert_clean_error(run("--teacher", "gmm:gmm8x8", "--num-samples", 8, "--out", out),
+                       "solvers compute differently (solver revision 1, this one 2)")

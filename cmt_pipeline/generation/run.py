@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..config import GenerateConfig, to_dict
 from ..latents import load_vae
-from ..solvers import NFE_PER_STEP, get_solver, make_grid
+from ..solvers import NFE_PER_STEP, SOLVER_REVISION, get_solver, make_grid
 from ..stores import WRITERS
 from ..stores.layout import STORE_VERSION, claim_plan, finalize, num_shards, sample_arrays, shard_range
 from ..stores.location import Location
@@ -99,7 +99,7 @@ def make_plan(cfg: GenerateConfig, teacher, sigmas: torch.Tensor, vae=None) -> d
         "store_version": STORE_VERSION, "format": cfg.format, "num_samples": cfg.num_samples,
         "shard_size": cfg.shard_size,
         "shape": list(teacher.shape), "num_states": len(sigmas) - 1, "dtype": cfg.dtype,
-        "sigmas": sigmas.tolist(), "solver": cfg.solver,
+        "sigmas": sigmas.tolist(), "solver": cfg.solver, "solver_revision": SOLVER_REVISION,
         "nfe_per_sample": NFE_PER_STEP[cfg.solver] * cfg.steps,
         "num_classes": teacher.num_classes, "config": config,
         "guidance": description.get("guidance"),

@@ -19,8 +19,11 @@ SOLVERS = {
     "dpm3": partial(dpmpp, order=3),
 }
 NFE_PER_STEP = {"euler": 1, "heun": 2, "dpm2": 1, "dpm3": 1}
+# Bump when a solver's arithmetic changes, even at round-off: the stored states change with it, so a store's plan
+# records the revision and a resume by a cmt of another revision is refused (2: dpmpp's fused linear step).
+SOLVER_REVISION = 2
 
-__all__ = ["SOLVERS", "NFE_PER_STEP", "GRIDS", "get_solver", "make_grid", "logsnr_grid", "karras_grid"]
+__all__ = ["SOLVERS", "NFE_PER_STEP", "SOLVER_REVISION", "GRIDS", "get_solver", "make_grid", "logsnr_grid", "karras_grid"]
 
 
 def get_solver(name: str):

@@ -175,6 +175,10 @@ def claim_plan(root, plan: dict) -> None:
         root.create(PLAN, dumps(plan))  # False: another generator claimed it first, compared below
     existing, plan = read_plan(root), json.loads(json.dumps(plan))
     if existing != plan:
+        if existing.get("solver_revision") != plan.get("solver_revision"):
+            raise CMTError(f"{root} was made by a cmt whose solvers compute differently (solver revision "
+                           f"{existing.get('solver_revision', 1)}, this one {plan.get('solver_revision')}); resume "
+                           "it with the cmt that began it, or regenerate into a new --out")
         raise CMTError(f"{root} holds a different dataset (differs in: {differing_keys(existing, plan)}); "
                        "choose another --out, or rerun with the settings in its plan.json to resume")
 
