@@ -53,8 +53,7 @@ class Priors:
     """Use: `with Priors(batches, ...) as priors:`, then for each batch in order `prior, labels = priors.take()`,
     copy them out, and `priors.done()` to hand the entry back."""
 
-    def __init__(self, batches, batch_size: int, seed: int, shape, num_classes: int,
-                 class_labels: str):
+    def __init__(self, batches, batch_size: int, seed: int, shape, num_classes: int, class_labels: str):
         fields = {"prior": ((batch_size, *shape), np.float32), "labels": ((batch_size,), np.int64)}
         self.buf = mmap.mmap(-1, DEPTH * slot_bytes(fields))
         self.ring = slot_views(self.buf, fields, DEPTH)
