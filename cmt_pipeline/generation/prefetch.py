@@ -29,6 +29,11 @@ from .writer import die_with_parent, slot_bytes, slot_views
 DEPTH = 4  # batches drawn ahead
 
 
+def ring_fields(shape, batch_size: int) -> dict[str, tuple[tuple, type]]:
+    """One ring entry: a batch's unit prior noise and its labels."""
+    return {"prior": ((batch_size, *shape), np.float32), "labels": ((batch_size,), np.int64)}
+
+
 def fill(ring, free, ready, parent: int, batches, seed: int, shape, num_classes: int, class_labels: str) -> None:
     """The priors process: draw each batch's priors into the next ring entry once it is free."""
     import torch
@@ -54,7 +59,7 @@ class Priors:
     copy them out, and `priors.done()` to hand the entry back."""
 
     def __init__(self, batches, batch_size: int, seed: int, shape, num_classes: int, class_labels: str):
-        fields = {"prior": ((batch_size, *shape), np.float32), "labels": ((batch_size,), np.int64)}
+        fields = ring_fields(shape, batch_size)
         self.buf = mmap.mmap(-1, DEPTH * slot_bytes(fields))
         self.ring = slot_views(self.buf, fields, DEPTH)
         ctx = multiprocessing.get_context("fork")

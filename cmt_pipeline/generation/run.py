@@ -30,7 +30,7 @@ from ..memory import check_memory
 from ..devices import full_fp32, resolve_device
 from ..hooks import hold_for_test
 from .worker import Worker
-from .prefetch import DEPTH as PRIORS_AHEAD, Priors
+from .prefetch import DEPTH as PRIORS_AHEAD, Priors, ring_fields
 from .writer import ENCODING, ShardWriter, shard_done, slot_bytes, slot_fields
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
@@ -61,7 +61,8 @@ def check_sizes(cfg: GenerateConfig, plan: dict, out: Location, slots: int, todo
     nothing behind."""
     stored = sum(math.prod(tail) * np.dtype(dt).itemsize for tail, dt in sample_arrays(plan).values())
     batch = min(cfg.batch_size, plan["shard_size"])  # a batch never crosses a shard
-    ring = PRIORS_AHEAD * (4 * math.prod(plan["shape"]) + 8)  # the priors drawn ahead, float32 and an int64 label
+    ring = PRIORS_AHEAD * sum(math.prod(shape) * np.dtype(dt).itemsize
+                              for shape, dt in ring_fields(plan["shape"], 1).values())  # the priors drawn ahead
     check_memory("--batch-size", batch, slots * slot_bytes(slot_fields(plan, 1)) + ring,
                  f"{slots} batch slots and {PRIORS_AHEAD} batches of priors")
     # each shard being encoded is held twice (the arrays, their encoded bytes), one more is being filled
@@ -181,20 +182,20 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
             one_thread_per_call(threads) as run:
         def batches():
             """(slot, shard, offset, n) in sample order, the slot filled with the batch's priors."""
-            skipped = set()
             for k, offset, n in batch_order(plan, to_write, cfg.batch_size):
-                if offset == shard_range(plan, k)[0] and shard_done(out, plan, k):
-                    skipped.add(k)  # another process (a straggler, an overlapping rerun) finished it
-                s = None if k in skipped else writer.claim()
-                noise, labels = priors.take()
-                if s is not None:
-                    slot = writer.tensors[s]
-                    slot["prior"][:n].numpy()[:] = noise[:n]
-                    slot["labels"][:n].numpy()[:] = labels[:n]
-                    slot["index"][:n] = torch.arange(offset, offset + n)
+                if offset == shard_range(plan, k)[0]:  # another process (a straggler, an overlapping rerun) may
+                    skip = shard_done(out, plan, k)    # have finished this shard since
+                noise, labels = priors.take()  # every batch's, a skipped one's too: they are drawn in this order
+                if skip:
+                    priors.done()
+                    continue
+                s = writer.claim()
+                slot = writer.tensors[s]
+                slot["prior"][:n].numpy()[:] = noise[:n]
+                slot["labels"][:n].numpy()[:] = labels[:n]
+                slot["index"][:n] = torch.arange(offset, offset + n)
                 priors.done()
-                if s is not None:
-                    yield s, k, offset, n
+                yield s, k, offset, n
 
         def solve(batch):
             return batch, solve_batch(teacher, solver, sigmas, writer.tensors[batch[0]], batch[3], device)
