@@ -93,6 +93,23 @@ def test_float16_overflow_is_caught_not_just_warned(tmp_path):
     gen(tmp_path / "t", sigma_max=1e6, dtype="float32")  # float32 holds it
 
 
+def test_the_first_failing_shard_is_the_one_reported(tmp_path, monkeypatch):
+    """Two shards are encoded at once; when both fail, the error raised is shard 0's even if shard 1's check
+    finishes first (here made to: shard 0's is held back). CI once saw shard 1's."""
+    import time
+    from cmt_pipeline.generation import writer
+    real = writer.check_finite
+
+    def slow_for_shard_0(arrays, plan, k):
+        if k == 0:
+            time.sleep(1.0)
+        real(arrays, plan, k)
+
+    monkeypatch.setattr(writer, "check_finite", slow_for_shard_0)  # the forked writer inherits it
+    with pytest.raises(CMTError, match=r"\(0, 1, 2, 3, 4, 5, 6, 7, \.\.\.\) of shard 0;"):
+        gen(tmp_path / "s", sigma_max=1e6)
+
+
 def test_lazy_zarr_reads_refuse_nonfinite_values(copy):
     """Read lazily (a store too big to hold in memory), every batch is checked as it is read."""
     source, _ = trajectory_source(copy("a-zarr"), 8, holdout=0, cache=False)

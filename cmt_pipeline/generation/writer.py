@@ -34,6 +34,7 @@ import select
 import signal
 import sys
 import threading
+from collections import deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
@@ -123,7 +124,7 @@ def serve(conn, parent_end, parent: int, root: str, plan: dict, slots: list, all
         except OSError:  # the generator is gone: nobody to tell
             pass
 
-    def finish(k: int, arrays: dict) -> None:
+    def finish(k: int, arrays: dict) -> BaseException | None:
         try:
             if not allow_nonfinite:
                 check_finite(arrays, plan, k)
@@ -133,11 +134,24 @@ def serve(conn, parent_end, parent: int, root: str, plan: dict, slots: list, all
                 if not shard_done(out, plan, k):
                     raise
         except BaseException as e:  # noqa: BLE001 - every failure goes back to the generator, which raises it
-            try:
-                with lock:
-                    conn.send(("error", e))
-            except Exception:  # an exception that does not pickle: its one line
-                tell("error", CMTError(f"writing shard {k} failed: {type(e).__name__}: {e}"))
+            return e
+        return None
+
+    told = deque()  # (shard, future) in shard order: failures are told in that order, whichever encoder finishes
+    order = threading.Lock()  # first, so that the generator always raises the first failing shard's error
+
+    def tell_in_order(_) -> None:
+        with order:
+            while told and told[0][1].done():
+                k, future = told.popleft()
+                e = future.result()
+                if e is None:
+                    continue
+                try:
+                    with lock:
+                        conn.send(("error", e))
+                except Exception:  # an exception that does not pickle: its one line
+                    tell("error", CMTError(f"writing shard {k} failed: {type(e).__name__}: {e}"))
 
     shards, running = {}, set()
     with ThreadPoolExecutor(ENCODING, thread_name_prefix="cmt-encode") as pool:
@@ -162,7 +176,11 @@ def serve(conn, parent_end, parent: int, root: str, plan: dict, slots: list, all
             tell("free", s)
             left[0] -= n
             if not left[0]:
-                running.add(pool.submit(finish, k, shards.pop(k)[0]))
+                future = pool.submit(finish, k, shards.pop(k)[0])
+                with order:
+                    told.append((k, future))
+                future.add_done_callback(tell_in_order)
+                running.add(future)
     if msg[0] == "close":
         tell("closed")
     out.clean_scratch()
