@@ -59,6 +59,15 @@ overhead unet --num-samples "$(n 8192 512)" --batch-size 1024 --shard-size 4096 
 overhead dit --teacher dit --num-samples "$(n 4096 64)" --batch-size 512 --shard-size 1024 --repeats "$(n 3 1)"
 overhead cifar --teacher cifar --num-samples "$(n 4096 16)" --batch-size "$(n 512 8)" --shard-size "$(n 1024 8)" \
   --steps "$(n 16 2)" --repeats "$(n 2 1)"
+# The same with the teacher's forward replayed as a CUDA graph (--cuda-graphs; this code only), after the tests that
+# its stores are byte-identical to eager ones
+step graphs-tests python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_syncs.py
+if [ "${dev#cuda}" != "$dev" ]; then  # graphs need CUDA: a dry run on a CPU skips these two
+step overhead-dit-graphs python3 benchmarks/generation.py --device "$dev" --teacher dit --num-samples "$(n 4096 64)" \
+  --batch-size 512 --shard-size 1024 --repeats "$(n 3 1)" --cuda-graphs --json "$out/overhead-dit-graphs.json"
+step overhead-unet-graphs python3 benchmarks/generation.py --device "$dev" --num-samples "$(n 8192 512)" \
+  --batch-size 1024 --shard-size 4096 --repeats "$(n 3 1)" --cuda-graphs --json "$out/overhead-unet-graphs.json"
+fi
 python3 - "$out" <<'PY'
 import json, pathlib, sys
 print(f"{'overhead':18s} {'generate s':>10s} {'bare s':>8s} {'ratio':>6s} {'setup s':>8s} {'steady s':>9s} {'tail s':>7s}")

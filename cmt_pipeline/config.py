@@ -125,6 +125,9 @@ class GenerateConfig(Checked):
                       "later stages decode.  [default: the teacher folder's vae/ if it has one, else none (pixel "
                       "space)]", path="folder")
     device: str = option("auto", "auto, cpu, cuda or cuda:N (LOCAL_RANK picks the GPU under launchers).")
+    cuda_graphs: bool = option(False, "Replay the teacher's forward as a CUDA graph (a small network's kernels "
+                               "launched at once); the first batch is checked bit for bit against the eager "
+                               "forward, which the run falls back to if they differ. CUDA only.")
 
     def __post_init__(self):
         super().__post_init__()

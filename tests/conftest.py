@@ -94,3 +94,22 @@ def vp_teacher_dir(tmp_path_factory):
         return d
 
     return make
+
+
+@pytest.fixture(scope="session")
+def teachers(vp_teacher_dir):
+    """One of every kind of teacher the solver loop drives, small and seeded (shared: tests deep-copy to change one)."""
+    from cmt_pipeline.teachers import load_teacher
+    from cmt_pipeline.teachers.dit import DiTDenoiser
+    from cmt_pipeline.teachers.guidance import guided
+    from cmt_pipeline.teachers.native import build_native
+
+    conditional = load_teacher(str(vp_teacher_dir(num_classes=4)))
+    torch.manual_seed(0)
+    edm2 = build_native("Precond", dict(img_resolution=4, img_channels=4, label_dim=3, model_channels=4,
+                                        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[2],
+                                        channels_per_head=4, logvar_channels=4))
+    dit = DiTDenoiser(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3)
+    return {"digits": load_teacher("builtin"), "gmm": load_teacher("gmm:gmm8x8"),
+            "vp": load_teacher(str(vp_teacher_dir())), "guided": guided(conditional, 2.0, 3),
+            "edm2": edm2.eval(), "dit": dit.eval()}

@@ -20,9 +20,6 @@ from torch.utils._pytree import tree_leaves
 
 from cmt_pipeline.solvers import SOLVERS, logsnr_grid
 from cmt_pipeline.teachers import load_teacher
-from cmt_pipeline.teachers.dit import DiTDenoiser
-from cmt_pipeline.teachers.guidance import guided
-from cmt_pipeline.teachers.native import build_native
 from conftest import loss_of
 
 DATA_DEPENDENT = {"nonzero", "masked_select", "unique", "_unique2", "unique_consecutive", "equal", "is_nonzero",
@@ -86,19 +83,6 @@ def no_syncs(device):
 
 
 DEVICES = ["meta"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-@pytest.fixture(scope="module")
-def teachers(vp_teacher_dir):
-    conditional = load_teacher(str(vp_teacher_dir(num_classes=4)))
-    torch.manual_seed(0)
-    edm2 = build_native("Precond", dict(img_resolution=4, img_channels=4, label_dim=3, model_channels=4,
-                                        channel_mult=[1, 2], num_blocks=1, attn_resolutions=[2],
-                                        channels_per_head=4, logvar_channels=4))
-    dit = DiTDenoiser(input_size=8, patch_size=2, in_channels=4, hidden_size=32, depth=1, num_heads=2, num_classes=3)
-    return {"digits": load_teacher("builtin"), "gmm": load_teacher("gmm:gmm8x8"),
-            "vp": load_teacher(str(vp_teacher_dir())), "guided": guided(conditional, 2.0, 3),
-            "edm2": edm2.eval(), "dit": dit.eval()}
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -30,13 +30,14 @@ from ..memory import check_memory
 from ..devices import full_fp32, resolve_device
 from ..hooks import hold_for_test
 from .worker import Worker
+from .graphs import GraphedTeacher
 from .prefetch import DEPTH as PRIORS_AHEAD, Priors, ring_fields
 from .writer import ENCODING, ShardWriter, shard_done, slot_bytes, slot_fields
 
 DTYPES = {"float16": np.float16, "float32": np.float32}
 PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_SHARDS"  # =N: hold once N shards are handed to the writer (hooks.hold_for_test)
 # Settings that change no stored byte, so a resume may differ in them.
-RUNTIME_ONLY = ("out", "device")
+RUNTIME_ONLY = ("out", "device", "cuda_graphs")
 
 
 def validate(cfg: GenerateConfig, teacher) -> None:
@@ -147,6 +148,8 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     out = Location.of(cfg.out)  # first: a URL whose fsspec package is missing fails before the teacher loads
     threads = resolve_threads(worker.threads or None)
     device = worker_device(cfg.device, worker)
+    if cfg.cuda_graphs and device.type != "cuda":
+        raise CMTError(f"--cuda-graphs needs a CUDA device and this run is on {device}; drop --cuda-graphs")
     teacher = load_teacher(cfg.teacher, device, cfg.guidance_scale, cfg.null_label)
     validate(cfg, teacher)
     smoke_test(teacher, device)
@@ -161,6 +164,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
     claim_plan(out, plan)
     WRITERS[cfg.format](out, plan).prepare()
     solver = get_solver(cfg.solver)
+    denoiser = GraphedTeacher(teacher, check=plan["nfe_per_sample"]) if cfg.cuda_graphs else teacher
 
     to_write = [k for k in mine if not shard_done(out, plan, k, report=True)]  # done ones were read once, above
     n_to_write = sum(shard_range(plan, k)[1] - shard_range(plan, k)[0] for k in to_write)
@@ -198,7 +202,7 @@ def generate(cfg: GenerateConfig, worker: Worker | None = None, progress: bool =
                 yield s, k, offset, n
 
         def solve(batch):
-            return batch, solve_batch(teacher, solver, sigmas, writer.tensors[batch[0]], batch[3], device)
+            return batch, solve_batch(denoiser, solver, sigmas, writer.tensors[batch[0]], batch[3], device)
 
         handed = 0
 
