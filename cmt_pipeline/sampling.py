@@ -26,6 +26,7 @@ from .models.io import open_network
 from .teachers import Denoiser
 from .memory import check_memory
 from .devices import full_fp32
+from .threads import one_thread_per_call
 
 
 class TeacherSampler:
@@ -96,15 +97,22 @@ def load_student(spec: str, device="cpu") -> Denoiser:
 
 def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256, device="cpu",
                 dtype=torch.float32, progress: bool = False, desc: str = "sample") -> torch.Tensor:
-    """Apply `sampler` to (n, C, H, W) numpy prior noise in batches; returns CPU samples in `dtype`."""
-    out = []
-    for b in tqdm(range(0, len(prior), batch_size), desc=desc, disable=not progress, unit="batch"):
+    """Apply `sampler` to (n, C, H, W) numpy prior noise in batches; returns CPU samples in `dtype`. On a CPU the
+    batches run torch's thread count at a time, each on one intra-op thread, as generation's do (threads.py): a
+    sample's bytes then do not depend on the thread count, and a small network runs faster (docs/performance.md)."""
+    def one(b: int) -> torch.Tensor:
         x = torch.from_numpy(prior[b:b + batch_size]).to(device, dtype)
         lab = torch.from_numpy(labels[b:b + batch_size]).to(device) if sampler.num_classes else None
         ren = torch.from_numpy(renoise[b:b + batch_size]).to(device, dtype) if renoise is not None else None
-        with torch.no_grad():
-            out.append(sampler(x, lab, ren).cpu())
-    return torch.cat(out)
+        with torch.no_grad():  # grad mode is per thread
+            return sampler(x, lab, ren).cpu()
+
+    starts = range(0, len(prior), batch_size)
+    bar = dict(total=len(starts), desc=desc, disable=not progress, unit="batch")
+    if torch.device(device).type != "cpu":
+        return torch.cat(list(tqdm(map(one, starts), **bar)))
+    with one_thread_per_call(torch.get_num_threads()) as run:
+        return torch.cat(list(tqdm(run(one, starts), **bar)))
 
 
 @full_fp32()

@@ -122,3 +122,41 @@ def test_every_command_takes_num_threads_and_sizes_torch_with_it(tmp_path):
         assert result.exit_code == 2 and "--num-threads" in result.output and "does not exist" not in result.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_evaluation_samples_batches_one_intra_op_thread_each_in_order():
+    """run_sampler (every evaluation's sampling) runs torch's thread count of batches at once, each call on one
+    intra-op thread, and returns them in order, bytes independent of the thread count."""
+    from cmt_pipeline.sampling import TeacherSampler, run_sampler
+    from cmt_pipeline.teachers import load_teacher
+
+    teacher = load_teacher("builtin")
+    inner = TeacherSampler(teacher, "dpm3", 4)
+    seen = []
+
+    class Recording:
+        num_classes, renoise_steps = inner.num_classes, 0
+
+        def __call__(self, x, labels, renoise):
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return inner(x, labels, renoise)
+
+    prior = np.random.default_rng(0).standard_normal((37, 1, 8, 8)).astype(np.float32) * 80
+    labels = np.zeros(37, np.int64)
+    before = torch.get_num_threads()
+    try:
+        runs = {}
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            seen.clear()
+            runs[threads] = run_sampler(Recording(), prior, labels, batch_size=8)
+            assert {n for _, n in seen} == {1}, seen  # one intra-op thread per call
+            names = {name for name, _ in seen}  # the pool's threads (how many of them run depends on timing)
+            assert names == {"MainThread"} if threads == 1 else all(n.startswith("cmt-solve") for n in names), seen
+            assert torch.get_num_threads() == threads  # restored
+    finally:
+        torch.set_num_threads(before)
+    for threads in (2, 3):
+        assert torch.equal(runs[1], runs[threads])
+    batchwise = torch.cat([inner(torch.from_numpy(prior[b:b + 8]), None, None) for b in range(0, 37, 8)])
+    assert runs[1].shape == (37, 1, 8, 8) and torch.equal(runs[1], batchwise)  # in order
