@@ -283,7 +283,8 @@ def close_session(fs) -> None:
 
     from zarr.core.sync import sync
 
+    closing = close()
     try:
-        sync(close())
+        sync(closing)
     except Exception:  # the loop is gone at interpreter exit: nothing is left to warn
-        pass
+        closing.close()  # and Python would warn that the coroutine was never awaited
