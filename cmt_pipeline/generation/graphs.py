@@ -7,15 +7,16 @@ Bytes: a replay runs the kernels the eager forward runs, on the same values: x i
 sigma filled into a 0-d tensor of x's dtype exactly as `sigma_column` fills a Python sigma, labels copied. That is
 checked, not assumed: the first `check` calls of each captured graph are also run eagerly and compared bit for bit,
 and a mismatch, or a teacher that cannot be captured (a host sync, a data-dependent shape), puts the rest of the
-run back on the eager forward with one warning. No torch.compile: it may fuse ops and change the bytes.
+run back on the eager forward with a one-line note. No torch.compile: it may fuse ops and change the bytes.
 """
 
 from __future__ import annotations
 
 import numbers
-import warnings
+import sys
 
 import torch
+from tqdm.auto import tqdm
 
 BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -70,8 +71,8 @@ class GraphedTeacher:
         self.eager = False
 
     def give_up(self, why: str) -> None:
-        warnings.warn(f"--cuda-graphs: the teacher's forward {why}; running it eagerly (same bytes, no graphs)",
-                      stacklevel=3)
+        tqdm.write(f"note: --cuda-graphs: the teacher's forward {why}; running it eagerly (same bytes, no graphs)",
+                   file=sys.stderr)
         self.eager, self.replays = True, {}
 
     def __call__(self, x, sigma, class_labels=None):
