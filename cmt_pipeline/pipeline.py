@@ -75,21 +75,23 @@ def resume_arg(run_dir: Path) -> str | None:
 
 
 def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
-    """What the report compares, all on the same seeded noise: the teacher's own solve (the trajectory solver) and
+    """What the report compares, all on the same seeded noise: the teacher's own solve (the trajectory solver;
+    with [evaluate] from_store the store's first num_samples samples, which generation solved from its seed) and
     its best sampler (the report's reference), on [evaluate] teacher_seeds when set; the teacher as a 1- and
     2-step map (what mid-training starts from) when teacher_maps; the mid- and post-trained students at 1 and 2
-    steps."""
+    steps. Only the teacher row reads the store."""
     e, run, gen = cfgs["evaluate"], cfgs["run"], cfgs["generate"]
-    teacher = replace(e, seeds=e.teacher_seeds or e.seeds)
+    teacher = replace(e, seeds=e.teacher_seeds or e.seeds, from_store=False)
     rows = {"teacher": replace(teacher, solver=gen.solver, grid=gen.grid, steps=e.steps or gen.steps,
-                               out=str(run / "eval" / "teacher")),
+                               out=str(run / "eval" / "teacher"),
+                               **({"from_store": True, "seeds": [gen.seed]} if e.from_store else {})),
             "teacher-best": replace(teacher, solver=e.teacher_best_solver, grid=e.teacher_best_grid,
                                     steps=e.teacher_best_steps, out=str(run / "eval" / "teacher-best"))}
     students = (("teacher", gen.teacher),) * e.teacher_maps + (("mid", str(run / "mid" / "model.ckpt")),
                                                                ("post", str(run / "post" / "model.ckpt")))
     for name, student in students:
         for steps in (1, 2):
-            rows[f"{name}-{steps}step"] = replace(e, student=student, steps=steps,
+            rows[f"{name}-{steps}step"] = replace(e, student=student, steps=steps, from_store=False,
                                                   sigma_mid=cfgs["post_train"].sigma_mid,
                                                   out=str(run / "eval" / f"{name}-{steps}step"))
     return rows

@@ -6,9 +6,12 @@ import shutil
 import tomllib
 from pathlib import Path
 
+import pytest
 import torch
 
-from cmt_pipeline.config import EvaluateConfig
+from cmt_pipeline.config import EvaluateConfig, GenerateConfig
+from cmt_pipeline.errors import CMTError
+from cmt_pipeline.generation import generate
 from cmt_pipeline.evaluation import evaluate, real_digits, run
 from cmt_pipeline.evaluation.metrics import memorisation
 from cmt_pipeline.pipeline import evaluations, load_pipeline, write_report
@@ -103,6 +106,12 @@ def test_the_pipeline_scores_the_teacher_at_its_best_and_the_report_divides_by_i
     assert (rows["teacher"].solver, rows["teacher"].steps, rows["post-2step"].seeds) == ("dpm3", 16, [101, 102])
     (tmp_path / "p.toml").write_text(PIPELINE + "teacher_maps = true\n")
     assert "teacher-2step" in evaluations(load_pipeline(tmp_path / "p.toml"))
+    assert not any(cfg.from_store for cfg in rows.values())
+    (tmp_path / "p.toml").write_text(PIPELINE + "from_store = true\n")  # the teacher row alone reads the store
+    stored = evaluations(load_pipeline(tmp_path / "p.toml", out=str(tmp_path / "run")))
+    assert [name for name, cfg in stored.items() if cfg.from_store] == ["teacher"]
+    assert stored["teacher"].seeds == [0] and stored["teacher"].store == str(tmp_path / "run" / "trajectories")
+    assert stored["teacher-best"].seeds == [101] and stored["post-1step"].seeds == [101, 102]
 
     fd = {"teacher": 3.5, "teacher-best": 2.5, "mid-1step": 14.0, "mid-2step": 7.5, "post-1step": 7.5,
           "post-2step": 2.0}
@@ -128,3 +137,44 @@ def test_reported_seeds_are_not_the_seeds_settings_are_chosen_on():
     assert EVAL_SEED in run.CHOOSE_SEEDS and EvaluateConfig().seed in run.CHOOSE_SEEDS
     doc = (ROOT / "docs" / "evaluation.md").read_text()
     assert "seeds 1, 2, 3" in doc and "seeds 101, 102, 103" in doc
+
+
+@pytest.fixture(scope="module")
+def gmm_stores(tmp_path_factory):
+    """The 8x8 mixture's dpm3 x 16 solve of 64 samples from seed 7, stored in float32 and in float16."""
+    stores = {}
+    for dtype in ("float32", "float16"):
+        stores[dtype] = tmp_path_factory.mktemp("stores") / dtype
+        generate(GenerateConfig(teacher="gmm:gmm8x8", out=str(stores[dtype]), num_samples=64, shard_size=24,
+                                dtype=dtype, seed=7, device="cpu"), progress=False)
+    return stores
+
+
+FROM_STORE = dict(teacher="gmm:gmm8x8", num_samples=50, seed=7, seeds=1, reference_steps=64, device="cpu")
+
+
+def test_the_teacher_row_read_from_the_store_is_its_solve_without_a_forward(tmp_path, gmm_stores, monkeypatch):
+    solved = evaluate(EvaluateConfig(**FROM_STORE, out=str(tmp_path / "solved")), progress=False)
+    monkeypatch.setattr(run, "sample", lambda *a, **k: pytest.fail("--from-store must not solve again"))
+    for dtype, atol in (("float32", 1e-6), ("float16", 4e-3)):
+        read = evaluate(EvaluateConfig(**FROM_STORE, store=str(gmm_stores[dtype]), from_store=True,
+                                       out=str(tmp_path / dtype)), progress=False)
+        assert torch.allclose(read["samples"], solved["samples"], atol=atol, rtol=0)
+        assert not torch.equal(read["samples"], solved["samples"]) or dtype == "float32"
+        for key in ("digits_fd", "flow_map_mse", "sliced_w2"):
+            assert abs(read["metrics"][key] - solved["metrics"][key]) <= 0.01 * solved["metrics"][key], (dtype, key)
+        assert read["generator"] == f"{solved['generator']}, read from the store ({dtype})"
+        assert "paired_mse" not in read["metrics"] and read["seeds"] == [7]
+
+
+def test_from_store_refuses_a_store_that_does_not_hold_what_the_solve_would_give(tmp_path, gmm_stores):
+    store = str(gmm_stores["float32"])
+    for over, message in ((dict(seed=1), "seed 7 only: pass --seed 7"), (dict(seeds=2), "pass --seed 7 and one"),
+                          (dict(solver="heun"), r"\(solver differ\)"), (dict(steps=8), "sigma grid"),
+                          (dict(sigma_min=0.01), "sigma grid"), (dict(teacher="builtin"), "teacher weights"),
+                          (dict(num_samples=65), "holds 64 samples, fewer than --num-samples 65"),
+                          (dict(store=""), "needs --store"), (dict(student=str(BUILTIN)), "without --student")):
+        cfg = EvaluateConfig(**{**FROM_STORE, "store": store, "from_store": True, **over, "out": str(tmp_path / "x")})
+        with pytest.raises(CMTError, match=message):
+            evaluate(cfg, progress=False)
+    assert not (tmp_path / "x").exists()  # refused before anything was written

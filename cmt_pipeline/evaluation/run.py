@@ -27,7 +27,7 @@ from ..latents import load_vae
 from ..plotting import save_image_grid, save_scatter
 from ..priors import check_class_labels
 from ..sampling import StudentSampler, TeacherSampler, load_student, sample, student_sigmas
-from ..stores import open_store
+from ..stores import open_store, read_head
 from ..teachers import GMMDenoiser, load_teacher
 from ..errors import CMTError
 from ..files import atomic_write_bytes, atomic_write_json
@@ -85,17 +85,52 @@ def fid(cfg: EvaluateConfig, model, samples: torch.Tensor) -> float:
     return frechet_distance(*feature_stats(inception_features(model, samples, cfg.batch_size)), *ref_stats)
 
 
-def check(cfg: EvaluateConfig, sampler, image_shape) -> None:
+def check(cfg: EvaluateConfig, sampler, image_shape, seeds: list[int]) -> None:
     """Every input problem surfaces here, before any sampling is spent."""
     check_memory("--num-samples", cfg.num_samples, 3 * 4 * math.prod(image_shape), "its samples, priors and images")
     check_class_labels(cfg.class_labels, sampler.num_classes)
     if cfg.store:
         check_store(open_store(cfg.store).plan, sampler, cfg.store)
+    if cfg.from_store:
+        check_from_store(cfg, sampler, seeds)
     ref = cfg.fid_reference
     if cfg.inception_weights and not (Path(ref).suffix in (".npz", ".npy") and Path(ref).is_file() if ref
                                       else image_shape == DigitsFD.shape):
         raise CMTError(f"FID needs reference statistics: pass --fid-reference as an existing .npz (mu, sigma) or "
                        f".npy of (N, C, H, W) images in [-1, 1] (got {ref or 'nothing'})")
+
+
+def check_from_store(cfg: EvaluateConfig, sampler, seeds: list[int]) -> None:
+    """--from-store scores what generation solved, so the store must hold exactly what sampling would: this
+    teacher's weights, solver and sigma grid, the same labels, from the evaluation's one seed, enough samples."""
+    if cfg.student or not cfg.store:
+        raise CMTError("--from-store scores a teacher's samples that a trajectory store holds: pass the teacher "
+                       "and --store, without --student" if cfg.student else
+                       "--from-store needs --store: the trajectory store whose clean samples to score")
+    plan = open_store(cfg.store).plan
+    made, fix = plan["config"], f"drop --from-store to solve them, or pass the settings {cfg.store} was made with"
+    differs = [what for what, same in (
+        ("teacher weights", plan["teacher"]["fingerprint"] == sampler.net.fingerprint()),
+        ("solver", plan["solver"] == sampler.solver_name),
+        ("sigma grid (--grid, --steps, --sigma-max, --sigma-min)",
+         len(plan["sigmas"]) == len(sampler.sigmas)
+         and np.allclose(plan["sigmas"], sampler.sigmas.double().numpy(), rtol=1e-9, atol=0)),
+        ("--class-labels", made["class_labels"] == cfg.class_labels)) if not same]
+    if differs:
+        raise CMTError(f"--store {cfg.store} was not made by this generator ({', '.join(differs)} differ); {fix}")
+    if seeds != [made["seed"]]:
+        raise CMTError(f"--store {cfg.store} holds the samples of seed {made['seed']} only: pass --seed "
+                       f"{made['seed']} and one seed (got {seeds})")
+    if plan["num_samples"] < cfg.num_samples:
+        raise CMTError(f"--store {cfg.store} holds {plan['num_samples']} samples, fewer than --num-samples "
+                       f"{cfg.num_samples}; lower --num-samples or drop --from-store")
+
+
+def stored_samples(cfg: EvaluateConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The store's first cfg.num_samples clean samples and their priors, as float32 (float16 stores round the
+    samples to 11 significant bits: docs/evaluation.md says what that does to FD)."""
+    data = read_head(cfg.store, cfg.num_samples)
+    return torch.from_numpy(data["x0"].astype(np.float32)), torch.from_numpy(data["prior"].astype(np.float32))
 
 
 def seed_list(seeds: int | list, seed: int) -> list[int]:
@@ -140,7 +175,10 @@ def digits_fd(device) -> DigitsFD:
 def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int, progress: bool) -> dict:
     """Sample cfg.num_samples from `seed` and compute the applicable metrics: {metrics, x, images}."""
     t0 = time.perf_counter()
-    x, prior, _, _ = sample(sampler, cfg.num_samples, seed, cfg.batch_size, device, cfg.class_labels, progress)
+    if cfg.from_store:
+        x, prior = stored_samples(cfg)
+    else:
+        x, prior, _, _ = sample(sampler, cfg.num_samples, seed, cfg.batch_size, device, cfg.class_labels, progress)
     metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
     if not torch.isfinite(x).all():
         raise CMTError("the generator produced non-finite samples (NaN/inf); a diverged training run (lower --lr, "
@@ -151,7 +189,7 @@ def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int
         metrics.update(memorisation(images))
     if inception is not None:
         metrics["fid"] = fid(cfg, inception, images)
-    if cfg.store:
+    if cfg.store and not cfg.from_store:  # the store's own samples match themselves
         metrics.update(paired_error(sampler, cfg.store, cfg.store_samples, cfg.batch_size, device, seed, progress))
     if gmm is not None:
         metrics.update(gmm_metrics(gmm, x, prior, sampler.renoise_steps == 0, sampler.sigma_max, cfg.sigma_min,
@@ -169,7 +207,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     sampler = build_sampler(cfg, device)
     vae = load_vae(cfg.vae, cfg.student or cfg.teacher, device, sampler.shape, "student" if cfg.student else "teacher")
-    check(cfg, sampler, sampler.shape if vae is None else vae.image_shape(sampler.shape))
+    check(cfg, sampler, sampler.shape if vae is None else vae.image_shape(sampler.shape), seeds)
     out = Path(cfg.out)
     key = cache.cache_key(cache.key_parts(cfg, sampler, vae, seeds)) if cfg.cache else None
     hit = cache.lookup(key) if key else None
@@ -195,7 +233,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         exact = gmm.sample(min(len(x), 2000), torch.Generator().manual_seed(seeds[0])) if gmm is not None else None
         save_scatter(x[:2000], out / SAMPLES_PNG, reference=exact, title=describe(sampler))
     per_seed = [{"seed": s, **{k: _json(v) for k, v in r.items()}} for s, r in zip(seeds, runs)]
-    result = {"generator": describe(sampler), "seeds": seeds,
+    stored = f", read from the store ({open_store(cfg.store).plan['dtype']})" if cfg.from_store else ""
+    result = {"generator": describe(sampler) + stored, "seeds": seeds,
               "metrics": {k: _json(v) for k, v in summarise(runs).items()},
               "per_seed": per_seed, "sampler": sampler.describe(),
               "vae": vae.describe(sampler.shape) if vae is not None else None,
