@@ -1,4 +1,5 @@
-"""Devices: the one reading of --device, and the precision generation, sampling and evaluation run at."""
+"""Devices: the one reading of --device, the precision generation, sampling and evaluation run at, and whether a
+CPU trains in bf16."""
 
 from __future__ import annotations
 
@@ -36,3 +37,10 @@ def resolve_device(device: str | None) -> torch.device:
             raise CMTError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s); "
                            "use cuda:0 up to the last one")
     return dev
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (avx512_bf16 or AMX). Elsewhere oneDNN emulates bf16, slower
+    than float32, so a bf16 training run there is no faster; loop.training_precision then trains in float32."""
+    caps = getattr(torch.cpu, "get_capabilities", dict)()
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
