@@ -179,10 +179,12 @@ class EvaluateConfig(Checked):
                         "stored solver samples.", path="any")
     store_samples: int = option(256, "Use the store's last N samples, where `cmt mid-train --holdout` keeps its "
                                 "held-out trajectories (0 = all).", **NONNEGATIVE)
-    # the pipeline's `teacher` row: generation already solved these samples, so the row costs no teacher forward
     from_store: bool = option(False, "Score the teacher's samples that --store already holds (its first "
                               "--num-samples clean samples, solved from the store's seed: pass --seed SEED) instead "
                               "of solving them again; the store must be this teacher's, solver's and grid's.")
+    # generation already solved these samples, so the row costs no teacher forward (docs/evaluation.md)
+    teacher_from_store: bool = option(False, "The pipeline's `teacher` row reads the store's samples "
+                                      "(--from-store) instead of solving them again.", toml_only=True)
     inception_weights: str = option("", "Local FID Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth); "
                                     "enables FID. Never downloaded.")
     fid_reference: str = option("", "FID reference: .npz with mu/sigma, or .npy images (N, C, H, W) in [-1, 1].  "

@@ -76,7 +76,7 @@ def resume_arg(run_dir: Path) -> str | None:
 
 def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
     """What the report compares, all on the same seeded noise: the teacher's own solve (the trajectory solver;
-    with [evaluate] from_store the store's first num_samples samples, which generation solved from its seed) and
+    with [evaluate] teacher_from_store the store's first num_samples samples, which generation solved from its seed) and
     its best sampler (the report's reference), on [evaluate] teacher_seeds when set; the teacher as a 1- and
     2-step map (what mid-training starts from) when teacher_maps; the mid- and post-trained students at 1 and 2
     steps. Only the teacher row reads the store."""
@@ -84,7 +84,7 @@ def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
     teacher = replace(e, seeds=e.teacher_seeds or e.seeds, from_store=False)
     rows = {"teacher": replace(teacher, solver=gen.solver, grid=gen.grid, steps=e.steps or gen.steps,
                                out=str(run / "eval" / "teacher"),
-                               **({"from_store": True, "seeds": [gen.seed]} if e.from_store else {})),
+                               **({"from_store": True, "seeds": [gen.seed]} if e.teacher_from_store else {})),
             "teacher-best": replace(teacher, solver=e.teacher_best_solver, grid=e.teacher_best_grid,
                                     steps=e.teacher_best_steps, out=str(run / "eval" / "teacher-best"))}
     students = (("teacher", gen.teacher),) * e.teacher_maps + (("mid", str(run / "mid" / "model.ckpt")),

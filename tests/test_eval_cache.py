@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cmt_pipeline.config import EvaluateConfig, GenerateConfig
+from cmt_pipeline.config import EvaluateConfig, GenerateConfig, load_config
 from cmt_pipeline.errors import CMTError
 from cmt_pipeline.generation import generate
 from cmt_pipeline.evaluation import evaluate, real_digits, run
@@ -107,7 +107,7 @@ def test_the_pipeline_scores_the_teacher_at_its_best_and_the_report_divides_by_i
     (tmp_path / "p.toml").write_text(PIPELINE + "teacher_maps = true\n")
     assert "teacher-2step" in evaluations(load_pipeline(tmp_path / "p.toml"))
     assert not any(cfg.from_store for cfg in rows.values())
-    (tmp_path / "p.toml").write_text(PIPELINE + "from_store = true\n")  # the teacher row alone reads the store
+    (tmp_path / "p.toml").write_text(PIPELINE + "teacher_from_store = true\n")  # the teacher row alone reads it
     stored = evaluations(load_pipeline(tmp_path / "p.toml", out=str(tmp_path / "run")))
     assert [name for name, cfg in stored.items() if cfg.from_store] == ["teacher"]
     assert stored["teacher"].seeds == [0] and stored["teacher"].store == str(tmp_path / "run" / "trajectories")
@@ -134,6 +134,9 @@ def test_reported_seeds_are_not_the_seeds_settings_are_chosen_on():
     digits = tomllib.loads((ROOT / "configs" / "digits.toml").read_text())["evaluate"]
     assert digits["seeds"] == run.REPORT_SEEDS and not set(run.REPORT_SEEDS) & set(run.CHOOSE_SEEDS)
     assert set(digits["teacher_seeds"]) <= set(run.REPORT_SEEDS)
+    # the store's samples are the pipeline's teacher row alone: `cmt evaluate --config` a student still samples it
+    cfg = load_config(EvaluateConfig, ROOT / "configs" / "digits.toml", "evaluate")
+    assert cfg.teacher_from_store and not cfg.from_store
     assert EVAL_SEED in run.CHOOSE_SEEDS and EvaluateConfig().seed in run.CHOOSE_SEEDS
     doc = (ROOT / "docs" / "evaluation.md").read_text()
     assert "seeds 1, 2, 3" in doc and "seeds 101, 102, 103" in doc
