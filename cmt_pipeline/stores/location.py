@@ -95,6 +95,10 @@ class Location:
                            "(s3://, gs://, file://)") from None
         self.base = self.base.rstrip("/")
         self.scratch = None
+        if scheme in ("s3", "s3a") and not self.fs.asynchronous:  # connect now, to close it when collected
+            with self.errors("connect to"):
+                self.fs.connect()
+            weakref.finalize(self.fs, close_sync_session, self.fs.loop, self.fs._s3creator)
 
     @classmethod
     def of(cls, root) -> "Location":
@@ -269,6 +273,21 @@ class Location:
                 "use_listings_cache": False, "skip_instance_cache": True})
         weakref.finalize(store, close_session, store.fs)
         return store
+
+
+def close_sync_session(loop, creator) -> None:
+    """Close a synchronous s3fs file system's client (`creator`, its `_s3creator`) when the file system is collected.
+    s3fs's own finalizer waits 0.1 s for the close on fsspec's loop and, on a busy machine, gives up, and aiohttp
+    then warns "Unclosed client session" mid-output; this one waits for it. Either may run first: closing twice is
+    harmless."""
+    from fsspec.asyn import sync
+
+    if not loop.is_running():
+        return  # the loop is gone at interpreter exit
+    try:
+        sync(loop, creator.__aexit__, None, None, None, timeout=60)
+    except Exception:  # collected on the loop's own thread (s3fs's finalizer schedules the close there), or exiting
+        pass
 
 
 def close_session(fs) -> None:
