@@ -85,14 +85,14 @@ def fid(cfg: EvaluateConfig, model, samples: torch.Tensor) -> float:
     return frechet_distance(*feature_stats(inception_features(model, samples, cfg.batch_size)), *ref_stats)
 
 
-def check(cfg: EvaluateConfig, sampler, image_shape, seeds: list[int]) -> None:
-    """Every input problem surfaces here, before any sampling is spent."""
+def check(cfg: EvaluateConfig, sampler, image_shape, seeds: list[int], plan: dict | None) -> None:
+    """Every input problem surfaces here, before any sampling is spent (`plan`: cfg.store's, None without one)."""
     check_memory("--num-samples", cfg.num_samples, 3 * 4 * math.prod(image_shape), "its samples, priors and images")
     check_class_labels(cfg.class_labels, sampler.num_classes)
-    if cfg.store:
-        check_store(open_store(cfg.store).plan, sampler, cfg.store)
+    if plan is not None:
+        check_store(plan, sampler, cfg.store)
     if cfg.from_store:
-        check_from_store(cfg, sampler, seeds)
+        check_from_store(cfg, sampler, seeds, plan)
     ref = cfg.fid_reference
     if cfg.inception_weights and not (Path(ref).suffix in (".npz", ".npy") and Path(ref).is_file() if ref
                                       else image_shape == DigitsFD.shape):
@@ -100,14 +100,14 @@ def check(cfg: EvaluateConfig, sampler, image_shape, seeds: list[int]) -> None:
                        f".npy of (N, C, H, W) images in [-1, 1] (got {ref or 'nothing'})")
 
 
-def check_from_store(cfg: EvaluateConfig, sampler, seeds: list[int]) -> None:
+def check_from_store(cfg: EvaluateConfig, sampler, seeds: list[int], plan: dict | None) -> None:
     """--from-store scores what generation solved, so the store must hold exactly what sampling would: this
     teacher's weights, solver and sigma grid, the same labels, from the evaluation's one seed, enough samples."""
-    if cfg.student or not cfg.store:
+    if cfg.student:
         raise CMTError("--from-store scores a teacher's samples that a trajectory store holds: pass the teacher "
-                       "and --store, without --student" if cfg.student else
-                       "--from-store needs --store: the trajectory store whose clean samples to score")
-    plan = open_store(cfg.store).plan
+                       "and --store, without --student")
+    if plan is None:
+        raise CMTError("--from-store needs --store: the trajectory store whose clean samples to score")
     made, fix = plan["config"], f"drop --from-store to solve them, or pass the settings {cfg.store} was made with"
     differs = [what for what, same in (
         ("teacher weights", plan["teacher"]["fingerprint"] == sampler.net.fingerprint()),
@@ -207,7 +207,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     sampler = build_sampler(cfg, device)
     vae = load_vae(cfg.vae, cfg.student or cfg.teacher, device, sampler.shape, "student" if cfg.student else "teacher")
-    check(cfg, sampler, sampler.shape if vae is None else vae.image_shape(sampler.shape), seeds)
+    plan = open_store(cfg.store).plan if cfg.store else None
+    check(cfg, sampler, sampler.shape if vae is None else vae.image_shape(sampler.shape), seeds, plan)
     out = Path(cfg.out)
     key = cache.cache_key(cache.key_parts(cfg, sampler, vae, seeds)) if cfg.cache else None
     hit = cache.lookup(key) if key else None
@@ -233,7 +234,7 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
         exact = gmm.sample(min(len(x), 2000), torch.Generator().manual_seed(seeds[0])) if gmm is not None else None
         save_scatter(x[:2000], out / SAMPLES_PNG, reference=exact, title=describe(sampler))
     per_seed = [{"seed": s, **{k: _json(v) for k, v in r.items()}} for s, r in zip(seeds, runs)]
-    stored = f", read from the store ({open_store(cfg.store).plan['dtype']})" if cfg.from_store else ""
+    stored = f", read from the store ({plan['dtype']})" if cfg.from_store else ""
     result = {"generator": describe(sampler) + stored, "seeds": seeds,
               "metrics": {k: _json(v) for k, v in summarise(runs).items()},
               "per_seed": per_seed, "sampler": sampler.describe(),
