@@ -18,7 +18,6 @@ reused. A study (benchmarks/studies/: kept reproducible, not maintained); run fr
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import subprocess
@@ -29,6 +28,7 @@ import torch
 import cmt_pipeline.training.loop as loop
 from cmt_pipeline.config import PostTrainConfig, load_config
 from cmt_pipeline.files import atomic_write_bytes
+from cmt_pipeline.training import EMA
 from cmt_pipeline.training.posttrain import post_train
 
 CONFIG = "configs/digits.toml"
@@ -44,21 +44,22 @@ class Averages:
 
     def __call__(self, s):
         if self.emas is None:
-            self.emas = {d: copy.deepcopy(s.ema) for d in self.decays}  # after step 1, as the loop's own starts
+            self.emas = {d: EMA(s.ema) for d in self.decays}  # from the loop's EMA after step 1
         else:
-            with torch.no_grad():
-                for d, ema in self.emas.items():
-                    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in s.model.parameters()], 1 - d)
+            for d, ema in self.emas.items():
+                ema.update(s.model, d)
         if s.step in self.snapshots:
             models = [("raw", s.model), (f"ema{self.loop_decay}", s.ema)]
-            for name, m in models + [(f"ema{d}", e) for d, e in self.emas.items()]:
+            for name, m in models + [(f"ema{d}", e.model) for d, e in self.emas.items()]:
                 self.saved[(s.step, name)] = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
 
 
 def wsd(decay_from: int):
+    """The loop's constant lr (after its warm-up), decayed linearly to 0 from step `decay_from` to the last."""
+    constant = loop.lr_at
+
     def lr_at(cfg, step: int) -> float:
-        lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-        return lr * min(1.0, (cfg.steps - step + 1) / (cfg.steps - decay_from + 1))
+        return constant(cfg, step) * min(1.0, (cfg.steps - step + 1) / (cfg.steps - decay_from + 1))
     return lr_at
 
 
@@ -79,6 +80,8 @@ def train(args, out: Path) -> None:
                       seed=args.seed, eval_every=0, sample_every=0, checkpoint_every=args.steps, tensorboard=False,
                       **overrides)
     if args.decay_from:
+        if cfg.lr_schedule != "constant":
+            raise SystemExit(f"--decay-from decays a constant lr; this run's lr_schedule is {cfg.lr_schedule!r}")
         loop.lr_at = wsd(args.decay_from)
     averages = Averages(args.emas, args.snapshots, cfg.ema_decay)
     post_train(cfg, progress=False, callbacks=[averages])
