@@ -1,8 +1,9 @@
 """Devices: the one reading of --device, the precision generation, sampling and evaluation run at, and whether a
-CPU trains in bf16."""
+CPU trains or samples in bf16."""
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 
 import torch
@@ -41,6 +42,20 @@ def resolve_device(device: str | None) -> torch.device:
 
 def cpu_bf16_native() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (avx512_bf16 or AMX). Elsewhere oneDNN emulates bf16, slower
-    than float32, so a bf16 training run there is no faster; loop.training_precision then trains in float32."""
+    than float32, so a bf16 run there is no faster; autocast_precision then runs it in float32."""
     caps = getattr(torch.cpu, "get_capabilities", dict)()
     return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+AUTOCAST = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def autocast_precision(precision: str, device: torch.device, runs: str = "trains") -> str:
+    """The autocast precision to train or sample at (`runs`: the verb of the note): the one asked for, except bf16
+    on a CPU without bf16 hardware, which runs in float32 ("no") with a one-line note (emulated bf16 is slower than
+    float32 there, and the results are alike: docs/results.md)."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_native():
+        print("note: this CPU has no bf16 instructions (avx512_bf16 or AMX), where bf16 is slower than float32; "
+              f"mixed_precision bf16 {runs} in float32 here", file=sys.stderr)
+        return "no"
+    return precision

@@ -163,6 +163,13 @@ HEADLINE = ("digits_fd", "fid", "sliced_w2")  # the metric the ratio columns div
 REFERENCES = ("teacher-best", "teacher")  # the ratio columns' denominators: the best sampler, the trajectory solver
 
 
+def sampled_in(results: dict) -> str:
+    """The report's note on the precision the generators' networks ran at, when any ran under autocast."""
+    used = sorted({r["config"].get("mixed_precision", "no") for r in results.values()} - {"no"})
+    return (f" The networks sampled under {', '.join(used)} autocast (the solvers' arithmetic in float32; "
+            "docs/evaluation.md, \"Precision\")." if used else "")
+
+
 def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
     from .evaluation.run import with_spread as cell
 
@@ -174,7 +181,8 @@ def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
              f"({cfgs['generate'].solver} x {cfgs['generate'].steps}); mid-training {cfgs['mid_train'].steps} steps "
              f"({cfgs['mid_train'].flavour}); post-training {cfgs['post_train'].steps} steps "
              f"({cfgs['post_train'].objective}). Metrics on {cfgs['evaluate'].num_samples} samples, mean ± std over "
-             f"the seeds each row names; paired error on the {cfgs['mid_train'].holdout} held-out trajectories.", "",
+             f"the seeds each row names; paired error on the {cfgs['mid_train'].holdout} held-out trajectories."
+             + sampled_in(results), "",
              f"The reference is the teacher at its best: `teacher-best`, {results['teacher-best']['generator']}."
              + (f" The ratio columns divide each row's mean {label} by its and by the trajectory solver's "
                 f"(`teacher`, {results['teacher']['generator']})." if key else ""), "",

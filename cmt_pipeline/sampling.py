@@ -25,7 +25,7 @@ from .models import as_denoiser
 from .models.io import open_network
 from .teachers import Denoiser
 from .memory import check_memory
-from .devices import full_fp32
+from .devices import AUTOCAST, full_fp32
 from .threads import one_thread_per_call
 
 
@@ -96,20 +96,25 @@ def load_student(spec: str, device="cpu") -> Denoiser:
 
 
 def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256, device="cpu",
-                dtype=torch.float32, progress: bool = False, desc: str = "sample") -> torch.Tensor:
+                dtype=torch.float32, progress: bool = False, desc: str = "sample", precision: str = "no") -> torch.Tensor:
     """Apply `sampler` to (n, C, H, W) numpy prior noise in batches; returns CPU samples in `dtype`. On a CPU the
     batches run torch's thread count at a time, each on one intra-op thread, as generation's do (threads.py): a
-    sample's bytes then do not depend on the thread count, and a small network runs faster (docs/performance.md)."""
+    sample's bytes then do not depend on the thread count, and a small network runs faster (docs/performance.md).
+    precision "bf16" runs the network's convolutions and matmuls under bf16 autocast (1.6-1.8x the samples per
+    second on a CPU with bf16 hardware); the solver's and the re-noising's arithmetic stays in `dtype`."""
+    device = torch.device(device)
+
     def one(b: int) -> torch.Tensor:
         x = torch.from_numpy(prior[b:b + batch_size]).to(device, dtype)
         lab = torch.from_numpy(labels[b:b + batch_size]).to(device) if sampler.num_classes else None
         ren = torch.from_numpy(renoise[b:b + batch_size]).to(device, dtype) if renoise is not None else None
-        with torch.no_grad():  # grad mode is per thread
-            return sampler(x, lab, ren).cpu()
+        # grad mode and autocast are per thread
+        with torch.no_grad(), torch.autocast(device.type, AUTOCAST[precision], enabled=precision != "no"):
+            return sampler(x, lab, ren).to(dtype).cpu()
 
     starts = range(0, len(prior), batch_size)
     bar = dict(total=len(starts), desc=desc, disable=not progress, unit="batch")
-    if torch.device(device).type != "cpu":
+    if device.type != "cpu":
         return torch.cat(list(tqdm(map(one, starts), **bar)))
     with one_thread_per_call(torch.get_num_threads()) as run:
         return torch.cat(list(tqdm(run(one, starts), **bar)))
@@ -117,13 +122,14 @@ def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256
 
 @full_fp32()
 def sample(sampler, num_samples: int, seed: int = 0, batch_size: int = 256, device="cpu",
-           class_labels: str = "random", progress: bool = False):
-    """Samples 0..n-1 of a seeded run: (samples, prior, labels, renoise); sample i depends only on (seed, i)."""
+           class_labels: str = "random", progress: bool = False, precision: str = "no"):
+    """Samples 0..n-1 of a seeded run: (samples, prior, labels, renoise); sample i depends only on (seed, i) (and
+    `precision`: run_sampler's)."""
     check_class_labels(class_labels, sampler.num_classes)
     check_memory("--num-samples", num_samples, (2 + sampler.renoise_steps) * 4 * math.prod(sampler.shape),
                  "its samples and noise")
     indices = np.arange(num_samples)
     prior, labels = draw_priors(seed, indices, sampler.shape, sampler.num_classes, class_labels)
     renoise = draw_renoise(seed, indices, sampler.shape, sampler.renoise_steps) if sampler.renoise_steps else None
-    x = run_sampler(sampler, prior, labels, renoise, batch_size, device, progress=progress)
+    x = run_sampler(sampler, prior, labels, renoise, batch_size, device, progress=progress, precision=precision)
     return x, prior, labels, renoise

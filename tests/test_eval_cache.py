@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cmt_pipeline import devices
 from cmt_pipeline.config import EvaluateConfig, GenerateConfig, load_config
 from cmt_pipeline.errors import CMTError
 from cmt_pipeline.generation import generate
@@ -30,6 +31,7 @@ def test_cached_rows_are_reused_and_recomputed_when_any_part_of_the_key_changes(
     measure = run.measure
     monkeypatch.setattr(run, "measure", lambda *a, **k: calls.append(1) or measure(*a, **k))
     base = dict(teacher=str(teacher), solver="euler", steps=2, num_samples=6, seeds=[1], cache=True, device="cpu")
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)  # bf16 is keyed as asked on any CI machine
 
     def measured(name, **over) -> bool:
         calls.clear()
@@ -44,7 +46,8 @@ def test_cached_rows_are_reused_and_recomputed_when_any_part_of_the_key_changes(
     again = json.loads((tmp_path / "again" / "evaluation.json").read_text())
     assert again["metrics"] == first["metrics"] and again["cache"]["reused"] and not first["cache"]["reused"]
     for name, over in (("steps", dict(steps=3)), ("solver", dict(solver="heun")), ("grid", dict(grid="karras")),
-                       ("count", dict(num_samples=7)), ("seeds", dict(seeds=[2])), ("sigma", dict(sigma_max=40.0))):
+                       ("count", dict(num_samples=7)), ("seeds", dict(seeds=[2])), ("sigma", dict(sigma_max=40.0)),
+                       ("precision", dict(mixed_precision="bf16"))):
         assert measured(name, **over), f"a change of {name} must be measured again"
     # the same teacher folder retrained in place: only its weights fingerprint tells
     from safetensors.torch import load_file, save_file
@@ -126,6 +129,33 @@ def test_the_pipeline_scores_the_teacher_at_its_best_and_the_report_divides_by_i
     assert "| post-1step (post-1step gen; seeds 101, 102) | 1 | 7.50 |" in report
     assert "| 3.00x | 2.14x |" in report and "| 0.80x | 0.57x |" in report  # 7.5 / 2.5, 7.5 / 3.5; 2 / 2.5, 2 / 3.5
     assert "nearest training digit (median L2)" in report and "share nearer than real p1" in report
+
+
+BF16 = dict(teacher="builtin", solver="euler", steps=4, num_samples=64, seeds=[1], device="cpu")
+
+
+def test_bf16_sampling_runs_the_network_in_bf16_and_says_so(tmp_path, monkeypatch):
+    """bf16 autocast moves the samples by round-off, not more, and is recorded with the result and in the report."""
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    full = evaluate(EvaluateConfig(**BF16, out=str(tmp_path / "fp32")), progress=False)
+    half = evaluate(EvaluateConfig(**BF16, mixed_precision="bf16", out=str(tmp_path / "bf16")), progress=False)
+    assert half["samples"].dtype == full["samples"].dtype == torch.float32
+    gap = (half["samples"] - full["samples"]).abs()
+    assert 0 < gap.max() < 0.1 and gap.mean() < 0.01  # bf16 round-off (~3e-3 rms on digits), not another generator
+    assert half["config"]["mixed_precision"] == "bf16" and full["config"]["mixed_precision"] == "no"
+    results = {name: {"config": r["config"]} for name, r in (("teacher", full), ("teacher-best", half))}
+    from cmt_pipeline.pipeline import sampled_in
+
+    assert "sampled under bf16 autocast" in sampled_in(results) and sampled_in({"teacher": results["teacher"]}) == ""
+
+
+def test_bf16_sampling_on_a_cpu_without_bf16_hardware_runs_in_float32_with_a_note(tmp_path, monkeypatch, capsys):
+    """Emulated bf16 is slower than float32: there the evaluation is float32's, bit for bit, recorded as such."""
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)
+    full = evaluate(EvaluateConfig(**BF16, out=str(tmp_path / "fp32")), progress=False)
+    asked = evaluate(EvaluateConfig(**BF16, mixed_precision="bf16", out=str(tmp_path / "bf16")), progress=False)
+    assert capsys.readouterr().err.count("mixed_precision bf16 samples in float32 here") == 1
+    assert torch.equal(asked["samples"], full["samples"]) and asked["config"]["mixed_precision"] == "no"
 
 
 def test_reported_seeds_are_not_the_seeds_settings_are_chosen_on():

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cmt_pipeline import devices
 from cmt_pipeline.config import PretrainConfig, TrainConfig
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
 from cmt_pipeline.training import EMA, TensorSource, ema_decay, loop, train
@@ -206,7 +207,7 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_is_applied(tmp_path, precision, monkeypatch):
     """Runs of different precisions in one process (the loop's own autocast, not accelerate's singleton)."""
-    monkeypatch.setattr(loop, "cpu_bf16_native", lambda: True)  # whatever this CPU is
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)  # whatever this CPU is
     run(tmp_path / "fp32", steps=2)
     run(tmp_path / precision, steps=2, mixed_precision=precision)
     a, b = losses(tmp_path / "fp32"), losses(tmp_path / precision)
@@ -217,13 +218,13 @@ def test_mixed_precision_is_applied(tmp_path, precision, monkeypatch):
 
 def test_bf16_on_a_cpu_without_bf16_hardware_trains_in_float32_with_a_note(tmp_path, monkeypatch, capsys):
     """Emulated bf16 is slower than float32: there the run is float32's, bit for bit, and says so once."""
-    monkeypatch.setattr(loop, "cpu_bf16_native", lambda: False)
+    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)
     run(tmp_path / "fp32", steps=2)
     assert "bf16" not in capsys.readouterr().err
     run(tmp_path / "bf16", steps=2, mixed_precision="bf16")
     assert capsys.readouterr().err.count("mixed_precision bf16 trains in float32 here") == 1
     assert losses(tmp_path / "bf16") == losses(tmp_path / "fp32")
-    assert loop.training_precision("bf16", torch.device("cuda")) == "bf16"  # a GPU's bf16 is its own
+    assert devices.autocast_precision("bf16", torch.device("cuda")) == "bf16"  # a GPU's bf16 is its own
 
 
 def test_tensorboard_gets_the_logged_scalars(tmp_path):

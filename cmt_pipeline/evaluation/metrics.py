@@ -51,23 +51,23 @@ def check_store(plan: dict, sampler, store) -> None:
 
 
 def paired_samples(sampler, data: dict, batch_size: int = 256, device="cpu", seed: int = 0,
-                   progress: bool = False) -> tuple[torch.Tensor, dict]:
+                   progress: bool = False, precision: str = "no") -> tuple[torch.Tensor, dict]:
     """The generator's outputs from read_tail's stored priors and labels, with their mse_psnr against the stored
     x0: the one paired-error computation, for `cmt evaluate` and for mid-training's held-out curve (which reads
     the tail once and re-measures it every eval_every steps)."""
     renoise = draw_renoise(seed, data["index"], sampler.shape, sampler.renoise_steps) if sampler.renoise_steps else None
     x = run_sampler(sampler, data["prior"], data["labels"], renoise, batch_size, device, progress=progress,
-                    desc="paired")
+                    desc="paired", precision=precision)
     return x, mse_psnr(x, data["x0"].astype(np.float32))
 
 
 def paired_error(sampler, store, num: int = 256, batch_size: int = 256, device="cpu", seed: int = 0,
-                 progress: bool = False) -> dict:
+                 progress: bool = False, precision: str = "no") -> dict:
     """MSE / PSNR of the generator's output from the stored priors against the stored solver samples."""
     data = read_tail(store, num)
     plan = data["plan"]
     check_store(plan, sampler, store)
-    x, err = paired_samples(sampler, data, batch_size, device, seed, progress)
+    x, err = paired_samples(sampler, data, batch_size, device, seed, progress, precision)
     return {"paired_mse": err["mse"], "paired_psnr": err["psnr"], "paired_samples": len(x),
             "paired_store_solver": f"{plan['solver']} x {plan['num_states']} steps"}
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ from ..teachers import GMMDenoiser, load_teacher
 from ..errors import CMTError
 from ..files import atomic_write_bytes, atomic_write_json
 from ..memory import check_memory
-from ..devices import full_fp32, resolve_device
+from ..devices import autocast_precision, full_fp32, resolve_device
 from . import cache
 from .features import DigitsFD, real_digits
 from .frechet import feature_stats, frechet_distance
@@ -178,7 +179,8 @@ def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int
     if cfg.from_store:
         x, prior = stored_samples(cfg)
     else:
-        x, prior, _, _ = sample(sampler, cfg.num_samples, seed, cfg.batch_size, device, cfg.class_labels, progress)
+        x, prior, _, _ = sample(sampler, cfg.num_samples, seed, cfg.batch_size, device, cfg.class_labels, progress,
+                                cfg.mixed_precision)
     metrics = {"num_samples": len(x), "nfe": sampler.nfe, "sample_seconds": time.perf_counter() - t0}
     if not torch.isfinite(x).all():
         raise CMTError("the generator produced non-finite samples (NaN/inf); a diverged training run (lower --lr, "
@@ -190,7 +192,8 @@ def measure(cfg: EvaluateConfig, sampler, vae, gmm, inception, device, seed: int
     if inception is not None:
         metrics["fid"] = fid(cfg, inception, images)
     if cfg.store and not cfg.from_store:  # the store's own samples match themselves
-        metrics.update(paired_error(sampler, cfg.store, cfg.store_samples, cfg.batch_size, device, seed, progress))
+        metrics.update(paired_error(sampler, cfg.store, cfg.store_samples, cfg.batch_size, device, seed, progress,
+                                    cfg.mixed_precision))
     if gmm is not None:
         metrics.update(gmm_metrics(gmm, x, prior, sampler.renoise_steps == 0, sampler.sigma_max, cfg.sigma_min,
                                    cfg.reference_steps, seed, cfg.batch_size, device, progress))
@@ -205,6 +208,8 @@ def evaluate(cfg: EvaluateConfig, progress: bool = True) -> dict:
     evaluation read from the cache (cfg.cache) does not have."""
     seeds = seed_list(cfg.seeds, cfg.seed)
     device = resolve_device(cfg.device)
+    # the precision that runs, as recorded and keyed: bf16 asked for on a CPU without bf16 hardware runs in float32
+    cfg = replace(cfg, mixed_precision=autocast_precision(cfg.mixed_precision, device, "samples"))
     sampler = build_sampler(cfg, device)
     vae = load_vae(cfg.vae, cfg.student or cfg.teacher, device, sampler.shape, "student" if cfg.student else "teacher")
     plan = open_store(cfg.store).plan if cfg.store else None

@@ -31,7 +31,7 @@ from .. import __version__
 from ..config import TrainConfig
 from ..models.io import save_model
 from ..plotting import save_image_grid
-from ..devices import cpu_bf16_native
+from ..devices import AUTOCAST, autocast_precision
 from ..errors import CMTError
 from ..files import atomic_write_bytes, atomic_write_json
 from ..hooks import hold_for_test
@@ -41,7 +41,6 @@ from .data import batch_stream, device_batches
 from .ema import EMA, ema_decay
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}
-AUTOCAST = {"no": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 PAUSE_VARIABLE = "CMT_TEST_PAUSE_AFTER_STEP"  # =N: hold after optimizer step N (hooks.hold_for_test)
 
@@ -170,7 +169,7 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
     opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                                     weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(model, opt)
-    precision = training_precision(cfg.mixed_precision, acc.device)
+    precision = autocast_precision(cfg.mixed_precision, acc.device)
     scaler = torch.amp.GradScaler(acc.device.type, enabled=precision == "fp16")
     parts = acc.unwrap_model(model), ema.model, opt, scaler
     start = 0 if resume is None else load_training_state(resolve_resume(resume, run / "checkpoints"), *parts)
@@ -232,16 +231,6 @@ def train(model: torch.nn.Module, objective, data, cfg: TrainConfig, *, kind: st
                    config=asdict(cfg), data=data_info or {})
     acc.wait_for_everyone()
     return state
-
-
-def training_precision(precision: str, device: torch.device) -> str:
-    """The autocast precision to train at: cfg's, except bf16 on a CPU without bf16 hardware, which trains in float32
-    with a one-line note (emulated bf16 is slower than float32 there, and the results are alike: docs/results.md)."""
-    if precision == "bf16" and device.type == "cpu" and not cpu_bf16_native():
-        print("note: this CPU has no bf16 instructions (avx512_bf16 or AMX), where bf16 is slower than float32; "
-              "mixed_precision bf16 trains in float32 here", file=sys.stderr)
-        return "no"
-    return precision
 
 
 def step_grads(acc, model, objective, batch, step: int, accum: int, precision: str, scaler):
