@@ -47,7 +47,8 @@ def evaluate_cmd(config_path, quiet, **opts):
     m = result["metrics"]
     seeds = result["seeds"]
     click.echo(f"{result['generator']}, {m['num_samples']} samples, seed{'s' * (len(seeds) > 1)} "
-               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else ""))
+               f"{', '.join(map(str, seeds))}" + (" (mean ± std over seeds)" if len(seeds) > 1 else "")
+               + (", bf16 autocast" if result["config"]["mixed_precision"] == "bf16" else ""))
     for key, (label, fmt) in ROWS.items():
         if key in m:
             click.echo(f"  {label:<36} {'inf' if m[key] is None else with_spread(m, key, fmt)}")

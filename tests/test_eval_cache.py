@@ -147,6 +147,14 @@ def test_bf16_sampling_runs_the_network_in_bf16_and_says_so(tmp_path, monkeypatc
     from cmt_pipeline.pipeline import sampled_in
 
     assert "sampled under bf16 autocast" in sampled_in(results) and sampled_in({"teacher": results["teacher"]}) == ""
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    args = ["evaluate", "--teacher", "builtin", "--solver", "euler", "--steps", "4", "--num-samples", "64",
+            "--device", "cpu", "--quiet", "--out", str(tmp_path / "cli")]
+    printed = CliRunner().invoke(cli, args + ["--mixed-precision", "bf16"], catch_exceptions=False).output
+    assert "64 samples, seed 1, bf16 autocast" in printed
 
 
 def test_bf16_sampling_on_a_cpu_without_bf16_hardware_runs_in_float32_with_a_note(tmp_path, monkeypatch, capsys):

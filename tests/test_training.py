@@ -17,7 +17,7 @@ import torch
 from cmt_pipeline import devices
 from cmt_pipeline.config import PretrainConfig, TrainConfig
 from cmt_pipeline.models.io import load_model, model_from_checkpoint
-from cmt_pipeline.training import EMA, TensorSource, ema_decay, loop, train
+from cmt_pipeline.training import EMA, TensorSource, ema_decay, train
 from cmt_pipeline.training.checkpoint import resolve_resume
 from cmt_pipeline.training.data import batch_stream
 from cmt_pipeline.training.loop import LoopState, due
