@@ -96,7 +96,8 @@ def load_student(spec: str, device="cpu") -> Denoiser:
 
 
 def run_sampler(sampler, prior, labels=None, renoise=None, batch_size: int = 256, device="cpu",
-                dtype=torch.float32, progress: bool = False, desc: str = "sample", precision: str = "no") -> torch.Tensor:
+                dtype=torch.float32, progress: bool = False, desc: str = "sample",
+                precision: str = "no") -> torch.Tensor:
     """Apply `sampler` to (n, C, H, W) numpy prior noise in batches; returns CPU samples in `dtype`. On a CPU the
     batches run torch's thread count at a time, each on one intra-op thread, as generation's do (threads.py): a
     sample's bytes then do not depend on the thread count, and a small network runs faster (docs/performance.md).
