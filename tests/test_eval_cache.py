@@ -31,7 +31,7 @@ def test_cached_rows_are_reused_and_recomputed_when_any_part_of_the_key_changes(
     measure = run.measure
     monkeypatch.setattr(run, "measure", lambda *a, **k: calls.append(1) or measure(*a, **k))
     base = dict(teacher=str(teacher), solver="euler", steps=2, num_samples=6, seeds=[1], cache=True, device="cpu")
-    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)  # bf16 is keyed as asked on any CI machine
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)  # bf16 is keyed as asked on any CI machine
 
     def measured(name, **over) -> bool:
         calls.clear()
@@ -136,7 +136,7 @@ BF16 = dict(teacher="builtin", solver="euler", steps=4, num_samples=64, seeds=[1
 
 def test_bf16_sampling_runs_the_network_in_bf16_and_says_so(tmp_path, monkeypatch):
     """bf16 autocast moves the samples by round-off, not more, and is recorded with the result and in the report."""
-    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)
     full = evaluate(EvaluateConfig(**BF16, out=str(tmp_path / "fp32")), progress=False)
     half = evaluate(EvaluateConfig(**BF16, mixed_precision="bf16", out=str(tmp_path / "bf16")), progress=False)
     assert half["samples"].dtype == full["samples"].dtype == torch.float32
@@ -157,9 +157,9 @@ def test_bf16_sampling_runs_the_network_in_bf16_and_says_so(tmp_path, monkeypatc
     assert "64 samples, seed 1, bf16 autocast" in printed
 
 
-def test_bf16_sampling_on_a_cpu_without_bf16_hardware_runs_in_float32_with_a_note(tmp_path, monkeypatch, capsys):
-    """Emulated bf16 is slower than float32: there the evaluation is float32's, bit for bit, recorded as such."""
-    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)
+def test_bf16_sampling_where_it_is_slower_than_float32_runs_in_float32_with_a_note(tmp_path, monkeypatch, capsys):
+    """Where bf16 is slower than float32 the evaluation is float32's, bit for bit, recorded as such."""
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: False)
     full = evaluate(EvaluateConfig(**BF16, out=str(tmp_path / "fp32")), progress=False)
     asked = evaluate(EvaluateConfig(**BF16, mixed_precision="bf16", out=str(tmp_path / "bf16")), progress=False)
     assert capsys.readouterr().err.count("mixed_precision bf16 samples in float32 here") == 1

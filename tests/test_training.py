@@ -207,7 +207,7 @@ def test_grad_accumulation_matches_full_batch(tmp_path):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_is_applied(tmp_path, precision, monkeypatch):
     """Runs of different precisions in one process (the loop's own autocast, not accelerate's singleton)."""
-    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: True)  # whatever this CPU is
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: True)  # whatever this CPU is
     run(tmp_path / "fp32", steps=2)
     run(tmp_path / precision, steps=2, mixed_precision=precision)
     a, b = losses(tmp_path / "fp32"), losses(tmp_path / precision)
@@ -216,15 +216,27 @@ def test_mixed_precision_is_applied(tmp_path, precision, monkeypatch):
     assert bool(scaler) == (precision == "fp16")  # fp16's loss scale is checkpointed with the rest
 
 
-def test_bf16_on_a_cpu_without_bf16_hardware_trains_in_float32_with_a_note(tmp_path, monkeypatch, capsys):
-    """Emulated bf16 is slower than float32: there the run is float32's, bit for bit, and says so once."""
-    monkeypatch.setattr(devices, "cpu_bf16_native", lambda: False)
+def test_bf16_where_it_is_slower_than_float32_trains_in_float32_with_a_note(tmp_path, monkeypatch, capsys):
+    """Where bf16 is slower than float32 (no AMX, not an AMD avx512_bf16 core), the run is float32's, bit for bit,
+    and says so once."""
+    monkeypatch.setattr(devices, "cpu_bf16_fast", lambda: False)
     run(tmp_path / "fp32", steps=2)
     assert "bf16" not in capsys.readouterr().err
     run(tmp_path / "bf16", steps=2, mixed_precision="bf16")
     assert capsys.readouterr().err.count("mixed_precision bf16 trains in float32 here") == 1
     assert losses(tmp_path / "bf16") == losses(tmp_path / "fp32")
     assert devices.autocast_precision("bf16", torch.device("cuda")) == "bf16"  # a GPU's bf16 is its own
+
+
+@pytest.mark.parametrize("caps, fast", [
+    ({"cpu_name": "AMD EPYC 9R14", "avx512_bf16": True, "amx_bf16": False}, True),  # measured 1.5x
+    ({"cpu_name": "Intel Xeon", "avx512_bf16": True, "amx_bf16": False}, False),  # measured 0.70x
+    ({"cpu_name": "Intel Xeon", "avx512_bf16": True, "amx_bf16": True}, True),
+    ({"cpu_name": "AMD Ryzen 7 5800X", "avx512_bf16": False, "amx_bf16": False}, False),  # emulated
+    ({}, False)])  # a torch without get_capabilities' fields
+def test_bf16_is_taken_only_where_it_measured_faster(monkeypatch, caps, fast):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps, raising=False)
+    assert devices.cpu_bf16_fast() is fast
 
 
 def test_tensorboard_gets_the_logged_scalars(tmp_path):
