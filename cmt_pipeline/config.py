@@ -389,9 +389,11 @@ class PostTrainConfig(TrainConfig):
     # as cmt evaluate's num_samples: FD depends on it
     eval_samples: int = option(5000, "Samples per evaluation.", min=2, max=MAX_SAMPLES)
     num_grid_samples: int = option(64, "Samples in each sample grid.", **POSITIVE, max=4096)
+    keep_best: bool = option(False, "At every evaluation (--eval-every), keep the EMA weights with the lowest "
+                             "held-out FD so far at 1 and at 2 steps as run/best-1step.ckpt and best-2step.ckpt.")
 
     runtime_only: ClassVar[tuple] = TrainConfig.runtime_only + ("sigma_mid", "eval_every", "eval_samples",
-                                                                "num_grid_samples")
+                                                                "num_grid_samples", "keep_best")
 
 
 # every table a config file may hold: each stage's own, and [pipeline] (cmt pipeline's wiring)

@@ -21,13 +21,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import EvaluateConfig, GenerateConfig, MidTrainConfig, PostTrainConfig, load_config, read_toml, to_dict
+from .evaluation.metrics import HEADLINE
 from .evaluation.run import evaluate
 from .generation import generate
 from .models.io import load_model
 from .plotting import save_curves
 from .stores import open_store
 from .training.midtrain import mid_train
-from .training.posttrain import post_train
+from .training.posttrain import EVAL_SEED, post_train
 from .errors import CMTError
 from .files import atomic_write_bytes, atomic_write_json
 
@@ -79,7 +80,8 @@ def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
     with [evaluate] teacher_from_store the store's first num_samples samples, which generation solved from its seed) and
     its best sampler (the report's reference), on [evaluate] teacher_seeds when set; the teacher as a 1- and
     2-step map (what mid-training starts from) when teacher_maps; the mid- and post-trained students at 1 and 2
-    steps. Only the teacher row reads the store."""
+    steps (with [post_train] keep_best, the post rows score best-1step.ckpt and best-2step.ckpt). Only the teacher
+    row reads the store."""
     e, run, gen = cfgs["evaluate"], cfgs["run"], cfgs["generate"]
     teacher = replace(e, seeds=e.teacher_seeds or e.seeds, from_store=False)
     rows = {"teacher": replace(teacher, solver=gen.solver, grid=gen.grid, steps=e.steps or gen.steps,
@@ -87,12 +89,15 @@ def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
                                **({"from_store": True, "seeds": [gen.seed]} if e.teacher_from_store else {})),
             "teacher-best": replace(teacher, solver=e.teacher_best_solver, grid=e.teacher_best_grid,
                                     steps=e.teacher_best_steps, out=str(run / "eval" / "teacher-best"))}
+    post = cfgs["post_train"]
     students = (("teacher", gen.teacher),) * e.teacher_maps + (("mid", str(run / "mid" / "model.ckpt")),
                                                                ("post", str(run / "post" / "model.ckpt")))
     for name, student in students:
         for steps in (1, 2):
+            if name == "post" and post.keep_best:  # each step count's held-out best (posttrain.KeepBest)
+                student = str(run / "post" / f"best-{steps}step.ckpt")
             rows[f"{name}-{steps}step"] = replace(e, student=student, steps=steps, from_store=False,
-                                                  sigma_mid=cfgs["post_train"].sigma_mid,
+                                                  sigma_mid=post.sigma_mid,
                                                   out=str(run / "eval" / f"{name}-{steps}step"))
     return rows
 
@@ -159,7 +164,6 @@ METRICS = (("digits_fd", "digits FD", "{:.2f}"), ("digits_kid", "digits KID", "{
            ("flow_map_mse", "MSE vs exact flow map", "{:.4f}"), ("sliced_w2", "sliced W2", "{:.4f}"),
            ("nearest_digit_median", "nearest training digit (median L2)", "{:.2f}"),
            ("nearest_digit_close_share", "share nearer than real p1", "{:.3f}"))
-HEADLINE = ("digits_fd", "fid", "sliced_w2")  # the metric the ratio columns divide: the first the teacher has
 REFERENCES = ("teacher-best", "teacher")  # the ratio columns' denominators: the best sampler, the trajectory solver
 
 
@@ -168,6 +172,15 @@ def sampled_in(results: dict) -> str:
     used = sorted({r["config"].get("mixed_precision", "no") for r in results.values()} - {"no"})
     return (f" The networks sampled under {', '.join(used)} autocast (the solvers' arithmetic in float32; "
             "docs/evaluation.md, \"Precision\")." if used else "")
+
+
+def kept_note(metrics_path: Path, post) -> str:
+    """The report's line on which post-training steps the post rows score ([post_train] keep_best)."""
+    best = json.loads(metrics_path.read_text()).get("best", {})
+    kept = "; ".join(f"{k[0]} step{'s' * (k[0] != '1')}: step {b['step']} ({b['metric']} {b['value']:.2f})"
+                     for k, b in sorted(best.items()))
+    return (f"The post rows score post-training's held-out best (keep_best), chosen every {post.eval_every} steps "
+            f"on its own evaluation (seed {EVAL_SEED}, {post.eval_samples} samples, a choose seed): {kept}.")
 
 
 def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
@@ -205,6 +218,8 @@ def write_report(run: Path, cfgs: dict, results: dict, timings: dict) -> Path:
                       f"nearest other digit, and 1% of real digits lie nearer than "
                       f"{floor['nearest_digit_real_p1']:.2f}; a generator that copied its training digits would "
                       "read a smaller median and a share near 1 in the columns above, one that does not about 0.01."]
+    if cfgs["post_train"].keep_best:
+        lines += ["", kept_note(run / "post" / "metrics.json", cfgs["post_train"])]
     lines += ["", "Stage wall times, each from the run that made it: "
               + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "not recorded") + ".", "",
               "![losses](losses.png)", ""]

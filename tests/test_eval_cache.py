@@ -178,6 +178,8 @@ def test_reported_seeds_are_not_the_seeds_settings_are_chosen_on():
     cfg = load_config(EvaluateConfig, ROOT / "configs" / "digits.toml", "evaluate")
     assert cfg.teacher_from_store and not cfg.from_store
     assert EVAL_SEED in run.CHOOSE_SEEDS and EvaluateConfig().seed in run.CHOOSE_SEEDS
+    # the post rows are each step count's best step, chosen on post-training's seed (a choose seed), never these
+    assert [rows[f"post-{k}step"].student.endswith(f"best-{k}step.ckpt") for k in (1, 2)] == [True, True]
     doc = (ROOT / "docs" / "evaluation.md").read_text()
     assert "seeds 1, 2, 3" in doc and "seeds 101, 102, 103" in doc
 

@@ -41,6 +41,8 @@ gmm_samples = 64
 steps = 4
 batch_size = 8
 eval_samples = 32
+eval_every = 2
+keep_best = true
 checkpoint_every = 4
 log_every = 1
 sample_every = 0
@@ -88,6 +90,12 @@ def test_pipeline_end_to_end_then_skips(tmp_path):
     assert "The reference is the teacher at its best: `teacher-best`, teacher heun x 4 (karras)" in report
     assert "| digits FD / teacher-best | digits FD / teacher |" in report and report.count("| 1.00x |") == 2
     assert Image.open(run / "losses.png").width > 400 and (run / "pipeline.json").exists()
+    best = json.loads((run / "post" / "metrics.json").read_text())["best"]  # keep_best: the post rows score these
+    for k in (1, 2):
+        config = json.loads((run / "eval" / f"post-{k}step" / "evaluation.json").read_text())["config"]
+        assert config["student"] == str(run / "post" / f"best-{k}step.ckpt") and best[f"{k}step"]["step"] in (2, 4)
+    assert (f"held-out best (keep_best), chosen every 2 steps on its own evaluation (seed 1, 32 samples, a choose "
+            f"seed): 1 step: step {best['1step']['step']} ({best['1step']['metric']} ") in report
     # every stage is complete now: a rerun skips them all and changes no checkpoint
     before = (run / "post" / "model.ckpt").read_bytes()
     r = cmt("pipeline", tmp_path / "p.toml", "--quiet")

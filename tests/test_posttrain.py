@@ -326,3 +326,50 @@ def test_the_init_checkpoint_is_read_once(tmp_path, monkeypatch):
     post_train(PostTrainConfig(init=init, data="gmm:gmm8x8", gmm_samples=64, steps=1, batch_size=8, eval_samples=8,
                                num_grid_samples=4, out=str(tmp_path / "run"), **FAST), progress=False)
     assert reads.count(init) == 1, reads
+
+
+def test_keep_best_keeps_each_step_counts_best_evaluation_and_its_bar_survives_a_resume(tmp_path, monkeypatch):
+    """--keep-best: best-<k>step.ckpt holds the weights of the evaluation with the lowest held-out quality at k
+    steps (ECT's 1- and 2-step peaks differ), and a resumed run keeps comparing with the kept files' values."""
+    from safetensors.torch import load_file
+
+    from cmt_pipeline.training.loop import EvalLog
+
+    scripted = {0: (1.0, 1.0), 1: (5.0, 5.0), 2: (3.0, 6.0), 3: (4.0, 2.0), 4: (6.0, 7.0)}  # step -> 1-, 2-step W2
+
+    def measure(self, model, step):
+        self.last = {"step": step, "1step_sliced_w2": scripted[step][0], "2step_sliced_w2": scripted[step][1]}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(self.last) + "\n")
+        return self.last
+
+    monkeypatch.setattr(EvalLog, "measure", measure)
+    cm = save_student(tmp_path / "cm.ckpt", consistency_student(tiny_net()), "mid-cm")
+
+    def run(out, resume=None, callbacks=()):
+        cfg = PostTrainConfig(init=cm, data="gmm:gmm8x8", gmm_samples=64, steps=4, batch_size=8, lr=1e-3,
+                              eval_every=1, keep_best=True, keep_checkpoints=0, num_grid_samples=4, out=str(out),
+                              **{**FAST, "checkpoint_every": 1})
+        return post_train(cfg, resume=resume, progress=False, callbacks=callbacks)
+
+    def stop_at_3(state):
+        if state.step == 3:
+            raise KeyboardInterrupt
+
+    whole = run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", callbacks=[stop_at_3])
+    resumed = run(tmp_path / "cut", resume="latest")
+    for out, metrics in ((tmp_path / "whole", whole), (tmp_path / "cut", resumed)):
+        # step 0 (the init) reads best but is never kept; 4 is worse than the kept, though better than nothing
+        assert metrics["best"] == {"1step": {"step": 2, "metric": "sliced_w2", "value": 3.0},
+                                   "2step": {"step": 3, "metric": "sliced_w2", "value": 2.0}}
+        for steps, step in ((1, 2), (2, 3)):
+            kept = load_model(out / f"best-{steps}step.ckpt", "post-ect")
+            assert kept["step"] == step and kept["selected"]["eval_seed"] == 1
+            ema = load_file(out / "checkpoints" / f"step-{step:07d}" / "ema.safetensors")
+            assert all(torch.equal(kept["ema_state_dict"][k], v) for k, v in ema.items())
+    r = CliRunner().invoke(cli, ["post-train", "--init", cm, "--data", "gmm:gmm8x8", "--keep-best", "--out",
+                                 str(tmp_path / "no"), "--device", "cpu", "--quiet"])
+    assert r.exit_code == 2 and "--keep-best chooses among the evaluations every --eval-every" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "no").exists()

@@ -32,6 +32,11 @@ from ..errors import CMTError
 from .features import real_digits
 
 
+# the quality a generator is ranked by: the first of these it has (the report's ratio columns, post-training's
+# --keep-best)
+HEADLINE = ("digits_fd", "fid", "sliced_w2")
+
+
 def mse_psnr(x, target) -> dict:
     mse = float(((torch.as_tensor(x).double() - torch.as_tensor(target).double()) ** 2).mean())
     return {"mse": mse, "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}

@@ -10,9 +10,10 @@
     gmm:<preset>, builtin    the closed-form mixtures and the shipped digits teacher; kind "gmm" / "builtin"
 
 `model.ckpt`, the one file format every training stage hands to the next, is a torch.save dict
-    {format, kind, network, step, state_dict, ema_state_dict, config, data}
+    {format, kind, network, step, state_dict, ema_state_dict, config, data[, selected]}
 where `network` is enough to rebuild the module without the config (`network_spec` / `build_network`), `kind`
-names the stage that made it and `data` describes the training data (its fingerprint). `export_denoiser` writes
+names the stage that made it, `data` describes the training data (its fingerprint) and `selected`, in a
+post-training run's best-<k>step.ckpt, the held-out evaluation it was kept for. `export_denoiser` writes
 an EDM network as a network folder (EDMDenoiser.save). The trainer's own resume state is training/checkpoint.py's.
 """
 
@@ -105,12 +106,13 @@ def build_network(spec: dict | None) -> torch.nn.Module:
                    "build the module yourself and load ckpt['ema_state_dict'] into it")
 
 
-def save_model(path, *, kind: str, model, ema_model, step: int, config: dict, data: dict) -> None:
-    """Write model.ckpt atomically (see module doc)."""
+def save_model(path, *, kind: str, model, ema_model, step: int, config: dict, data: dict,
+               selected: dict | None = None) -> None:
+    """Write model.ckpt atomically (see module doc); `selected` records why a run kept this step (--keep-best)."""
     ckpt = {"format": FORMAT, "kind": kind, "network": network_spec(model), "step": step,
             "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
             "ema_state_dict": {k: v.cpu() for k, v in ema_model.state_dict().items()},
-            "config": config, "data": data}
+            "config": config, "data": data, **({"selected": selected} if selected else {})}
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     atomic_write_bytes(path, buf.getvalue())

@@ -7,7 +7,8 @@ initialisations, so they can be compared at equal budget:
 - random: the same architecture re-initialised (from --arch, else --channels).
 
 Writes run/model.ckpt (kind "post-ect" / "post-meanflow"), run/eval.jsonl (1- and 2-step quality at step 0 = the
-init, every eval_every steps and at the end), run/metrics.json (the final quality), run/samples-{1,2}step.png.
+init, every eval_every steps and at the end), run/metrics.json (the final quality), run/samples-{1,2}step.png, and
+with keep_best run/best-{1,2}step.ckpt: the weights of the evaluation that read best at that step count.
 Quality is `cmt evaluate`'s: digits FD and KID for digits data; for gmm:<preset> data the 1-step error to the
 exact flow map and the sliced W2 to the true mixture. Every evaluation uses the same seeded noise (evaluation
 seed EVAL_SEED), so numbers compare across steps and runs.
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 
 from ..config import EvaluateConfig, PostTrainConfig
+from ..evaluation.metrics import HEADLINE
 from ..evaluation.run import measure
 from ..models import BoundaryDenoiser, MeanFlowStudent, as_denoiser, consistency_student
-from ..models.io import is_checkpoint, network_spec, open_network
+from ..models.io import is_checkpoint, load_model, network_spec, open_network, save_model
 from ..objectives import from_config
 from ..objectives.ect import ECTLoss
 from ..objectives.meanflow import MeanFlowLoss
@@ -139,6 +141,8 @@ def validate(cfg: PostTrainConfig) -> PostTrainConfig:
         (bool(cfg.init), "--init is required: a mid-training model.ckpt, a diffusion teacher (pretrain model.ckpt, "
                          "teacher folder or builtin) or random"),
         (0 < cfg.sigma_mid < cfg.sigma_max, f"need 0 < sigma_mid < sigma_max, got {cfg.sigma_mid}, {cfg.sigma_max}"),
+        (cfg.eval_every > 0 or not cfg.keep_best, "--keep-best chooses among the evaluations every --eval-every "
+                                                  "steps: pass --eval-every N > 0 (or drop --keep-best)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -189,6 +193,55 @@ class FewStepEval:
         return x if self.vae is None else self.vae.decode(x)
 
 
+class KeepBest:
+    """Loop callback after the EvalLog (--keep-best): whenever an evaluation reads the lowest held-out quality so far
+    at k steps (HEADLINE's first metric, on evaluation seed EVAL_SEED, a choose seed: never a reported one), write
+    the weights as run/best-<k>step.ckpt, the model.ckpt the run would have ended with at that step, with the
+    evaluation recorded as `selected`. ECT's few-step quality peaks at a step that depends on the training seed,
+    and its 1- and 2-step peaks differ (docs/results.md), so each step count keeps its own. The bar is the best
+    written so far, read back from the files on resume; the initialisation (step 0) is never kept."""
+
+    def __init__(self, log: EvalLog, cfg: PostTrainConfig, kind: str, data_info: dict):
+        self.log, self.cfg, self.kind, self.data = log, cfg, kind, data_info
+        self.best = {}
+
+    def path(self, steps: int) -> Path:
+        return Path(self.cfg.out) / f"best-{steps}step.ckpt"
+
+    def start(self, resume: str | None, is_main_process: bool) -> None:
+        if not is_main_process:
+            return
+        for steps in (1, 2):
+            if resume is None and not any((Path(self.cfg.out) / "checkpoints").glob("step-*")):
+                self.path(steps).unlink(missing_ok=True)  # a fresh run: nothing earlier is a candidate
+            try:
+                self.best[steps] = load_model(self.path(steps))["selected"]["value"]
+            except (CMTError, KeyError):
+                self.best[steps] = math.inf
+
+    def __call__(self, s) -> None:
+        if not s.accelerator.is_main_process or self.log.last.get("step") != s.step:
+            return
+        for steps in (1, 2):
+            metric = next(m for m in HEADLINE if f"{steps}step_{m}" in self.log.last)
+            value = self.log.last[f"{steps}step_{metric}"]
+            if value < self.best[steps]:  # NaN never is
+                self.best[steps] = value
+                save_model(self.path(steps), kind=self.kind, model=s.model, ema_model=s.ema, step=s.step,
+                           config=dataclasses.asdict(self.cfg), data=self.data,
+                           selected={"steps": steps, "metric": metric, "value": value, "step": s.step,
+                                     "eval_seed": EVAL_SEED, "eval_samples": self.cfg.eval_samples})
+
+    def summary(self) -> dict:
+        """{"<k>step": {step, metric, value}} of the kept files, for metrics.json."""
+        out = {}
+        for steps in (1, 2):
+            if self.path(steps).exists():
+                sel = load_model(self.path(steps))["selected"]
+                out[f"{steps}step"] = {k: sel[k] for k in ("step", "metric", "value")}
+        return out
+
+
 @holds_run_folder
 def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool = True, callbacks=()) -> dict:
     """Run (or resume) post-training; returns a summary with the final 1- and 2-step metrics."""
@@ -207,21 +260,27 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     evaluator = FewStepEval(cfg, student.shape, process.device, vae)
     log = EvalLog(evaluator, run / "eval.jsonl", cfg.eval_every)
     log.start(student.to(process.device), resume, process.is_main_process)
+    kind = f"post-{cfg.objective}"
+    keep = KeepBest(log, cfg, kind, info) if cfg.keep_best else None
+    if keep:
+        keep.start(resume, process.is_main_process)
     grid_prior, grid_labels = draw_priors(EVAL_SEED, np.arange(cfg.num_grid_samples), data.shape,
                                           student.num_classes, "random")
     grid = student_grid(torch.from_numpy(grid_prior), torch.from_numpy(grid_labels) if student.num_classes else None,
                         cfg.sigma_max, vae)
 
     t0 = time.perf_counter()
-    state = train(student, build_objective(cfg, student), source, cfg, kind=f"post-{cfg.objective}", data_info=info,
-                  resume=resume, progress=progress, callbacks=[log, SampleGrid(grid, cfg.sample_every, at_end=False),
-                                                               *callbacks])
+    state = train(student, build_objective(cfg, student), source, cfg, kind=kind, data_info=info, resume=resume,
+                  progress=progress, callbacks=[log, *([keep] if keep else []),
+                                                SampleGrid(grid, cfg.sample_every, at_end=False), *callbacks])
     metrics = {"step": state.step, "init": cfg.init, "init_origin": origin, "objective": cfg.objective,
                "sigma_max": cfg.sigma_max, "sigma_mid": cfg.sigma_mid, "eval_samples": cfg.eval_samples,
                "eval_seed": EVAL_SEED}
     if state.accelerator.is_main_process:
         final = log.last if log.last.get("step") == state.step else evaluator(state.ema)  # nothing left to train
         metrics.update({k: v for k, v in final.items() if k != "step"})
+        if keep:
+            metrics["best"] = keep.summary()
         for steps in (1, 2):
             save_image_grid(evaluator.samples(state.ema, steps, cfg.num_grid_samples),
                             run / f"samples-{steps}step.png")
