@@ -131,6 +131,13 @@ def run_pipeline(config_path, out: str | None = None, progress: bool = True, ech
         d = Path(cfg.out)
         stage(name, training_done(d, cfg.steps), lambda fn=fn, cfg=cfg, d=d: fn(cfg, resume=resume_arg(d),
                                                                                 progress=progress))
+    post = cfgs["post_train"]
+    missing = [f"best-{k}step.ckpt" for k in (1, 2) if post.keep_best and not (Path(post.out) / f"best-{k}step.ckpt")
+               .exists()]
+    if missing:
+        raise CMTError(f"[post_train] keep_best is set but {post.out} has no {' or '.join(missing)} (it was "
+                       "post-trained without keep_best); delete that folder to post-train again, or set keep_best "
+                       "= false")
     results = {}
     for name, ecfg in evaluations(cfgs).items():
         path = Path(ecfg.out) / "evaluation.json"

@@ -102,6 +102,9 @@ def test_pipeline_end_to_end_then_skips(tmp_path):
     assert r.returncode == 0 and r.stdout.count("complete, skipped") == 11 and "running" not in r.stdout
     assert (run / "post" / "model.ckpt").read_bytes() == before
     assert (run / "report.md").read_text() == report and "mid_train " in report  # the stage times are kept
+    (run / "post" / "best-2step.ckpt").unlink()  # as if post-trained before keep_best was set
+    r = cmt("pipeline", tmp_path / "p.toml", "--quiet")
+    assert r.returncode == 2 and "keep_best is set but" in r.stderr and "has no best-2step.ckpt" in r.stderr, r.stderr
 
 
 def test_pipeline_rejects_unknown_tables(tmp_path):
