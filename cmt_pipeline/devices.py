@@ -44,7 +44,7 @@ def cpu_bf16_fast() -> bool:
     """Whether bf16 autocast is faster than float32 on this CPU for the project's small convolutional networks:
     with AMX, or with avx512_bf16 on an AMD CPU (an EPYC: mid-training 1.5x the steps per second, sampling 1.7-1.8x).
     An Intel CPU with avx512_bf16 but no AMX runs oneDNN's native avx512_core_bf16 kernels more slowly than float32
-    (a Xeon: 0.70x the steps, 0.80x the forwards; docs/performance.md, "bf16 on a CPU"), and a CPU without bf16
+    (a Xeon: 0.72x float32's training steps and forwards; docs/performance.md, "bf16 on a CPU"), and a CPU without bf16
     instructions emulates it, slower still."""
     caps = getattr(torch.cpu, "get_capabilities", dict)()
     return bool(caps.get("amx_bf16") or caps.get("avx512_bf16") and "AMD" in str(caps.get("cpu_name", "")))

@@ -101,7 +101,7 @@ def test_readme_paired_error_comes_with_a_store():
 
 def test_readme_run_time_names_the_machine_and_the_slowdown_when_busy():
     head = README.read_text().split("pip install -e . && cmt pipeline")[0]
-    assert "idle x86_64" in head and "docs/performance.md" in head and "busy" in head
+    assert "2 idle Intel" in head and "AMD EPYC" in head and "docs/performance.md" in head and "busy" in head
 
 
 ROOT = DOC.parent.parent
