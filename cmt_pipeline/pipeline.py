@@ -2,7 +2,8 @@
 
     RUN/trajectories/   the trajectory store            ([generate] table)
     RUN/mid/            mid-training run, model.ckpt    ([mid_train] table; data = RUN/trajectories)
-    RUN/post/           post-training run, model.ckpt   ([post_train] table; init = RUN/mid/model.ckpt)
+    RUN/post/           post-training run, model.ckpt   ([post_train] table; init = RUN/mid/model.ckpt), and with
+                        keep_best best-1step.ckpt and best-2step.ckpt, which the post rows then score
     RUN/eval/<name>/    evaluation.json + samples.png   ([evaluate] table) for the teacher and the students
     RUN/losses.png      training loss curves;  RUN/report.md  the metrics per stage;  RUN/pipeline.json
     RUN/stage_times.json  each stage's wall time, recorded when it finishes, so a rerun's report keeps it
