@@ -373,3 +373,11 @@ def test_keep_best_keeps_each_step_counts_best_evaluation_and_its_bar_survives_a
                                  str(tmp_path / "no"), "--device", "cpu", "--quiet"])
     assert r.exit_code == 2 and "--keep-best chooses among the evaluations every --eval-every" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "no").exists()
+    np.save(tmp_path / "big.npy", np.zeros((4, 16, 16), np.uint8))  # 16x16: no digits FD, and no mixture's W2
+    big = save_student(tmp_path / "big.ckpt", consistency_student(EDMDenoiser(
+        build_unet((1, 16, 16), channels=(8, 16), layers_per_block=1), Precond())), "mid-cm")
+    cfg = PostTrainConfig(init=big, data=str(tmp_path / "big.npy"), eval_every=1, keep_best=True,
+                          out=str(tmp_path / "big"), **FAST)
+    with pytest.raises(CMTError, match=r"--keep-best ranks evaluations by digits FD .* makes \(1, 16, 16\) images"):
+        post_train(cfg, progress=False)
+    assert not (tmp_path / "big").exists()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..config import EvaluateConfig, PostTrainConfig
+from ..evaluation.features import DigitsFD
 from ..evaluation.metrics import HEADLINE
 from ..evaluation.run import measure
 from ..models import BoundaryDenoiser, MeanFlowStudent, as_denoiser, consistency_student
@@ -258,6 +259,11 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
 
     run = Path(cfg.out)
     evaluator = FewStepEval(cfg, student.shape, process.device, vae)
+    images = vae.image_shape(student.shape) if vae is not None else tuple(student.shape)
+    if cfg.keep_best and not (cfg.data.startswith("gmm:") or tuple(images) == DigitsFD.shape):
+        raise CMTError(f"--keep-best ranks evaluations by digits FD (1x8x8 images) or the sliced W2 of gmm:<preset> "
+                       f"data, and --data {cfg.data} makes {tuple(images)} images, which have neither; drop "
+                       "--keep-best")
     log = EvalLog(evaluator, run / "eval.jsonl", cfg.eval_every)
     log.start(student.to(process.device), resume, process.is_main_process)
     kind = f"post-{cfg.objective}"
