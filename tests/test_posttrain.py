@@ -346,10 +346,10 @@ def test_keep_best_keeps_each_step_counts_best_evaluation_and_its_bar_survives_a
     monkeypatch.setattr(EvalLog, "measure", measure)
     cm = save_student(tmp_path / "cm.ckpt", consistency_student(tiny_net()), "mid-cm")
 
-    def run(out, resume=None, callbacks=()):
+    def run(out, resume=None, callbacks=(), eval_samples=5000):
         cfg = PostTrainConfig(init=cm, data="gmm:gmm8x8", gmm_samples=64, steps=4, batch_size=8, lr=1e-3,
                               eval_every=1, keep_best=True, keep_checkpoints=0, num_grid_samples=4, out=str(out),
-                              **{**FAST, "checkpoint_every": 1})
+                              eval_samples=eval_samples, **{**FAST, "checkpoint_every": 1})
         return post_train(cfg, resume=resume, progress=False, callbacks=callbacks)
 
     def stop_at_3(state):
@@ -369,6 +369,10 @@ def test_keep_best_keeps_each_step_counts_best_evaluation_and_its_bar_survives_a
             assert kept["step"] == step and kept["selected"]["eval_seed"] == 1
             ema = load_file(out / "checkpoints" / f"step-{step:07d}" / "ema.safetensors")
             assert all(torch.equal(kept["ema_state_dict"][k], v) for k, v in ema.items())
+    # FD depends on the sample count: resumed with another --eval-samples, the kept values are no bar
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "other", callbacks=[stop_at_3])
+    assert run(tmp_path / "other", resume="latest", eval_samples=4000)["best"]["1step"]["step"] == 4
     r = CliRunner().invoke(cli, ["post-train", "--init", cm, "--data", "gmm:gmm8x8", "--keep-best", "--out",
                                  str(tmp_path / "no"), "--device", "cpu", "--quiet"])
     assert r.exit_code == 2 and "--keep-best chooses among the evaluations every --eval-every" in r.output, r.output

@@ -200,7 +200,8 @@ class KeepBest:
     the weights as run/best-<k>step.ckpt, the model.ckpt the run would have ended with at that step, with the
     evaluation recorded as `selected`. ECT's few-step quality peaks at a step that depends on the training seed,
     and its 1- and 2-step peaks differ (docs/results.md), so each step count keeps its own. The bar is the best
-    written so far, read back from the files on resume; the initialisation (step 0) is never kept."""
+    written so far, read back from the files on resume (unless --eval-samples changed); the initialisation (step 0)
+    is never kept."""
 
     def __init__(self, log: EvalLog, cfg: PostTrainConfig, kind: str, data_info: dict):
         self.log, self.cfg, self.kind, self.data = log, cfg, kind, data_info
@@ -216,7 +217,9 @@ class KeepBest:
             if resume is None and not any((Path(self.cfg.out) / "checkpoints").glob("step-*")):
                 self.path(steps).unlink(missing_ok=True)  # a fresh run: nothing earlier is a candidate
             try:
-                self.best[steps] = load_model(self.path(steps))["selected"]["value"]
+                kept = load_model(self.path(steps))["selected"]
+                # FD depends on the sample count: a bar measured on another --eval-samples is no bar
+                self.best[steps] = kept["value"] if kept["eval_samples"] == self.cfg.eval_samples else math.inf
             except (CMTError, KeyError):
                 self.best[steps] = math.inf
 
