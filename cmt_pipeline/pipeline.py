@@ -29,7 +29,7 @@ from .models.io import load_model
 from .plotting import save_curves
 from .stores import open_store
 from .training.midtrain import mid_train
-from .training.posttrain import EVAL_SEED, post_train
+from .training.posttrain import EVAL_SEED, kept_checkpoint, post_train
 from .errors import CMTError
 from .files import atomic_write_bytes, atomic_write_json
 
@@ -96,7 +96,7 @@ def evaluations(cfgs: dict) -> dict[str, EvaluateConfig]:
     for name, student in students:
         for steps in (1, 2):
             if name == "post" and post.keep_best:  # each step count's held-out best (posttrain.KeepBest)
-                student = str(run / "post" / f"best-{steps}step.ckpt")
+                student = str(kept_checkpoint(post.out, steps))
             rows[f"{name}-{steps}step"] = replace(e, student=student, steps=steps, from_store=False,
                                                   sigma_mid=post.sigma_mid,
                                                   out=str(run / "eval" / f"{name}-{steps}step"))
@@ -133,8 +133,8 @@ def run_pipeline(config_path, out: str | None = None, progress: bool = True, ech
         stage(name, training_done(d, cfg.steps), lambda fn=fn, cfg=cfg, d=d: fn(cfg, resume=resume_arg(d),
                                                                                 progress=progress))
     post = cfgs["post_train"]
-    missing = [f"best-{k}step.ckpt" for k in (1, 2) if post.keep_best and not (Path(post.out) / f"best-{k}step.ckpt")
-               .exists()]
+    missing = [kept_checkpoint(post.out, k).name for k in (1, 2)
+               if post.keep_best and not kept_checkpoint(post.out, k).exists()]
     if missing:
         raise CMTError(f"[post_train] keep_best is set but {post.out} has no {' or '.join(missing)} (it was "
                        "post-trained without keep_best); delete that folder to post-train again, or set keep_best "

@@ -8,7 +8,8 @@ initialisations, so they can be compared at equal budget:
 
 Writes run/model.ckpt (kind "post-ect" / "post-meanflow"), run/eval.jsonl (1- and 2-step quality at step 0 = the
 init, every eval_every steps and at the end), run/metrics.json (the final quality), run/samples-{1,2}step.png, and
-with keep_best run/best-{1,2}step.ckpt: the weights of the evaluation that read best at that step count.
+with keep_best run/best-{1,2}step.ckpt (kept_checkpoint): the weights of the evaluation that read best at that step
+count.
 Quality is `cmt evaluate`'s: digits FD and KID for digits data; for gmm:<preset> data the 1-step error to the
 exact flow map and the sliced W2 to the true mixture. Every evaluation uses the same seeded noise (evaluation
 seed EVAL_SEED), so numbers compare across steps and runs.
@@ -194,10 +195,15 @@ class FewStepEval:
         return x if self.vae is None else self.vae.decode(x)
 
 
+def kept_checkpoint(run, steps: int) -> Path:
+    """Where --keep-best keeps a post-training run's best weights at `steps` (1 or 2) sampling steps."""
+    return Path(run) / f"best-{steps}step.ckpt"
+
+
 class KeepBest:
     """Loop callback after the EvalLog (--keep-best): whenever an evaluation reads the lowest held-out quality so far
     at k steps (HEADLINE's first metric, on evaluation seed EVAL_SEED, a choose seed: never a reported one), write
-    the weights as run/best-<k>step.ckpt, the model.ckpt the run would have ended with at that step, with the
+    the weights as kept_checkpoint(run, k), the model.ckpt the run would have ended with at that step, with the
     evaluation recorded as `selected`. ECT's few-step quality peaks at a step that depends on the training seed,
     and its 1- and 2-step peaks differ (docs/results.md), so each step count keeps its own. The bar is the best
     written so far, read back from the files on resume (unless --eval-samples changed); the initialisation (step 0)
@@ -205,23 +211,21 @@ class KeepBest:
 
     def __init__(self, log: EvalLog, cfg: PostTrainConfig, kind: str, data_info: dict):
         self.log, self.cfg, self.kind, self.data = log, cfg, kind, data_info
-        self.best = {}
-
-    def path(self, steps: int) -> Path:
-        return Path(self.cfg.out) / f"best-{steps}step.ckpt"
+        self.kept = {}  # steps -> the `selected` record of its kept file
 
     def start(self, resume: str | None, is_main_process: bool) -> None:
         if not is_main_process:
             return
         for steps in (1, 2):
+            path = kept_checkpoint(self.cfg.out, steps)
             if resume is None and not any((Path(self.cfg.out) / "checkpoints").glob("step-*")):
-                self.path(steps).unlink(missing_ok=True)  # a fresh run: nothing earlier is a candidate
+                path.unlink(missing_ok=True)  # a fresh run: nothing earlier is a candidate
             try:
-                kept = load_model(self.path(steps))["selected"]
-                # FD depends on the sample count: a bar measured on another --eval-samples is no bar
-                self.best[steps] = kept["value"] if kept["eval_samples"] == self.cfg.eval_samples else math.inf
+                kept = load_model(path)["selected"]
             except (CMTError, KeyError):
-                self.best[steps] = math.inf
+                continue
+            if kept["eval_samples"] == self.cfg.eval_samples:  # FD depends on the sample count: else no bar
+                self.kept[steps] = kept
 
     def __call__(self, s) -> None:
         if not s.accelerator.is_main_process or self.log.last.get("step") != s.step:
@@ -229,21 +233,17 @@ class KeepBest:
         for steps in (1, 2):
             metric = next(m for m in HEADLINE if f"{steps}step_{m}" in self.log.last)
             value = self.log.last[f"{steps}step_{metric}"]
-            if value < self.best[steps]:  # NaN never is
-                self.best[steps] = value
-                save_model(self.path(steps), kind=self.kind, model=s.model, ema_model=s.ema, step=s.step,
-                           config=dataclasses.asdict(self.cfg), data=self.data,
-                           selected={"steps": steps, "metric": metric, "value": value, "step": s.step,
-                                     "eval_seed": EVAL_SEED, "eval_samples": self.cfg.eval_samples})
+            if value < self.kept.get(steps, {}).get("value", math.inf):  # NaN never is
+                self.kept[steps] = {"steps": steps, "metric": metric, "value": value, "step": s.step,
+                                    "eval_seed": EVAL_SEED, "eval_samples": self.cfg.eval_samples}
+                save_model(kept_checkpoint(self.cfg.out, steps), kind=self.kind, model=s.model, ema_model=s.ema,
+                           step=s.step, config=dataclasses.asdict(self.cfg), data=self.data,
+                           selected=self.kept[steps])
 
     def summary(self) -> dict:
         """{"<k>step": {step, metric, value}} of the kept files, for metrics.json."""
-        out = {}
-        for steps in (1, 2):
-            if self.path(steps).exists():
-                sel = load_model(self.path(steps))["selected"]
-                out[f"{steps}step"] = {k: sel[k] for k in ("step", "metric", "value")}
-        return out
+        return {f"{steps}step": {k: sel[k] for k in ("step", "metric", "value")}
+                for steps, sel in sorted(self.kept.items())}
 
 
 @holds_run_folder
@@ -263,9 +263,9 @@ def post_train(cfg: PostTrainConfig, resume: str | None = None, progress: bool =
     run = Path(cfg.out)
     evaluator = FewStepEval(cfg, student.shape, process.device, vae)
     images = vae.image_shape(student.shape) if vae is not None else tuple(student.shape)
-    if cfg.keep_best and not (cfg.data.startswith("gmm:") or tuple(images) == DigitsFD.shape):
+    if cfg.keep_best and not (cfg.data.startswith("gmm:") or images == DigitsFD.shape):
         raise CMTError(f"--keep-best ranks evaluations by digits FD (1x8x8 images) or the sliced W2 of gmm:<preset> "
-                       f"data, and --data {cfg.data} makes {tuple(images)} images, which have neither; drop "
+                       f"data, and --data {cfg.data} makes {images} images, which have neither; drop "
                        "--keep-best")
     log = EvalLog(evaluator, run / "eval.jsonl", cfg.eval_every)
     log.start(student.to(process.device), resume, process.is_main_process)
